@@ -1,0 +1,436 @@
+"""One typed configuration tree, loaded from ``params.yaml``.
+
+Every section is a frozen dataclass; :func:`load_config` maps the YAML one-to-one onto
+:class:`XMDPTConfig`, rejecting unknown keys and wrong types with a message that names the
+offending key (``model.hiden_size: unknown key; expected one of [...]``). Defaults live here;
+``params.yaml`` holds the experiment. Cross-field invariants are checked in ``__post_init__``.
+
+The embedded default (what ``make run`` trains on two CPU cores) is small on purpose; the paper's
+setting is ``params/deepfashion.yaml``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+
+__all__ = [
+    "ConfigError",
+    "PathsConfig",
+    "DataConfig",
+    "EncodersConfig",
+    "ModelConfig",
+    "MODEL_PRESETS",
+    "DiffusionConfig",
+    "TrainConfig",
+    "SampleConfig",
+    "EvaluateConfig",
+    "RegisterConfig",
+    "ClusterConfig",
+    "XMDPTConfig",
+    "load_config",
+    "section_hash",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is invalid; the message names the key."""
+
+
+def _check(cond: bool, key: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key}: {msg}")
+
+
+# --------------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PathsConfig:
+    """Where data comes from and where every stage writes.
+
+    ``dataset_root`` and ``storage_root`` may be local folders or any fsspec URL (``s3://…``).
+    Bulk outputs go to ``{storage_root}/{stage}/{content hash}/``; small DVC-tracked outputs
+    (manifests, metrics, plots) go under ``artifacts_dir``.
+    """
+
+    dataset_root: str = "data/synth"  # a DeepFashion root in either public layout (or `xmdpt synth` output)
+    storage_root: str = "data/store"  # bulk, content-addressed outputs (Parquet shards, checkpoints)
+    artifacts_dir: str = "artifacts"  # manifests, metrics, plots tracked by DVC
+    mlflow_tracking_uri: str = ""  # "" -> $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the repo
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Dataset layout, the synthetic generator and pose extraction."""
+
+    layout: str = "auto"  # auto | gfla (PATN/GFLA csv) | pidm (PIDM/X-MDPT txt) | inshop (raw tree)
+    synth_identities: int = 40  # identities written by the `synth` stage
+    synth_seed: int = 0
+    synth_test_fraction: float = 0.2  # share of identities held out (disjoint from train)
+    image_size: int = 64  # square side the model sees (the authors squash 256x176 -> 256x256)
+    pose_model_path: str = "../shared/models/pose_landmarker_full.task"  # MediaPipe PoseLandmarker .task
+    pose_min_visibility: float = 0.5  # landmarks below this visibility are reported missing
+    num_cpus_per_task: float = 0.5  # Ray Data CPUs per read/transform task
+
+    def __post_init__(self) -> None:
+        _check(self.layout in ("auto", "gfla", "pidm", "inshop"), "data.layout",
+               f"unknown layout {self.layout!r}; expected one of ['auto', 'gfla', 'inshop', 'pidm']")
+        _check(self.image_size % 8 == 0 and self.image_size > 0, "data.image_size", "must be a positive multiple of 8")
+        _check(0.0 < self.synth_test_fraction < 1.0, "data.synth_test_fraction", "must be in (0, 1)")
+        _check(self.synth_identities >= 2, "data.synth_identities", "need at least 2 identities (train and test)")
+        _check(0.0 <= self.pose_min_visibility <= 1.0, "data.pose_min_visibility", "must be in [0, 1]")
+
+
+@dataclass(frozen=True)
+class EncodersConfig:
+    """Frozen encoders: the autoencoder (VAE) and the DINOv2 token encoders.
+
+    ``pretrained=True`` is the paper's setting and needs a model hub; ``False`` is the offline
+    embedded default (a small AutoencoderKL fitted by the `autoencoder` stage, random-init DINOv2
+    stand-ins, labelled as such everywhere).
+    """
+
+    # --- autoencoder ---
+    vae: str = "fitted"  # fitted (small AutoencoderKL trained here) | pretrained (diffusers hub id below)
+    vae_pretrained_id: str = "stabilityai/sd-vae-ft-mse"
+    latent_scale: Optional[float] = None  # None -> computed from data (1 / std of latents); SD VAE: 0.18215
+    latent_channels: int = 4
+    vae_block_channels: tuple[int, ...] = (32, 64, 64)  # fitted AE; len-1 downsamplings (factor 4 here)
+    vae_train_steps: int = 1500  # fitting (or decoder fine-tuning) steps
+    vae_lr: float = 1e-3
+    vae_batch_size: int = 16
+    vae_kl_weight: float = 1e-6
+    vae_finetune_decoder: bool = True  # pretrained only: fine-tune the decoder, encoder stays frozen
+    # --- token encoders (DINOv2) ---
+    pretrained: bool = False  # True: load DINOv2 weights from the hub; False: seeded random-feature stand-ins
+    image_encoder: str = "vit_giant_patch14_dinov2.lvd142m"  # source image tokens (S x Dr)
+    pose_encoder: str = "vit_base_patch14_dinov2.lvd142m"  # rendered target skeleton tokens (S x Dp)
+    standin_image_encoder: str = "vit_small_patch14_dinov2.lvd142m"  # architecture of the offline stand-in
+    standin_pose_encoder: str = "vit_small_patch14_dinov2.lvd142m"
+    standin_depth: int = 2  # stand-ins are shallow random-init ViTs of the same family
+    standin_seed: int = 0
+    token_input_size: int = 224  # DINO input side (paper: 224 -> 16x16 patches + CLS = 257 tokens)
+    # --- feature cache (Ray Data actor pools) ---
+    batch_size: int = 16
+    num_actors: int = 1
+    num_gpus_per_actor: float = 0.0  # >0 on GPU clusters
+    num_cpus_per_actor: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check(self.vae in ("fitted", "pretrained"), "encoders.vae",
+               f"unknown vae {self.vae!r}; expected one of ['fitted', 'pretrained']")
+        _check(self.latent_scale is None or self.latent_scale > 0, "encoders.latent_scale", "must be > 0 or null")
+        _check(len(self.vae_block_channels) >= 1, "encoders.vae_block_channels", "needs at least one block")
+        _check(self.token_input_size % 14 == 0, "encoders.token_input_size", "must be a multiple of the patch size 14")
+
+
+# Named architectures (DiT naming). Paper presets use the paper's encoders: 32x32x4 SD-VAE latents,
+# DINOv2 ViT-B/14 pose tokens (257 x 768) and ViT-g/14 image tokens (257 x 1536).
+_PAPER_ENCODERS = dict(input_size=32, in_channels=4, pose_num_tokens=257, pose_token_dim=768,
+                       ref_num_tokens=257, ref_token_dim=1536)
+MODEL_PRESETS: dict[str, dict[str, Any]] = {
+    "xmdpt-s/2": dict(depth=12, hidden_size=384, num_heads=6, patch_size=2, **_PAPER_ENCODERS),
+    "xmdpt-s/4": dict(depth=12, hidden_size=384, num_heads=6, patch_size=4, **_PAPER_ENCODERS),
+    "xmdpt-s/8": dict(depth=12, hidden_size=384, num_heads=6, patch_size=8, **_PAPER_ENCODERS),
+    "xmdpt-b/2": dict(depth=12, hidden_size=768, num_heads=12, patch_size=2, **_PAPER_ENCODERS),
+    "xmdpt-l/2": dict(depth=24, hidden_size=1024, num_heads=16, patch_size=2, **_PAPER_ENCODERS),
+    "xmdpt-xl/2": dict(depth=28, hidden_size=1152, num_heads=16, patch_size=2, **_PAPER_ENCODERS),
+    # CPU-sized: the embedded default (16x16 latents of a 64 px image, 384-wide stand-in tokens)
+    "xmdpt-tiny/2": dict(depth=4, hidden_size=128, num_heads=4, patch_size=2, input_size=16, in_channels=4,
+                         pose_num_tokens=257, pose_token_dim=384, ref_num_tokens=257, ref_token_dim=384),
+}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The X-MDPT network (TDNet + CANet + MIPNet). See ``xmdpt.model.presets`` for named presets.
+
+    In ``params.yaml``, ``preset`` fills the architecture fields and explicitly given fields override
+    it (see :func:`XMDPTConfig.from_dict`). Token counts and widths of the condition encoders come
+    from here, never from literals in the model.
+    """
+
+    preset: str = "xmdpt-tiny/2"  # a key of MODEL_PRESETS, or "" for a fully explicit config
+    input_size: int = 16  # latent side H = W
+    in_channels: int = 4  # latent channels C
+    patch_size: int = 2
+    hidden_size: int = 128
+    depth: int = 4
+    num_heads: int = 4
+    mlp_ratio: float = 4.0
+    learn_sigma: bool = True  # 2C output channels: eps and the variance interpolation v
+    mask_ratio: float = 0.3  # MIPNet: share of target tokens dropped in the masked pass
+    decode_layer: int = 2  # the last `decode_layer` blocks are the decoder
+    pose_num_tokens: int = 257  # S: [CLS; patches] of the pose encoder
+    pose_token_dim: int = 384  # Dp
+    ref_num_tokens: int = 257  # S: [CLS; patches] of the image encoder
+    ref_token_dim: int = 384  # Dr
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> "ModelConfig":
+        if name not in MODEL_PRESETS:
+            raise ConfigError(f"model.preset: unknown preset {name!r}; expected one of {sorted(MODEL_PRESETS)}")
+        return cls(preset=name, **{**MODEL_PRESETS[name], **overrides})
+
+    def __post_init__(self) -> None:
+        _check(self.preset == "" or self.preset in MODEL_PRESETS, "model.preset",
+               f"unknown preset {self.preset!r}; expected one of {sorted(MODEL_PRESETS)}")
+        _check(self.hidden_size % self.num_heads == 0, "model.hidden_size", "must be divisible by model.num_heads")
+        _check(self.input_size % self.patch_size == 0, "model.input_size", "must be divisible by model.patch_size")
+        _check(0.0 <= self.mask_ratio < 1.0, "model.mask_ratio", "must be in [0, 1)")
+        _check(0 < self.decode_layer < self.depth, "model.decode_layer", "must be in (0, depth)")
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """Gaussian diffusion: linear beta schedule, eps prediction, learned-range variance (IDDPM)."""
+
+    num_timesteps: int = 1000
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+
+    def __post_init__(self) -> None:
+        _check(0 < self.beta_start < self.beta_end < 1, "diffusion.beta_start", "need 0 < beta_start < beta_end < 1")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training (Ray Train TorchTrainer around a plain-PyTorch step)."""
+
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 0.5
+    batch_size_per_worker: int = 16
+    grad_accum_steps: int = 1
+    max_steps: int = 600
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    grad_clip_norm: Optional[float] = None  # None: no clipping (as the authors)
+    ema_decay: float = 0.9999
+    cond_drop_prob: float = 0.1  # CFG dropout: share of samples trained with the null (zero) condition
+    swap_prob: float = 0.5  # authors' source/target swap (reversed pairs)
+    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
+    seed: int = 0
+    log_every: int = 10
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 2
+    sample_every: int = 300  # sample grid to MLflow every K steps
+    max_failures: int = 2
+
+    def __post_init__(self) -> None:
+        _check(self.precision in ("auto", "fp32", "bf16"), "train.precision",
+               f"unknown precision {self.precision!r}; expected one of ['auto', 'bf16', 'fp32']")
+        _check(0.0 <= self.cond_drop_prob < 1.0, "train.cond_drop_prob", "must be in [0, 1)")
+        _check(0.0 <= self.ema_decay < 1.0, "train.ema_decay", "must be in [0, 1)")
+        _check(self.num_workers >= 1, "train.num_workers", "must be >= 1")
+        _check(self.max_steps >= 1, "train.max_steps", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """Sampling: DDIM with classifier-free guidance on the power-cosine schedule."""
+
+    sampler: str = "ddim"
+    num_steps: int = 50
+    respacing: str = "authors"  # authors (evenly rounded over [0, T-1], incl. t=T-1) | ddim (stride)
+    eta: float = 0.0
+    cfg_scale: float = 2.0
+    cfg_power: float = 0.01  # power-cosine exponent p (authors' inference: 0.01 ~ constant scale)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.sampler in ("ddim",), "sample.sampler", f"unknown sampler {self.sampler!r}; expected one of ['ddim']")
+        _check(self.respacing in ("authors", "ddim"), "sample.respacing",
+               f"unknown respacing {self.respacing!r}; expected one of ['authors', 'ddim']")
+        _check(self.num_steps >= 1, "sample.num_steps", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Evaluation (PIDM protocol where backbone weights exist, synthetic-benchmark metrics otherwise)."""
+
+    max_pairs: Optional[int] = None  # None: every test pair
+    batch_size: int = 16
+    num_actors: int = 1
+    eval_size: tuple[int, int] = (256, 176)  # H, W the outputs are resized to before metrics
+    inception_weights: str = ""  # path to torchvision inception_v3 weights (.pth/.safetensors); "" -> unavailable
+    lpips_weights: str = ""  # path to AlexNet-LPIPS weights; "" -> unavailable
+    grid_rows: int = 8
+
+
+@dataclass(frozen=True)
+class RegisterConfig:
+    """MLflow model registry."""
+
+    model_name: str = "xmdpt"
+    metric: str = "synthetic_pose_iou"  # metric from evaluate's metrics.json used to pick the champion
+    higher_is_better: bool = True
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Where stages run: locally, or submitted with `ray job submit` to $RAY_ADDRESS."""
+
+    submit: bool = False
+
+
+@dataclass(frozen=True)
+class XMDPTConfig:
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    encoders: EncodersConfig = field(default_factory=EncodersConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    register: RegisterConfig = field(default_factory=RegisterConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+
+    # ---- (de)serialisation ----
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> "XMDPTConfig":
+        d = dict(d or {})
+        model = d.get("model")
+        if isinstance(model, dict) and model.get("preset"):
+            name = model["preset"]
+            if name not in MODEL_PRESETS:
+                raise ConfigError(f"model.preset: unknown preset {name!r}; expected one of {sorted(MODEL_PRESETS)}")
+            d["model"] = {**MODEL_PRESETS[name], **model}
+        return _from_dict(cls, d, prefix="")
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(dataclasses.asdict(self))
+
+    def flat(self) -> dict[str, Any]:
+        """``{"model.hidden_size": 128, ...}`` for MLflow params."""
+        out: dict[str, Any] = {}
+        for sec, vals in self.to_dict().items():
+            for k, v in vals.items():
+                out[f"{sec}.{k}"] = v
+        return out
+
+    def replace(self, **sections: Any) -> "XMDPTConfig":
+        """Return a copy with some sections replaced, e.g. ``cfg.replace(train={"max_steps": 5})``."""
+        d = self.to_dict()
+        for name, upd in sections.items():
+            if name not in d:
+                raise ConfigError(f"{name}: unknown section; expected one of {sorted(d)}")
+            if dataclasses.is_dataclass(upd):
+                upd = _to_plain(dataclasses.asdict(upd))
+            d[name] = {**d[name], **upd}
+        return XMDPTConfig.from_dict(d)
+
+
+def _to_plain(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {k: _to_plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_to_plain(x) for x in v]
+    return v
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it (tuples converted)."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None:
+            if type(None) in args:
+                return None
+            raise ConfigError(f"{key}: null is not allowed; expected {_type_name(tp)}")
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(a, value, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
+        if len(args) != len(value):
+            raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}")
+        return tuple(_coerce(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected bool, got {type(value).__name__} {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected int, got {type(value).__name__} {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected float, got {type(value).__name__} {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected str, got {type(value).__name__} {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported annotation {tp!r}")
+
+
+def _from_dict(cls: type, d: Any, prefix: str) -> Any:
+    if not isinstance(d, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {type(d).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(d) - set(names))
+    if unknown:
+        raise ConfigError(f"{prefix}{unknown[0]}: unknown key; expected one of {sorted(names)}")
+    kwargs = {}
+    for name in names:
+        if name not in d:
+            continue
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _from_dict(tp, d[name], prefix=f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(tp, d[name], f"{prefix}{name}")
+    return cls(**kwargs)
+
+
+def load_config(path: str | Path = "params.yaml") -> XMDPTConfig:
+    """Load and validate ``params.yaml`` (a missing file is a clear error)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: params file not found")
+    with p.open() as f:
+        raw = yaml.safe_load(f) or {}
+    try:
+        return XMDPTConfig.from_dict(raw)
+    except ConfigError as e:
+        raise ConfigError(f"{p}: {e}") from None
+
+
+def section_hash(*parts: Any) -> str:
+    """Stable short hash of config sections / manifests (for content-addressed prefixes)."""
+
+    def norm(x: Any) -> Any:
+        if dataclasses.is_dataclass(x):
+            return _to_plain(dataclasses.asdict(x))
+        return _to_plain(x)
+
+    blob = json.dumps([norm(p) for p in parts], sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
