@@ -120,7 +120,7 @@ class EncodersConfig:
     standin_pose_encoder: str = "vit_small_patch14_dinov2.lvd142m"
     standin_depth: int = 2  # stand-ins are shallow random-init ViTs of the same family
     standin_seed: int = 0
-    token_input_size: int = 224  # DINO input side (paper: 224 -> 16x16 patches + CLS = 257 tokens)
+    token_input_size: int = 112  # DINO input side: 112 -> 8x8 patches + CLS = 65 tokens (paper: 224 -> 257)
     # --- feature cache (Ray Data actor pools) ---
     batch_size: int = 16
     num_actors: int = 1
@@ -148,7 +148,7 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
     "xmdpt-xl/2": dict(depth=28, hidden_size=1152, num_heads=16, patch_size=2, **_PAPER_ENCODERS),
     # CPU-sized: the embedded default (16x16 latents of a 64 px image, 384-wide stand-in tokens)
     "xmdpt-tiny/2": dict(depth=4, hidden_size=128, num_heads=4, patch_size=2, input_size=16, in_channels=4,
-                         pose_num_tokens=257, pose_token_dim=384, ref_num_tokens=257, ref_token_dim=384),
+                         pose_num_tokens=65, pose_token_dim=384, ref_num_tokens=65, ref_token_dim=384),
 }
 
 
@@ -172,9 +172,9 @@ class ModelConfig:
     learn_sigma: bool = True  # 2C output channels: eps and the variance interpolation v
     mask_ratio: float = 0.3  # MIPNet: share of target tokens dropped in the masked pass
     decode_layer: int = 2  # the last `decode_layer` blocks are the decoder
-    pose_num_tokens: int = 257  # S: [CLS; patches] of the pose encoder
+    pose_num_tokens: int = 65  # S: [CLS; patches] of the pose encoder (257 at the paper's 224 px)
     pose_token_dim: int = 384  # Dp
-    ref_num_tokens: int = 257  # S: [CLS; patches] of the image encoder
+    ref_num_tokens: int = 65  # S: [CLS; patches] of the image encoder
     ref_token_dim: int = 384  # Dr
 
     @classmethod
