@@ -1,0 +1,49 @@
+"""Shared test setup: offline, loopback-only, small.
+
+- No network: HF hub offline, MLflow/DVC telemetry off, Ray usage stats off (set before imports).
+- Ray: one local instance per session (``ray_local`` fixture), bound to 127.0.0.1, with logical
+  CPUs above the core count so actor pools and train workers never deadlock on 2 cores.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+# Ray's dashboard probes the cloud-metadata address unless this file exists.
+_bootstrap = Path.home() / "ray_bootstrap_config.yaml"
+if not _bootstrap.exists():
+    _bootstrap.write_text("provider: {type: local}\n")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_MODELS = REPO_ROOT.parent / "shared" / "models"
+POSE_TASK = Path(os.environ.get("XMDPT_POSE_TASK", SHARED_MODELS / "pose_landmarker_full.task"))
+
+
+@pytest.fixture(scope="session")
+def pose_task_path() -> Path:
+    if not POSE_TASK.is_file():
+        pytest.skip(f"pose model not found at {POSE_TASK} (set XMDPT_POSE_TASK)")
+    return POSE_TASK
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A local Ray instance shared by the whole session (8 logical CPUs on any machine)."""
+    import ray
+
+    from xmdpt.ray_utils import init_ray
+
+    os.environ.pop("RAY_ADDRESS", None)
+    init_ray(num_cpus=8)
+    yield ray
+    ray.shutdown()
