@@ -42,3 +42,30 @@ def synth(
 
     summary = write_synthetic_dataset(str(out), identities=identities, seed=seed, test_fraction=test_fraction)
     typer.echo(f"wrote {summary['images']} images of {summary['identities']} identities to {out}")
+
+
+@app.command("import-official")
+def import_official(
+    ckpt: Path = typer.Argument(..., exists=True, dir_okay=False, help="The authors' released EMA checkpoint (.pt state dict)."),
+    preset: str = typer.Option("xmdpt-s/2", "--preset", help="Architecture the checkpoint was trained with (xmdpt-s/2, xmdpt-b/2, xmdpt-l/2)."),
+    out: Path = typer.Option(..., "--out", help="Model folder to write (config.json + model.safetensors)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Convert the authors' released checkpoints into our model folder format.
+
+    The checkpoint is read with ``torch.load(weights_only=True)`` (no pickle execution); keys and
+    shapes are checked against the preset and any mismatch is reported by name.
+    """
+    _logging(verbose)
+    from xmdpt.model.official import import_official as _import
+
+    _import(str(ckpt), preset, str(out))
+    typer.echo(f"wrote {out}")
+
+
+def main() -> None:  # pragma: no cover - console entry
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
