@@ -280,9 +280,25 @@ class RegisterConfig:
 
 @dataclass(frozen=True)
 class ClusterConfig:
-    """Where stages run: locally, or submitted with `ray job submit` to $RAY_ADDRESS."""
+    """Where stages run: locally, or submitted with `ray job submit` to $RAY_ADDRESS.
+
+    With ``submit: true`` every ``python -m pipelines.<stage>`` ships the repository (code, params,
+    small artifacts; never data) to the Ray cluster as a job and brings the stage's DVC outputs back
+    (see ``xmdpt.cluster`` and ``docs/cluster.md``).
+    """
 
     submit: bool = False
+    address: str = ""  # "" -> $RAY_ADDRESS; the dashboard URL, e.g. http://head:8265
+    shared_filesystem: bool = False  # nodes see this machine's paths (NFS); implied for a loopback address
+    entrypoint_num_cpus: float = 0.0  # reserved for the stage's driver process (its Ray tasks ask for their own)
+    entrypoint_num_gpus: float = 0.0
+    excludes: tuple[str, ...] = ()  # extra gitignore-style patterns kept out of the shipped working_dir
+    timeout_s: float = 0.0  # give up (and stop the job) after this long; 0 waits forever
+
+    def __post_init__(self) -> None:
+        _check(self.entrypoint_num_cpus >= 0, "cluster.entrypoint_num_cpus", "must be >= 0")
+        _check(self.entrypoint_num_gpus >= 0, "cluster.entrypoint_num_gpus", "must be >= 0")
+        _check(self.timeout_s >= 0, "cluster.timeout_s", "must be >= 0 (0 waits forever)")
 
 
 @dataclass(frozen=True)
