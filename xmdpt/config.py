@@ -82,8 +82,14 @@ class DataConfig:
     pose_model_path: str = "../shared/models/pose_landmarker_full.task"  # MediaPipe PoseLandmarker .task
     pose_min_visibility: float = 0.5  # landmarks below this visibility are reported missing
     num_cpus_per_task: float = 0.5  # Ray Data CPUs per read/transform task
+    pose_num_actors: int = 1  # pose-estimator actor pool size (one MediaPipe graph per actor)
+    pose_cpus_per_actor: float = 0.5  # fractional: the estimator is light and the pool shares cores
+    split_test_fraction: float = 0.2  # raw In-shop tree without train.lst/test.lst: identities held out (by hash)
 
     def __post_init__(self) -> None:
+        _check(self.pose_num_actors >= 1, "data.pose_num_actors", "must be >= 1")
+        _check(self.pose_cpus_per_actor > 0, "data.pose_cpus_per_actor", "must be > 0")
+        _check(0.0 < self.split_test_fraction < 1.0, "data.split_test_fraction", "must be in (0, 1)")
         _check(self.layout in ("auto", "gfla", "pidm", "inshop"), "data.layout",
                f"unknown layout {self.layout!r}; expected one of ['auto', 'gfla', 'inshop', 'pidm']")
         _check(self.image_size % 8 == 0 and self.image_size > 0, "data.image_size", "must be a positive multiple of 8")
