@@ -1,0 +1,170 @@
+"""Metric functions on crafted inputs with known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from xmdpt.metrics.fid import InceptionFeatures, fid_from_features, frechet_distance, gaussian_stats
+from xmdpt.metrics.image import psnr, resize_for_eval, ssim, ssim_256
+from xmdpt.metrics.lpips import LPIPS
+from xmdpt.metrics.synthetic import (
+    foreground_mask,
+    mask_iou,
+    part_colour_error,
+    part_masks,
+    silhouette_iou,
+    view_consistency,
+)
+
+BG = np.array([235, 232, 228], dtype=np.uint8)
+
+
+def _figure(shift_x: int = 0, torso=(200, 30, 30), legs=(30, 30, 200), hw=(256, 176)) -> tuple[np.ndarray, np.ndarray]:
+    """A stick person on a light background and its COCO-18 keypoints."""
+    h, w = hw
+    img = np.empty((h, w, 3), np.uint8)
+    img[:] = BG
+    kps = -np.ones((18, 2))
+    cx = 88 + shift_x
+    kps[1] = (cx, 60)
+    kps[2], kps[5] = (cx - 25, 62), (cx + 25, 62)
+    kps[8], kps[11] = (cx - 15, 140), (cx + 15, 140)
+    kps[9], kps[12] = (cx - 17, 190), (cx + 17, 190)
+    kps[10], kps[13] = (cx - 18, 240), (cx + 18, 240)
+    img[62:140, cx - 25:cx + 25] = torso
+    img[140:241, cx - 22:cx - 10] = legs
+    img[140:241, cx + 10:cx + 22] = legs
+    return img, kps
+
+
+def test_ssim_psnr_sanity():
+    rng = np.random.default_rng(0)
+    a = rng.uniform(0, 1, (256, 176, 3))
+    noisy = np.clip(a + rng.normal(0, 0.05, a.shape), 0, 1)
+    noisier = np.clip(a + rng.normal(0, 0.2, a.shape), 0, 1)
+    assert ssim(a, a) == pytest.approx(1.0)
+    assert ssim_256(a, a) == pytest.approx(1.0)
+    assert 1.0 > ssim(a, noisy) > ssim(a, noisier)
+    assert 1.0 > ssim_256(a, noisy) > ssim_256(a, noisier)
+    assert psnr(a, a) == float("inf")
+    # PSNR of a constant offset d is -10 log10(d^2)
+    b = np.full((32, 32, 3), 0.5)
+    assert psnr(b, b + 0.1) == pytest.approx(20.0, abs=1e-6)
+    assert psnr(a, noisy) > psnr(a, noisier)
+    with pytest.raises(ValueError, match="differ in shape"):
+        ssim(a, a[:100])
+
+
+def test_resize_for_eval_unsquashes():
+    sq = np.zeros((64, 64, 3), np.uint8)
+    out = resize_for_eval(sq)
+    assert out.shape == (256, 176, 3) and out.dtype == np.uint8
+
+
+def test_frechet_distance_analytic():
+    rng = np.random.default_rng(0)
+    f = rng.normal(size=(500, 8))
+    assert fid_from_features(f, f) == pytest.approx(0.0, abs=1e-8)
+    # shifted Gaussians with equal covariance: FID = |mu1 - mu2|^2
+    mu, shift = np.zeros(4), np.array([1.0, 2.0, 0.0, -2.0])
+    cov = np.diag([1.0, 2.0, 3.0, 4.0])
+    assert frechet_distance(mu, cov, mu + shift, cov) == pytest.approx(9.0, abs=1e-9)
+    # diagonal covariances: sum (sqrt(s1) - sqrt(s2))^2
+    s1, s2 = np.array([1.0, 4.0, 9.0]), np.array([4.0, 1.0, 9.0])
+    assert frechet_distance(np.zeros(3), np.diag(s1), np.zeros(3), np.diag(s2)) == pytest.approx(2.0, abs=1e-9)
+    # sample-based estimate converges to the analytic value
+    x = rng.normal(size=(20000, 2))
+    y = rng.normal(size=(20000, 2)) * 2.0 + np.array([3.0, 0.0])
+    assert fid_from_features(x, y) == pytest.approx(9.0 + 2 * (1 - 2) ** 2, rel=0.05)
+    m, c = gaussian_stats(x)
+    assert m.shape == (2,) and c.shape == (2, 2)
+    with pytest.raises(ValueError, match="shape mismatch"):
+        frechet_distance(np.zeros(2), np.eye(2), np.zeros(3), np.eye(3))
+
+
+def test_lpips_properties_and_file_loading(tmp_path):
+    from safetensors.torch import save_file
+    from torchvision.models import alexnet
+
+    torch.manual_seed(0)
+    backbone = alexnet(weights=None).state_dict()
+    torch.save(backbone, tmp_path / "alexnet.pth")
+    heads = {f"lin{i}.model.1.weight": torch.rand(1, c, 1, 1) for i, c in enumerate((64, 192, 384, 256, 256))}
+    save_file(heads, str(tmp_path / "lpips_alex.safetensors"))
+    m = LPIPS.from_files(tmp_path / "alexnet.pth", tmp_path / "lpips_alex.safetensors")
+    assert torch.equal(m.lins[2].weight, heads["lin2.model.1.weight"])
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    y = torch.rand(2, 3, 64, 64) * 2 - 1
+    dxx, dxy, dyx = m(x, x), m(x, y), m(y, x)
+    assert torch.allclose(dxx, torch.zeros(2), atol=1e-6)
+    assert (dxy > 0).all() and torch.allclose(dxy, dyx, atol=1e-6)
+    # closer images are closer in LPIPS
+    assert (m(x, x + 0.05 * (y - x)) < dxy).all()
+    a = np.random.default_rng(0).integers(0, 255, (3, 32, 32, 3), dtype=np.uint8)
+    assert m.distance_uint8(a, a) == pytest.approx(np.zeros(3), abs=1e-6)
+    with pytest.raises(ValueError, match="evaluate.lpips_weights"):
+        save_file({"foo": torch.zeros(1)}, str(tmp_path / "bad.safetensors"))
+        LPIPS.from_files(tmp_path / "alexnet.pth", tmp_path / "bad.safetensors")
+    with pytest.raises(FileNotFoundError, match="evaluate.alexnet_weights"):
+        LPIPS.from_files(tmp_path / "missing.pth", tmp_path / "lpips_alex.safetensors")
+
+
+def test_inception_rejects_wrong_weights(tmp_path):
+    torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "not_inception.pth")
+    with pytest.raises(ValueError, match="evaluate.inception_weights"):
+        InceptionFeatures(tmp_path / "not_inception.pth")
+
+
+def test_inception_features_from_state_dict(tmp_path):
+    from torchvision.models import inception_v3
+
+    torch.manual_seed(0)
+    torch.save(inception_v3(weights=None, aux_logits=True, init_weights=True).state_dict(), tmp_path / "inc.pth")
+    ext = InceptionFeatures(tmp_path / "inc.pth", batch_size=2)
+    imgs = np.random.default_rng(0).integers(0, 255, (3, 64, 44, 3), dtype=np.uint8)
+    f = ext(imgs)
+    assert f.shape == (3, 2048) and np.isfinite(f).all()
+    assert fid_from_features(np.concatenate([f, f]), np.concatenate([f, f])) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_foreground_and_iou():
+    img, _ = _figure()
+    m = foreground_mask(img)
+    assert m.sum() == 78 * 50 + 2 * 101 * 12
+    assert mask_iou(m, m) == 1.0
+    assert mask_iou(np.zeros((4, 4), bool), np.zeros((4, 4), bool)) == 1.0
+    shifted, _ = _figure(shift_x=30)
+    assert 0.0 < silhouette_iou(img, shifted) < 0.7
+    far, _ = _figure(shift_x=70)
+    assert silhouette_iou(img, far) == 0.0
+
+
+def test_part_colour_error():
+    img, kps = _figure()
+    assert part_colour_error(img, kps, img, kps) == {"torso": 0.0, "legs": pytest.approx(0.0)}
+    other, kps2 = _figure(shift_x=10, torso=(30, 200, 30))
+    err = part_colour_error(other, kps2, img, kps)
+    assert err["torso"] == pytest.approx(np.linalg.norm([170 / 255, 170 / 255, 0]), abs=0.02)
+    masks = part_masks(kps, img.shape[:2])
+    assert masks["torso"].sum() > 0 and masks["legs"].sum() > 0
+    missing = kps.copy()
+    missing[R_HIP_IDX] = -1
+    assert part_masks(missing, img.shape[:2])["torso"] is None
+    with pytest.raises(ValueError, match="18 keypoints"):
+        part_masks(np.zeros((17, 2)), (10, 10))
+
+
+R_HIP_IDX = 8
+
+
+def test_view_consistency():
+    img, _ = _figure()
+    same = view_consistency([img, img, img])
+    assert same == {"pixel_l1": 0.0, "iou": 1.0}
+    shifted, _ = _figure(shift_x=20)
+    diff = view_consistency([img, shifted])
+    assert diff["pixel_l1"] > 0 and diff["iou"] < 1
+    with pytest.raises(ValueError):
+        view_consistency([img])
