@@ -221,18 +221,23 @@ class TrainConfig:
     grad_accum_steps: int = 1
     max_steps: int = 600
     lr: float = 1e-4
+    warmup_steps: int = 0  # linear LR warm-up from 0 (the authors: none, constant LR)
     weight_decay: float = 0.0
     grad_clip_norm: Optional[float] = None  # None: no clipping (as the authors)
     ema_decay: float = 0.9999
     cond_drop_prob: float = 0.1  # CFG dropout: share of samples trained with the null (zero) condition
-    swap_prob: float = 0.5  # authors' source/target swap (reversed pairs)
+    swap_prob: float = 0.5  # > 0: reversed pairs are rows of the training table (see xmdpt.training.data)
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
     seed: int = 0
     log_every: int = 10
     checkpoint_every: int = 200
     keep_checkpoints: int = 2
     sample_every: int = 300  # sample grid to MLflow every K steps
+    sample_steps: int = 10  # DDIM steps of the in-training sample grid (cfg.sample for everything else)
+    sample_rows: int = 4  # examples in the in-training sample grid
+    shuffle_buffer: int = 256  # rows in each worker's local shuffle buffer
     max_failures: int = 2
+    mlflow_experiment: str = "xmdpt"
 
     def __post_init__(self) -> None:
         _check(self.precision in ("auto", "fp32", "bf16"), "train.precision",
@@ -241,6 +246,11 @@ class TrainConfig:
         _check(0.0 <= self.ema_decay < 1.0, "train.ema_decay", "must be in [0, 1)")
         _check(self.num_workers >= 1, "train.num_workers", "must be >= 1")
         _check(self.max_steps >= 1, "train.max_steps", "must be >= 1")
+        _check(self.grad_accum_steps >= 1, "train.grad_accum_steps", "must be >= 1")
+        _check(self.checkpoint_every >= 1, "train.checkpoint_every", "must be >= 1")
+        _check(self.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
+        _check(self.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
+        _check(self.grad_clip_norm is None or self.grad_clip_norm > 0, "train.grad_clip_norm", "must be > 0 or null")
 
 
 @dataclass(frozen=True)
