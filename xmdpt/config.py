@@ -118,6 +118,9 @@ class EncodersConfig:
     vae_batch_size: int = 16
     vae_kl_weight: float = 1e-6
     vae_finetune_decoder: bool = True  # pretrained only: fine-tune the decoder, encoder stays frozen
+    vae_layers_per_block: int = 1  # fitted AE: ResNet blocks per resolution (diffusers `layers_per_block`)
+    vae_mid_attention: bool = False  # fitted AE: self-attention in the mid block (costly on CPU, little gain at 16x16)
+    vae_seed: int = 0  # init, batch order and posterior noise of the fit
     # --- token encoders (DINOv2) ---
     pretrained: bool = False  # True: load DINOv2 weights from the hub; False: seeded random-feature stand-ins
     image_encoder: str = "vit_giant_patch14_dinov2.lvd142m"  # source image tokens (S x Dr)
@@ -132,12 +135,15 @@ class EncodersConfig:
     num_actors: int = 1
     num_gpus_per_actor: float = 0.0  # >0 on GPU clusters
     num_cpus_per_actor: float = 1.0
+    shard_images: int = 64  # images per cache shard (x2 rows with the flip); the unit of resumption
 
     def __post_init__(self) -> None:
         _check(self.vae in ("fitted", "pretrained"), "encoders.vae",
                f"unknown vae {self.vae!r}; expected one of ['fitted', 'pretrained']")
         _check(self.latent_scale is None or self.latent_scale > 0, "encoders.latent_scale", "must be > 0 or null")
         _check(len(self.vae_block_channels) >= 1, "encoders.vae_block_channels", "needs at least one block")
+        _check(self.shard_images >= 1, "encoders.shard_images", "must be >= 1")
+        _check(self.vae_layers_per_block >= 1, "encoders.vae_layers_per_block", "must be >= 1")
         _check(self.token_input_size % 14 == 0, "encoders.token_input_size", "must be a multiple of the patch size 14")
 
 

@@ -1,0 +1,95 @@
+"""Inputs of the encoder stages: the validated image table and the image files it names.
+
+The `validate` stage's manifest (``{artifacts_dir}/validate/manifest.json``) points at the poses
+table (one row per image: path relative to ``paths.dataset_root``, split, size, keypoints). Both
+encoder stages read their image list from it, so they only ever see validated rows.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+
+from xmdpt.data import schema
+from xmdpt.storage import filesystem, read_manifest
+
+logger = logging.getLogger(__name__)
+
+IMAGE_COLUMNS = (schema.IMAGE_PATH, schema.SPLIT, schema.HEIGHT, schema.WIDTH, schema.KEYPOINTS)
+
+
+def validate_manifest_path(artifacts_dir: str) -> Path:
+    return Path(artifacts_dir) / "validate" / "manifest.json"
+
+
+def read_table(uri: str, columns: Sequence[str] | None = None) -> pa.Table:
+    """Read a Parquet table (a folder of shards or one file) from a local path or URL."""
+    fs, path = filesystem(uri)
+    return pads.dataset(path, filesystem=fs, format="parquet").to_table(columns=list(columns) if columns else None)
+
+
+def read_image_table(validate_manifest: dict[str, Any]) -> pa.Table:
+    """The validated images (poses table columns :data:`IMAGE_COLUMNS`), sorted by path.
+
+    Args:
+        validate_manifest: the `validate` stage manifest (``tables.poses.uri``).
+
+    Returns:
+        Arrow table with one row per image, sorted by ``image_path`` (deterministic chunking).
+    """
+    try:
+        uri = validate_manifest["tables"]["poses"]["uri"]
+    except (KeyError, TypeError):
+        raise ValueError("validate manifest: missing tables.poses.uri; rerun `dvc repro validate`") from None
+    table = read_table(uri, IMAGE_COLUMNS)
+    missing = [c for c in IMAGE_COLUMNS if c not in table.column_names]
+    if missing:
+        raise ValueError(f"{uri}: poses table lacks columns {missing}")
+    table = table.sort_by(schema.IMAGE_PATH)
+    paths = table.column(schema.IMAGE_PATH)
+    if len(paths) != len(set(paths.to_pylist())):
+        raise ValueError(f"{uri}: duplicate image_path rows in the validated poses table")
+    return table
+
+
+def load_image_table(artifacts_dir: str) -> pa.Table:
+    """:func:`read_image_table` of ``{artifacts_dir}/validate/manifest.json``."""
+    return read_image_table(read_manifest(validate_manifest_path(artifacts_dir)))
+
+
+def read_image_bytes(dataset_root: str, rel_path: str) -> bytes:
+    """Bytes of ``rel_path`` under the dataset root (local folder or fsspec URL)."""
+    fs, root = filesystem(dataset_root)
+    with fs.open(f"{root.rstrip('/')}/{rel_path}", "rb") as f:
+        return f.read()
+
+
+def load_square_image(dataset_root: str, rel_path: str, size: int) -> np.ndarray:
+    """Decode ``rel_path`` and squash it to ``size`` x ``size`` (as the authors do).
+
+    Returns:
+        uint8 array (size, size, 3).
+    """
+    from xmdpt.data.images import load_rgb, resize_square
+
+    img = load_rgb(read_image_bytes(dataset_root, rel_path), name=rel_path)
+    return np.asarray(resize_square(img, size), dtype=np.uint8)
+
+
+def load_square_images(dataset_root: str, rel_paths: Sequence[str], size: int, num_threads: int = 4) -> np.ndarray:
+    """Load many images (threads: decoding releases the GIL). Any bad file is an error naming it.
+
+    Returns:
+        uint8 array (N, size, size, 3).
+    """
+    if not rel_paths:
+        return np.zeros((0, size, size, 3), np.uint8)
+    with ThreadPoolExecutor(max_workers=num_threads) as pool:
+        imgs = list(pool.map(lambda p: load_square_image(dataset_root, p, size), rel_paths))
+    return np.stack(imgs)  # (N, size, size, 3)

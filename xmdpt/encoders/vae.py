@@ -1,0 +1,428 @@
+"""The latent codec: a diffusers ``AutoencoderKL`` between images and diffusion latents.
+
+Two sources (``encoders.vae``):
+
+- ``pretrained`` — the paper's ``stabilityai/sd-vae-ft-mse`` (8x downsampling, 4 channels, latent
+  scale 0.18215) with its decoder fine-tuned on the dataset images, as the authors did; the
+  encoder stays frozen, so cached latents stay valid. Needs the model hub.
+- ``fitted`` — the offline embedded default: a small ``AutoencoderKL`` built from
+  ``encoders.vae_block_channels`` / ``latent_channels`` (downsampling ``2**(len(blocks) - 1)``:
+  64 px -> 16x16x4 by default) and fitted from scratch on the train split and its flips, with
+  loss ``L1 + MSE + kl_weight * KL``.
+
+Either way the stage measures reconstruction quality on held-out (test split) images — PSNR and
+SSIM of the decoded posterior mean — and saves the weights as safetensors
+(``save_pretrained(safe_serialization=True)``) under a content-addressed prefix, next to a
+``codec.json`` with the latent scale, so :meth:`LatentCodec.from_folder` rebuilds it without pickle.
+
+Latents: ``encode`` returns the *unscaled* posterior ``(mean, std)``; the diffusion model works on
+``latent_scale * z`` with ``z ~ N(mean, std^2)``; ``decode`` takes unscaled latents. The scale is
+one config value (``encoders.latent_scale``); when null it is ``1 / std`` of posterior samples of
+the train images (fitted) or the VAE's own ``scaling_factor`` (0.18215 for the SD VAE).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from fsspec.implementations.local import LocalFileSystem
+
+from xmdpt.config import EncodersConfig, XMDPTConfig
+from xmdpt.data import schema
+from xmdpt.storage import filesystem, join, manifest_key, read_manifest, stage_prefix
+
+logger = logging.getLogger(__name__)
+
+STAGE = "autoencoder"
+VAE_FOLDER = "vae"  # diffusers save_pretrained folder under the stage prefix
+CODEC_FILE = "codec.json"  # latent scale, source, metrics — next to the vae folder
+RECON_FILE = "recon.png"
+SOURCES = ("fitted", "pretrained")
+
+
+# --------------------------------------------------------------------------------------------
+# Building / loading the autoencoder
+# --------------------------------------------------------------------------------------------
+
+
+def build_fitted_vae(enc: EncodersConfig, image_size: int):
+    """A small ``AutoencoderKL`` from the config (random init; fitted by :func:`fit_autoencoder`).
+
+    Args:
+        enc: encoder config (``vae_block_channels``, ``latent_channels``, ``vae_layers_per_block``).
+        image_size: square input side; must be divisible by the downsampling factor.
+    """
+    from diffusers import AutoencoderKL
+
+    blocks = tuple(int(c) for c in enc.vae_block_channels)
+    factor = 2 ** (len(blocks) - 1)
+    if image_size % factor:
+        raise ValueError(f"data.image_size={image_size} is not divisible by the autoencoder's downsampling "
+                         f"factor {factor} (encoders.vae_block_channels={list(blocks)})")
+    groups = math.gcd(*blocks, 32)  # GroupNorm groups must divide every width
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * len(blocks),
+        up_block_types=("UpDecoderBlock2D",) * len(blocks),
+        block_out_channels=blocks,
+        layers_per_block=enc.vae_layers_per_block,
+        latent_channels=enc.latent_channels,
+        norm_num_groups=groups,
+        sample_size=image_size,
+        mid_block_add_attention=enc.vae_mid_attention,
+    )
+
+
+def load_pretrained_vae(model_id: str):
+    """``AutoencoderKL.from_pretrained(model_id)`` from the hub (or its local cache).
+
+    Offline (``HF_HUB_OFFLINE=1``) without a cached copy this fails at once with an error naming
+    ``model_id`` and the config key to change.
+    """
+    from diffusers import AutoencoderKL
+
+    try:
+        return AutoencoderKL.from_pretrained(model_id, use_safetensors=True)
+    except (OSError, ValueError) as e:
+        raise RuntimeError(
+            f"cannot load the pretrained autoencoder {model_id!r} (encoders.vae_pretrained_id): {e}. "
+            "It needs the Hugging Face hub or a cached copy; offline, set encoders.vae=fitted."
+        ) from e
+
+
+class LatentCodec:
+    """Images <-> unscaled VAE latents, with the latent scale the diffusion model uses.
+
+    Attributes:
+        vae: the diffusers ``AutoencoderKL`` (eval mode, no grad).
+        latent_scale: multiply unscaled latents by this before diffusion (SD VAE: 0.18215).
+        source: "fitted" | "pretrained".
+    """
+
+    def __init__(self, vae, latent_scale: float, *, source: str, uri: Optional[str] = None,
+                 device: str | torch.device = "cpu") -> None:
+        if source not in SOURCES:
+            raise ValueError(f"unknown autoencoder source {source!r}; expected one of {list(SOURCES)}")
+        if not (latent_scale > 0 and math.isfinite(latent_scale)):
+            raise ValueError(f"latent_scale must be a positive finite number, got {latent_scale!r}")
+        self.vae = vae.to(device).eval().requires_grad_(False)
+        self.latent_scale = float(latent_scale)
+        self.source = source
+        self.uri = uri
+        self.device = torch.device(device)
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.vae.config.latent_channels)
+
+    @property
+    def downsample_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior of ``images``.
+
+        Args:
+            images: (N, 3, H, W) float in [-1, 1], H and W divisible by :attr:`downsample_factor`.
+
+        Returns:
+            ``(mean, std)``, each (N, C, H/f, W/f), unscaled.
+        """
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"encode expects images (N, 3, H, W), got {tuple(images.shape)}")
+        f = self.downsample_factor
+        if images.shape[-1] % f or images.shape[-2] % f:
+            raise ValueError(f"image side {tuple(images.shape[-2:])} not divisible by the downsampling factor {f}")
+        posterior = self.vae.encode(images.to(self.device, torch.float32)).latent_dist
+        return posterior.mean, posterior.std  # (N, C, h, w) each
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Images from unscaled latents.
+
+        Args:
+            latents: (N, C, h, w) unscaled (divide diffusion latents by :attr:`latent_scale` first).
+
+        Returns:
+            (N, 3, h*f, w*f) float in [-1, 1].
+        """
+        if latents.ndim != 4 or latents.shape[1] != self.latent_channels:
+            raise ValueError(f"decode expects latents (N, {self.latent_channels}, h, w), got {tuple(latents.shape)}")
+        return self.vae.decode(latents.to(self.device, torch.float32)).sample.clamp(-1, 1)  # (N, 3, H, W)
+
+    # ---- persistence ----
+    def save(self, uri: str, extra: Optional[dict[str, Any]] = None) -> str:
+        """Write ``{uri}/vae/`` (safetensors + config.json) and ``{uri}/codec.json``; returns ``uri``."""
+        info = {"latent_scale": self.latent_scale, "source": self.source, **(extra or {})}
+        fs, path = filesystem(uri)
+        with tempfile.TemporaryDirectory() as tmp:
+            self.vae.save_pretrained(os.path.join(tmp, VAE_FOLDER), safe_serialization=True)
+            Path(tmp, CODEC_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+            fs.makedirs(path, exist_ok=True)
+            fs.put(os.path.join(tmp, VAE_FOLDER), path.rstrip("/") + "/", recursive=True)
+            fs.put_file(os.path.join(tmp, CODEC_FILE), f"{path.rstrip('/')}/{CODEC_FILE}")
+        self.uri = uri
+        return uri
+
+    @classmethod
+    def from_folder(cls, uri: str, device: str | torch.device = "cpu") -> "LatentCodec":
+        """Load a codec written by :meth:`save` (local folder or fsspec URL); no pickle involved."""
+        from diffusers import AutoencoderKL
+
+        fs, path = filesystem(uri)
+        codec_path = f"{path.rstrip('/')}/{CODEC_FILE}"
+        if not fs.exists(codec_path):
+            raise FileNotFoundError(f"{uri}: no {CODEC_FILE}; not an autoencoder folder written by LatentCodec.save")
+        info = json.loads(fs.cat_file(codec_path))
+        if isinstance(fs, LocalFileSystem):
+            vae = AutoencoderKL.from_pretrained(os.path.join(path, VAE_FOLDER), use_safetensors=True)
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                fs.get(f"{path.rstrip('/')}/{VAE_FOLDER}", os.path.join(tmp, VAE_FOLDER), recursive=True)
+                vae = AutoencoderKL.from_pretrained(os.path.join(tmp, VAE_FOLDER), use_safetensors=True)
+        return cls(vae, info["latent_scale"], source=info["source"], uri=uri, device=device)
+
+    @classmethod
+    def from_manifest(cls, manifest: dict[str, Any] | str | Path, device: str | torch.device = "cpu") -> "LatentCodec":
+        """Load from an `autoencoder` stage manifest (dict or path to ``manifest.json``)."""
+        if not isinstance(manifest, dict):
+            manifest = read_manifest(manifest)
+        if manifest.get("stage") != STAGE:
+            raise ValueError(f"not an autoencoder manifest (stage={manifest.get('stage')!r})")
+        codec = cls.from_folder(manifest["uri"], device=device)
+        if not math.isclose(codec.latent_scale, manifest["latent_scale"], rel_tol=1e-6):
+            raise ValueError(f"{manifest['uri']}: latent_scale {codec.latent_scale} differs from the manifest's "
+                             f"{manifest['latent_scale']}")
+        return codec
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics and grids
+# --------------------------------------------------------------------------------------------
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(N, 3, H, W) in [-1, 1] -> uint8 (N, H, W, 3)."""
+    x = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).numpy()
+
+
+def from_uint8(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> (N, 3, H, W) float in [-1, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def reconstruction_metrics(originals: np.ndarray, recons: np.ndarray) -> dict[str, float]:
+    """Mean per-image PSNR (dB) and SSIM (skimage, 7x7 window, over RGB) of uint8 (N, H, W, 3) images."""
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    if originals.shape != recons.shape or originals.ndim != 4:
+        raise ValueError(f"shape mismatch: {originals.shape} vs {recons.shape}")
+    psnr = [peak_signal_noise_ratio(a, b, data_range=255) for a, b in zip(originals, recons)]
+    ssim = [structural_similarity(a, b, data_range=255, channel_axis=-1) for a, b in zip(originals, recons)]
+    psnr = [min(p, 100.0) for p in psnr]  # identical images give inf
+    return {"psnr": float(np.mean(psnr)), "ssim": float(np.mean(ssim))}
+
+
+def reconstruct(codec: LatentCodec, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    """Decode the posterior mean of uint8 (N, H, W, 3) images; returns uint8 (N, H, W, 3)."""
+    out = []
+    for i in range(0, len(images), batch_size):
+        mean, _ = codec.encode(from_uint8(images[i:i + batch_size]))  # (n, C, h, w)
+        out.append(to_uint8(codec.decode(mean)))
+    return np.concatenate(out) if out else images[:0]
+
+
+def reconstruction_grid(originals: np.ndarray, recons: np.ndarray, max_images: int = 8) -> np.ndarray:
+    """Two rows: originals on top, reconstructions below. uint8 (2H, n*W, 3)."""
+    n = min(max_images, len(originals))
+    top = np.concatenate(list(originals[:n]), axis=1)  # (H, n*W, 3)
+    bottom = np.concatenate(list(recons[:n]), axis=1)
+    return np.concatenate([top, bottom], axis=0)  # (2H, n*W, 3)
+
+
+# --------------------------------------------------------------------------------------------
+# Fitting
+# --------------------------------------------------------------------------------------------
+
+
+def vae_params(enc: EncodersConfig) -> dict[str, Any]:
+    """The encoder-config fields that define the autoencoder (hashed into its prefix)."""
+    return {k: v for k, v in asdict(enc).items() if k.startswith("vae") or k in ("latent_channels", "latent_scale")}
+
+
+def _train_steps(vae, trainable, train_u8: np.ndarray, enc: EncodersConfig, *, encoder_frozen: bool,
+                 seed: int) -> dict[str, float]:
+    """Minimise ``L1 + MSE + kl_weight * KL`` on random flipped crops of the train images."""
+    from tqdm.auto import tqdm
+
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(trainable, lr=enc.vae_lr, weight_decay=0.0)
+    steps = enc.vae_train_steps
+    warmup = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    images = from_uint8(train_u8)  # (N, 3, H, W)
+    vae.train()
+    last = {}
+    bar = tqdm(range(steps), desc=f"autoencoder ({'decoder' if encoder_frozen else 'fit'})", mininterval=2.0)
+    for step in bar:
+        idx = torch.randint(len(images), (enc.vae_batch_size,), generator=gen)
+        x = images[idx]  # (B, 3, H, W)
+        flip = torch.rand(len(x), generator=gen) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        if encoder_frozen:
+            with torch.no_grad():
+                posterior = vae.encode(x).latent_dist
+        else:
+            posterior = vae.encode(x).latent_dist
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen)  # (B, C, h, w)
+        rec = vae.decode(z).sample  # (B, 3, H, W)
+        l1 = (rec - x).abs().mean()
+        mse = ((rec - x) ** 2).mean()
+        kl = posterior.kl().mean() / posterior.mean[0].numel()  # per latent element
+        loss = l1 + mse + (0.0 if encoder_frozen else enc.vae_kl_weight) * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        last = {"loss": float(loss), "l1": float(l1), "mse": float(mse), "kl": float(kl)}
+        if step % 25 == 0:
+            bar.set_postfix(loss=f"{last['loss']:.4f}")
+    vae.eval()
+    return last
+
+
+@torch.no_grad()
+def estimate_latent_scale(codec: LatentCodec, images_u8: np.ndarray, seed: int = 0, batch_size: int = 64) -> float:
+    """``1 / std`` of posterior samples ``z ~ N(mean, std^2)`` over the given images."""
+    gen = torch.Generator().manual_seed(seed)
+    samples = []
+    for i in range(0, len(images_u8), batch_size):
+        mean, std = codec.encode(from_uint8(images_u8[i:i + batch_size]))
+        samples.append((mean + std * torch.randn(mean.shape, generator=gen)).flatten())
+    z = torch.cat(samples)
+    return float(1.0 / z.float().std())
+
+
+def fit_autoencoder(cfg: XMDPTConfig, validate_manifest: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """The `autoencoder` stage: fit (or fine-tune the decoder of) the VAE and measure it.
+
+    Reads the validated image list (``{artifacts_dir}/validate/manifest.json`` unless given), trains
+    on the train split (plus flips), evaluates on the test split, saves weights + ``codec.json`` +
+    a reconstruction grid under ``{storage_root}/autoencoder/{hash}/``. A prefix that already holds
+    a finished codec is reused (content-addressed: same params and data give the same weights).
+
+    Returns:
+        The stage manifest: ``stage, uri, latent_scale, latent_shape, image_size, config (the
+        AutoencoderKL config), source, metrics, recon_uri``.
+    """
+    from xmdpt.encoders.inputs import load_square_images, read_image_table, validate_manifest_path
+
+    enc, size = cfg.encoders, cfg.data.image_size
+    if validate_manifest is None:
+        validate_manifest = read_manifest(validate_manifest_path(cfg.paths.artifacts_dir))
+    prefix = stage_prefix(cfg.paths.storage_root, STAGE, vae_params(enc), size, manifest_key(validate_manifest))
+    fs, path = filesystem(prefix)
+    codec_path = f"{path.rstrip('/')}/{CODEC_FILE}"
+    if fs.exists(codec_path) and fs.exists(f"{path.rstrip('/')}/{VAE_FOLDER}/config.json"):
+        logger.info("autoencoder already fitted at %s; reusing it", prefix)
+        codec = LatentCodec.from_folder(prefix)
+        info = json.loads(fs.cat_file(codec_path))
+        return _manifest(codec, prefix, size, info["metrics"])
+
+    table = read_image_table(validate_manifest)
+    paths = table.column(schema.IMAGE_PATH).to_pylist()
+    splits = table.column(schema.SPLIT).to_pylist()
+    train_paths = [p for p, s in zip(paths, splits) if s == "train"]
+    test_paths = [p for p, s in zip(paths, splits) if s == "test"]
+    if not train_paths:
+        raise ValueError(f"{validate_manifest.get('uri')}: no train-split images to fit the autoencoder on")
+    heldout = bool(test_paths)
+    if not heldout:
+        logger.warning("no test-split images: reconstruction metrics are measured on train images")
+        test_paths = train_paths[: min(64, len(train_paths))]
+    t0 = time.perf_counter()
+    train_u8 = load_square_images(cfg.paths.dataset_root, train_paths, size)  # (N, size, size, 3)
+    test_u8 = load_square_images(cfg.paths.dataset_root, test_paths, size)
+    logger.info("loaded %d train / %d test images at %d px in %.1fs", len(train_u8), len(test_u8), size,
+                time.perf_counter() - t0)
+
+    torch.manual_seed(enc.vae_seed)
+    if enc.vae == "fitted":
+        vae = build_fitted_vae(enc, size)
+        trainable = list(vae.parameters())
+        frozen_encoder = False
+    else:
+        vae = load_pretrained_vae(enc.vae_pretrained_id)
+        vae.encoder.requires_grad_(False)
+        if vae.quant_conv is not None:
+            vae.quant_conv.requires_grad_(False)
+        trainable = [p for p in vae.parameters() if p.requires_grad] if enc.vae_finetune_decoder else []
+        frozen_encoder = True
+    logger.info("autoencoder (%s): %.2fM parameters, %d trainable steps", enc.vae,
+                sum(p.numel() for p in vae.parameters()) / 1e6, enc.vae_train_steps if trainable else 0)
+    t0 = time.perf_counter()
+    last = {}
+    if trainable and enc.vae_train_steps > 0:
+        last = _train_steps(vae, trainable, train_u8, enc, encoder_frozen=frozen_encoder, seed=enc.vae_seed)
+    fit_seconds = time.perf_counter() - t0
+
+    if enc.latent_scale is not None:
+        scale = enc.latent_scale
+    elif enc.vae == "pretrained":
+        scale = float(vae.config.scaling_factor)
+    else:
+        scale = estimate_latent_scale(LatentCodec(vae, 1.0, source=enc.vae), train_u8, seed=enc.vae_seed)
+    codec = LatentCodec(vae, scale, source=enc.vae)
+
+    recons = reconstruct(codec, test_u8)
+    metrics = {
+        **{f"heldout_{k}" if heldout else f"train_{k}": v for k, v in reconstruction_metrics(test_u8, recons).items()},
+        "num_eval_images": len(test_u8),
+        "num_train_images": len(train_u8),
+        "train_steps": enc.vae_train_steps if trainable else 0,
+        "fit_seconds": round(fit_seconds, 1),
+        **{f"final_{k}": round(v, 6) for k, v in last.items()},
+    }
+    logger.info("autoencoder reconstruction: %s", {k: round(v, 4) if isinstance(v, float) else v
+                                                   for k, v in metrics.items()})
+    codec.save(prefix, extra={"metrics": metrics, "image_size": size})
+    _write_png(reconstruction_grid(test_u8, recons), join(prefix, RECON_FILE))
+    return _manifest(codec, prefix, size, metrics)
+
+
+def _write_png(img: np.ndarray, uri: str) -> None:
+    from PIL import Image
+
+    fs, path = filesystem(uri)
+    with fs.open(path, "wb") as f:
+        Image.fromarray(img).save(f, format="PNG")
+
+
+def _manifest(codec: LatentCodec, prefix: str, size: int, metrics: dict[str, Any]) -> dict[str, Any]:
+    f = codec.downsample_factor
+    return {
+        "stage": STAGE,
+        "uri": prefix,
+        "vae_uri": join(prefix, VAE_FOLDER),
+        "recon_uri": join(prefix, RECON_FILE),
+        "source": codec.source,
+        "latent_scale": codec.latent_scale,
+        "latent_shape": [codec.latent_channels, size // f, size // f],
+        "image_size": size,
+        "config": {k: v for k, v in dict(codec.vae.config).items() if not k.startswith("_")},
+        "metrics": metrics,
+    }
