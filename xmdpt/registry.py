@@ -1,0 +1,313 @@
+"""MLflow model registry: log a pipeline folder as a LoggedModel, register it, move the aliases.
+
+Flavour: ``mlflow.pyfunc`` with the model defined *from code* (:mod:`xmdpt.sampling.mlflow_model`,
+no pickled Python object) and the self-contained pipeline folder as the artifact ``model_dir``
+(``config.json`` + ``model.safetensors`` with the EMA weights, the VAE folder, the token-encoder
+specs and stand-in weights; see :mod:`xmdpt.sampling.folder`). MLflow 3 keeps it as a LoggedModel
+(``models:/m-…``) outside run artifacts; each registration is a version of ``register.model_name``.
+
+Aliases: every new version gets ``@candidate``; ``@champion`` moves to it only if it beats the
+current champion on ``register.metric`` (``register.higher_is_better``), or if there is none yet.
+The metric values are stored as version tags (``metric.<name>``) so that the comparison does not
+depend on where the evaluation ran.
+
+Consumers resolve ``models:/name@alias``, ``models:/name/3``, ``runs:/…`` or ``models:/m-…`` with
+:func:`resolve_model_dir`: the model is downloaded once to a cache folder and the pipeline folder
+inside it is returned.
+
+The tracking URI is resolved here by :func:`resolve_tracking_uri` (configured value, else
+``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` in the working directory).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+logger = logging.getLogger(__name__)
+
+CANDIDATE_ALIAS = "candidate"
+CHAMPION_ALIAS = "champion"
+MODEL_DIR_ARTIFACT = "model_dir"
+METRIC_TAG_PREFIX = "metric."
+LOGGED_MODEL_NAME = "xmdpt"
+MODEL_CODE = Path(__file__).resolve().parent / "sampling" / "mlflow_model.py"
+MODEL_URI_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/", "s3://", "gs://", "file://")
+
+
+class ModelNotFoundError(LookupError):
+    """A model URI does not name an existing model; the message says which part is unknown."""
+
+
+def resolve_tracking_uri(configured: str = "") -> str:
+    """``paths.mlflow_tracking_uri`` if set, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<cwd>/mlflow.db``."""
+    if configured:
+        return configured
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def _signature():
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+
+    return ModelSignature(
+        inputs=Schema([ColSpec("binary", "source_image"), ColSpec("string", "pose")]),
+        outputs=Schema([ColSpec("binary", "image")]),
+        params=ParamSchema([ParamSpec("num_steps", "long", 50), ParamSpec("cfg_scale", "double", 2.0),
+                            ParamSpec("seed", "long", 0)]),
+    )
+
+
+def _pip_requirements() -> list[str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    reqs = []
+    for pkg in ("torch", "torchvision", "timm", "diffusers", "safetensors", "numpy", "pillow", "mediapipe",
+                "opencv-contrib-python", "einops", "pyyaml"):
+        try:
+            reqs.append(f"{pkg}=={version(pkg)}")
+        except PackageNotFoundError:
+            continue
+    return reqs
+
+
+def _metric_value(metrics: Mapping[str, Any], key: str) -> float:
+    if key not in metrics:
+        raise KeyError(f"register.metric: {key!r} not in the evaluation metrics; available: {sorted(metrics)}")
+    v = metrics[key]
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(float(v)):
+        raise ValueError(f"register.metric: {key!r} is {v!r}, not a finite number (see evaluate's metrics.json)")
+    return float(v)
+
+
+def is_better(value: float, incumbent: Optional[float], higher_is_better: bool) -> bool:
+    """True when ``value`` strictly improves on ``incumbent`` (or there is no incumbent)."""
+    if incumbent is None:
+        return True
+    return value > incumbent if higher_is_better else value < incumbent
+
+
+def log_and_register(
+    model_dir: str | Path,
+    *,
+    model_name: str,
+    metric: str,
+    higher_is_better: bool,
+    metrics: Mapping[str, Any],
+    tracking_uri: str,
+    lineage: Optional[Mapping[str, str]] = None,
+    run_id: Optional[str] = None,
+    experiment_name: str = "xmdpt",
+) -> dict[str, Any]:
+    """Log ``model_dir`` as a pyfunc LoggedModel, register a version, set ``@candidate``, maybe ``@champion``.
+
+    Args:
+        model_dir: the pipeline folder (see :func:`xmdpt.sampling.folder.check_pipeline_folder`).
+        model_name: registered model name (``register.model_name``).
+        metric: key of ``metrics`` that decides promotion (``register.metric``).
+        higher_is_better: direction of ``metric``.
+        metrics: evaluation metrics (numbers and nulls; non-numbers are not logged).
+        tracking_uri: MLflow tracking (and registry) URI.
+        lineage: tags (git commit, manifest URIs, train run id) put on the LoggedModel and the version.
+        run_id: log under this run (the training run) if it exists in the store; else a new run.
+        experiment_name: experiment of the new run.
+
+    Returns:
+        The ``registered.json`` record: name, version, aliases, model URIs, metric values, promotion.
+    """
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    model_dir = Path(model_dir)
+    from xmdpt.sampling.folder import check_pipeline_folder
+
+    check_pipeline_folder(model_dir)
+    value = _metric_value(metrics, metric)
+    numeric = {k: float(v) for k, v in metrics.items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))}
+    lineage = {k: str(v) for k, v in (lineage or {}).items()}
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+    run_kwargs: dict[str, Any] = {}
+    if run_id:
+        try:
+            client.get_run(run_id)
+            run_kwargs = {"run_id": run_id}
+        except MlflowException:
+            logger.warning("train run %s not found in %s; logging the model under a new run", run_id, tracking_uri)
+    if not run_kwargs:
+        mlflow.set_experiment(experiment_name)
+        run_kwargs = {"run_name": "register"}
+
+    with mlflow.start_run(**run_kwargs) as run:
+        info = mlflow.pyfunc.log_model(
+            name=LOGGED_MODEL_NAME,
+            python_model=str(MODEL_CODE),
+            artifacts={MODEL_DIR_ARTIFACT: str(model_dir)},
+            signature=_signature(),
+            pip_requirements=_pip_requirements(),
+            tags=lineage,
+            params={"metric": metric},
+        )
+        if numeric:
+            mlflow.log_metrics(numeric, model_id=info.model_id)
+    logger.info("logged model %s (%s) in run %s", info.model_id, info.model_uri, run.info.run_id)
+
+    # the champion before this version (read before any alias moves)
+    incumbent_version, incumbent_value = None, None
+    try:
+        champ = client.get_model_version_by_alias(model_name, CHAMPION_ALIAS)
+        incumbent_version = champ.version
+        tag = champ.tags.get(METRIC_TAG_PREFIX + metric)
+        incumbent_value = float(tag) if tag is not None else None
+        if incumbent_value is None:
+            logger.warning("champion %s v%s has no %s tag; the new version replaces it", model_name, champ.version,
+                           METRIC_TAG_PREFIX + metric)
+    except MlflowException:
+        pass  # no registered model or no champion yet
+
+    version_tags = {**lineage, **{METRIC_TAG_PREFIX + k: str(v) for k, v in numeric.items()},
+                    "model_id": info.model_id, "register.metric": metric}
+    mv = mlflow.register_model(info.model_uri, model_name, tags=version_tags)
+    client.set_registered_model_alias(model_name, CANDIDATE_ALIAS, mv.version)
+    promoted = is_better(value, incumbent_value, higher_is_better)
+    if promoted:
+        client.set_registered_model_alias(model_name, CHAMPION_ALIAS, mv.version)
+        logger.info("%s v%s is the new @%s (%s=%.6g, was %s)", model_name, mv.version, CHAMPION_ALIAS, metric, value,
+                    incumbent_value)
+    else:
+        logger.info("%s v%s stays @%s only (%s=%.6g does not beat champion v%s's %.6g)", model_name, mv.version,
+                    CANDIDATE_ALIAS, metric, value, incumbent_version, incumbent_value)
+    aliases = sorted(client.get_model_version(model_name, mv.version).aliases)
+    return {
+        "name": model_name,
+        "version": int(mv.version),
+        "aliases": aliases,
+        "model_uri": f"models:/{model_name}/{mv.version}",
+        "logged_model_uri": info.model_uri,
+        "model_id": info.model_id,
+        "run_id": run.info.run_id,
+        "tracking_uri": tracking_uri,
+        "metric": {"name": metric, "value": value, "higher_is_better": higher_is_better,
+                   "champion_before": {"version": int(incumbent_version) if incumbent_version else None,
+                                       "value": incumbent_value},
+                   "promoted": promoted},
+        "metrics": dict(metrics),
+        "lineage": lineage,
+    }
+
+
+# ------------------------------------------------------------------------------------------------
+# Consumers: URI -> local pipeline folder
+# ------------------------------------------------------------------------------------------------
+
+
+def is_model_uri(s: str) -> bool:
+    return any(str(s).startswith(p) for p in MODEL_URI_SCHEMES)
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("XMDPT_CACHE_DIR") or Path.home() / ".cache" / "xmdpt" / "models")
+
+
+def _pin_uri(uri: str, tracking_uri: str) -> tuple[str, str]:
+    """``(download URI, cache key)``; aliases are resolved to a version first (an alias can move)."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    if not uri.startswith("models:/") or uri.startswith("models:/m-"):
+        return uri, uri
+    rest = uri[len("models:/"):].strip("/")
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    try:
+        if "@" in rest:
+            name, alias = rest.split("@", 1)
+            mv = client.get_model_version_by_alias(name, alias)
+        else:
+            name, _, version = rest.partition("/")
+            if not version:
+                raise ModelNotFoundError(f"model URI {uri!r}: expected models:/NAME/VERSION or models:/NAME@ALIAS")
+            mv = client.get_model_version(name, version)
+    except MlflowException as e:
+        raise ModelNotFoundError(f"unknown model URI {uri!r} (tracking URI {tracking_uri}): {e.message}") from None
+    pinned = f"models:/{mv.name}/{mv.version}"
+    return pinned, f"{pinned}|{mv.source}"
+
+
+def _find_pipeline_folder(root: Path) -> Path:
+    """The pipeline folder inside a downloaded pyfunc model (or ``root`` itself)."""
+    from xmdpt.sampling.folder import is_pipeline_folder
+
+    if is_pipeline_folder(root):
+        return root
+    mlmodel = root / "MLmodel"
+    if mlmodel.is_file():
+        import yaml
+
+        meta = yaml.safe_load(mlmodel.read_text())
+        arts = (meta.get("flavors", {}).get("python_function", {}).get("artifacts") or {})
+        rel = (arts.get(MODEL_DIR_ARTIFACT) or {}).get("path")
+        if rel and is_pipeline_folder(root / rel):
+            return root / rel
+    hits = [p.parent for p in root.rglob("config.json") if is_pipeline_folder(p.parent)]
+    if len(hits) == 1:
+        return hits[0]
+    raise ModelNotFoundError(f"{root}: no xmdpt pipeline folder inside the downloaded model "
+                             f"(looked for the pyfunc artifact {MODEL_DIR_ARTIFACT!r})")
+
+
+def resolve_model_dir(uri_or_dir: str | Path, *, tracking_uri: Optional[str] = None,
+                      cache_dir: Optional[str | Path] = None) -> Path:
+    """A local pipeline folder for a folder path or an MLflow model URI.
+
+    Args:
+        uri_or_dir: a local pipeline folder, or ``models:/name@alias``, ``models:/name/3``,
+            ``models:/m-<id>``, ``runs:/<run id>/<path>`` (resolved against ``tracking_uri``).
+        tracking_uri: default: ``$MLFLOW_TRACKING_URI`` (see :func:`resolve_tracking_uri`).
+        cache_dir: where downloads are kept (default ``$XMDPT_CACHE_DIR`` or ``~/.cache/xmdpt/models``).
+
+    Raises:
+        ModelNotFoundError: the folder does not exist / is not a pipeline folder, or the URI names no model.
+    """
+    s = str(uri_or_dir)
+    if not is_model_uri(s):
+        p = Path(s)
+        if not p.exists():
+            raise ModelNotFoundError(f"model {s!r}: no such folder, and not a model URI "
+                                     f"(expected a folder or one of {', '.join(MODEL_URI_SCHEMES)}…)")
+        return _find_pipeline_folder(p)
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    tracking_uri = resolve_tracking_uri(tracking_uri or "")
+    pinned, key = _pin_uri(s, tracking_uri)
+    dest = Path(cache_dir or default_cache_dir()) / hashlib.sha256(f"{tracking_uri}|{key}".encode()).hexdigest()[:16]
+    done = dest / ".complete"
+    if not done.is_file():
+        tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        try:
+            mlflow.set_registry_uri(tracking_uri)
+            mlflow.artifacts.download_artifacts(artifact_uri=pinned, dst_path=str(tmp), tracking_uri=tracking_uri)
+        except MlflowException as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise ModelNotFoundError(f"unknown model URI {s!r} (tracking URI {tracking_uri}): {e.message}") from None
+        (tmp / ".complete").write_text(json.dumps({"uri": s, "pinned": pinned}) + "\n")
+        shutil.rmtree(dest, ignore_errors=True)
+        tmp.rename(dest)
+        logger.info("downloaded %s (%s) to %s", s, pinned, dest)
+    return _find_pipeline_folder(dest)

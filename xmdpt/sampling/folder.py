@@ -1,0 +1,144 @@
+"""The pipeline folder: everything generation needs, in one self-contained, pickle-free folder.
+
+::
+
+    <folder>/
+      config.json          full resolved config dict (model, encoders, data, diffusion, sample sections)
+      model.safetensors    EMA weights of the denoiser
+      autoencoder/         the latent codec (LatentCodec.save layout: vae/ + codec.json with latent_scale)
+      encoders/            token-encoder weights: <role>.safetensors (stand-ins or the pretrained DINOv2)
+      pipeline.json        format marker, latent scale, image size, encoder specs, lineage
+
+It is what ``xmdpt generate --model DIR`` reads, what the `register` stage logs to MLflow as the
+pyfunc artifact ``model_dir``, and what :func:`xmdpt.registry.resolve_model_dir` returns after a
+download. :func:`build_pipeline_folder` assembles it from the training model folder and the
+feature manifest (which names the codec and the encoder weights the model was trained on).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+from fsspec.implementations.local import LocalFileSystem
+
+from xmdpt.storage import filesystem
+
+logger = logging.getLogger(__name__)
+
+PIPELINE_FILE = "pipeline.json"
+PIPELINE_FORMAT = "xmdpt-pipeline"
+PIPELINE_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+CODEC_DIR = "autoencoder"
+ENCODERS_DIR = "encoders"
+ROLES = ("image", "pose")
+
+
+def is_pipeline_folder(path: str | Path) -> bool:
+    p = Path(path)
+    return all((p / f).is_file() for f in (PIPELINE_FILE, CONFIG_FILE, WEIGHTS_FILE))
+
+
+def check_pipeline_folder(path: str | Path) -> dict[str, Any]:
+    """Raise ``FileNotFoundError``/``ValueError`` naming what is missing; return ``pipeline.json``."""
+    p = Path(path)
+    if not p.is_dir():
+        raise FileNotFoundError(f"{p}: pipeline folder not found")
+    missing = [f for f in (PIPELINE_FILE, CONFIG_FILE, WEIGHTS_FILE) if not (p / f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{p}: not an xmdpt pipeline folder (missing {missing})")
+    meta = json.loads((p / PIPELINE_FILE).read_text())
+    if meta.get("format") != PIPELINE_FORMAT:
+        raise ValueError(f"{p / PIPELINE_FILE}: format {meta.get('format')!r}, expected {PIPELINE_FORMAT!r}")
+    if not (p / CODEC_DIR).is_dir():
+        raise FileNotFoundError(f"{p}: missing the autoencoder folder {CODEC_DIR}/ (needed to decode)")
+    for role, rel in (meta.get("encoder_weights") or {}).items():
+        if not (p / rel).is_file():
+            raise FileNotFoundError(f"{p}: {role} encoder weights {rel} missing")
+    return meta
+
+
+def _copy_tree(src_uri: str, dst: Path) -> None:
+    """Copy a local folder or fsspec URL folder to ``dst``."""
+    fs, path = filesystem(src_uri)
+    if not fs.exists(path):
+        raise FileNotFoundError(f"{src_uri}: not found")
+    if isinstance(fs, LocalFileSystem):
+        shutil.copytree(path, dst, dirs_exist_ok=True)
+    else:
+        dst.mkdir(parents=True, exist_ok=True)
+        fs.get(path.rstrip("/") + "/", str(dst) + "/", recursive=True)
+
+
+def _copy_file(src_uri: str, dst: Path) -> None:
+    fs, path = filesystem(src_uri)
+    if not fs.exists(path):
+        raise FileNotFoundError(f"{src_uri}: not found")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fs.get_file(path, str(dst))
+
+
+def write_pipeline_folder(
+    out: str | Path,
+    *,
+    model_folder: str | Path,
+    codec_uri: str,
+    encoder_weights: Mapping[str, str],
+    encoders: Optional[Mapping[str, Any]] = None,
+    standin: bool,
+    latent_scale: float,
+    lineage: Optional[Mapping[str, Any]] = None,
+) -> Path:
+    """Assemble a pipeline folder.
+
+    Args:
+        out: the folder to write (replaced if present).
+        model_folder: training's model folder (``config.json`` + ``model.safetensors``, EMA weights).
+        codec_uri: the autoencoder folder (``LatentCodec.save`` layout: ``vae/`` + ``codec.json``).
+        encoder_weights: role (``image``/``pose``) -> safetensors URI of the token encoders.
+        encoders: encoder specs (names, token counts, stand-in flags) recorded for the reader.
+        standin: True when the token encoders are random-feature stand-ins (offline default).
+        latent_scale: the scale the model was trained with (checked against the codec's).
+        lineage: where it came from (manifest URIs, run id, git commit).
+    """
+    out = Path(out)
+    model_folder = Path(model_folder)
+    for f in (CONFIG_FILE, WEIGHTS_FILE):
+        if not (model_folder / f).is_file():
+            raise FileNotFoundError(f"{model_folder}: model folder lacks {f}")
+    unknown = sorted(set(encoder_weights) - set(ROLES))
+    if unknown:
+        raise ValueError(f"encoder_weights: unknown roles {unknown}; expected {list(ROLES)}")
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    shutil.copy2(model_folder / CONFIG_FILE, out / CONFIG_FILE)
+    shutil.copy2(model_folder / WEIGHTS_FILE, out / WEIGHTS_FILE)
+    _copy_tree(codec_uri, out / CODEC_DIR)
+    codec_info = json.loads((out / CODEC_DIR / "codec.json").read_text())
+    if abs(float(codec_info["latent_scale"]) - float(latent_scale)) > 1e-6 * abs(float(latent_scale)):
+        raise ValueError(f"{codec_uri}: codec latent_scale {codec_info['latent_scale']} differs from the model's "
+                         f"{latent_scale}")
+    weights_rel = {}
+    for role, uri in encoder_weights.items():
+        rel = f"{ENCODERS_DIR}/{role}.safetensors"
+        _copy_file(uri, out / rel)
+        weights_rel[role] = rel
+    meta = {
+        "format": PIPELINE_FORMAT,
+        "version": PIPELINE_VERSION,
+        "latent_scale": float(latent_scale),
+        "codec": CODEC_DIR,
+        "encoder_weights": weights_rel,
+        "encoders": dict(encoders or {}),
+        "standin": bool(standin),
+        "lineage": dict(lineage or {}),
+    }
+    (out / PIPELINE_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
+    logger.info("wrote pipeline folder %s (standin encoders: %s)", out, standin)
+    return out

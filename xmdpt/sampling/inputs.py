@@ -1,0 +1,197 @@
+"""Inputs of generation from arbitrary photos: source images, pose JSON files, poses from photos.
+
+**Frame.** The model sees square images: DeepFashion's 256x176 (H x W) portraits squashed to a
+square (the authors' preprocessing). An arbitrary photo is first padded to the same 176:256 (W:H)
+aspect with its own background colour (the per-channel median of its border pixels), centred,
+and then squashed exactly like a dataset image — so a person keeps the proportions the model
+learned. Keypoints follow the same two steps (offset by the padding, then scaled).
+
+**Pose JSON** (``DESIGN.md``)::
+
+    {"format": "coco18", "image_size": [H, W], "keypoints": [[x, y], ... 18 ...]}
+
+``(x, y)`` pixels in an ``H x W`` frame, ``[-1, -1]`` = missing, COCO-18 order
+(:data:`xmdpt.data.schema.KEYPOINT_NAMES`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+from PIL import Image
+
+from xmdpt.data.schema import KEYPOINT_NAMES, NUM_KEYPOINTS
+
+logger = logging.getLogger(__name__)
+
+DATASET_HW = (256, 176)  # the frame the dataset's portraits have (H, W)
+POSE_FORMAT = "coco18"
+POSE_SUFFIXES = (".json",)
+
+
+class PoseError(ValueError):
+    """A pose cannot be used: bad JSON, wrong keypoint count, or no person in a pose photo."""
+
+
+@dataclass(frozen=True)
+class Pose:
+    """COCO-18 keypoints ``(18, 2)`` ``(x, y)``, -1 missing, in a frame of ``hw = (H, W)`` pixels."""
+
+    keypoints: np.ndarray
+    hw: tuple[int, int]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": POSE_FORMAT, "image_size": [int(self.hw[0]), int(self.hw[1])],
+                "keypoints": [[float(x), float(y)] for x, y in self.keypoints]}
+
+
+def parse_pose(obj: Any, *, name: str = "pose") -> Pose:
+    """Validate a pose JSON object (already decoded). Raises :class:`PoseError` naming ``name`` and the field."""
+    if not isinstance(obj, dict):
+        raise PoseError(f"{name}: expected a JSON object with format, image_size, keypoints; got {type(obj).__name__}")
+    fmt = obj.get("format", POSE_FORMAT)
+    if fmt != POSE_FORMAT:
+        raise PoseError(f"{name}: unknown pose format {fmt!r}; expected {POSE_FORMAT!r}")
+    size = obj.get("image_size")
+    if (not isinstance(size, (list, tuple)) or len(size) != 2
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in size)):
+        raise PoseError(f"{name}: image_size must be [H, W] with positive numbers, got {size!r}")
+    kps = obj.get("keypoints")
+    if not isinstance(kps, (list, tuple)):
+        raise PoseError(f"{name}: keypoints must be a list of {NUM_KEYPOINTS} [x, y] pairs, got {type(kps).__name__}")
+    if len(kps) != NUM_KEYPOINTS:
+        raise PoseError(f"{name}: expected {NUM_KEYPOINTS} keypoints (COCO-18: {', '.join(KEYPOINT_NAMES)}), "
+                        f"got {len(kps)}")
+    arr = np.full((NUM_KEYPOINTS, 2), -1.0, dtype=np.float32)
+    h, w = float(size[0]), float(size[1])
+    for i, p in enumerate(kps):
+        if (not isinstance(p, (list, tuple)) or len(p) != 2
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in p)):
+            raise PoseError(f"{name}: keypoint {i} ({KEYPOINT_NAMES[i]}) must be [x, y] numbers, got {p!r}")
+        x, y = float(p[0]), float(p[1])
+        if x < 0 or y < 0:
+            continue  # missing
+        if x > w or y > h:
+            raise PoseError(f"{name}: keypoint {i} ({KEYPOINT_NAMES[i]}) = [{x}, {y}] lies outside the "
+                            f"image_size [{size[0]}, {size[1]}] (H, W)")
+        arr[i] = (x, y)
+    if (arr < 0).any(axis=1).all():
+        raise PoseError(f"{name}: all {NUM_KEYPOINTS} keypoints are missing")
+    return Pose(arr, (int(round(h)), int(round(w))))
+
+
+def load_pose_json(path: Union[str, Path]) -> Pose:
+    """Read and validate a pose JSON file (see the module docstring)."""
+    p = Path(path)
+    if not p.is_file():
+        raise PoseError(f"{p}: pose file not found")
+    try:
+        obj = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise PoseError(f"{p}: not valid JSON ({e})") from None
+    return parse_pose(obj, name=str(p))
+
+
+def border_colour(img: np.ndarray, border: int = 2) -> tuple[int, int, int]:
+    """Per-channel median of the outer ``border`` pixels of ``uint8 (H, W, 3)`` — the background colour."""
+    frame = np.concatenate([img[:border].reshape(-1, 3), img[-border:].reshape(-1, 3),
+                            img[:, :border].reshape(-1, 3), img[:, -border:].reshape(-1, 3)])
+    return tuple(int(v) for v in np.median(frame, axis=0))
+
+
+def pad_offsets(hw: tuple[int, int], aspect_hw: tuple[int, int] = DATASET_HW) -> tuple[int, int, int, int]:
+    """``(top, bottom, left, right)`` padding that brings an ``hw`` frame to the ``aspect_hw`` aspect, centred."""
+    h, w = hw
+    ah, aw = aspect_hw
+    if w * ah > h * aw:  # too wide: pad top and bottom
+        new_h = int(round(w * ah / aw))
+        extra = max(new_h - h, 0)
+        return extra // 2, extra - extra // 2, 0, 0
+    new_w = int(round(h * aw / ah))  # too tall (or exact): pad left and right
+    extra = max(new_w - w, 0)
+    return 0, 0, extra // 2, extra - extra // 2
+
+
+def pad_to_aspect(img: np.ndarray, aspect_hw: tuple[int, int] = DATASET_HW) -> tuple[np.ndarray, tuple[int, int]]:
+    """Pad ``uint8 (H, W, 3)`` with its border colour to the ``aspect_hw`` aspect.
+
+    Returns:
+        (padded image ``(H', W', 3)``, ``(top, left)`` offset of the original inside it).
+    """
+    top, bottom, left, right = pad_offsets(img.shape[:2], aspect_hw)
+    if top == bottom == left == right == 0:
+        return img, (0, 0)
+    out = np.empty((img.shape[0] + top + bottom, img.shape[1] + left + right, 3), np.uint8)
+    out[:] = border_colour(img)
+    out[top:top + img.shape[0], left:left + img.shape[1]] = img
+    return out, (top, left)
+
+
+def prepare_source(img: np.ndarray, size: int) -> np.ndarray:
+    """Any photo -> the model's square frame: pad to 176:256 with the background colour, then squash.
+
+    Args:
+        img: ``uint8 (H, W, 3)`` RGB.
+        size: the model's image side (``data.image_size``).
+
+    Returns:
+        ``uint8 (size, size, 3)``.
+    """
+    from xmdpt.data.images import resize_square
+
+    padded, _ = pad_to_aspect(img)
+    return resize_square(padded, size)
+
+
+def pad_pose(pose: Pose, aspect_hw: tuple[int, int] = DATASET_HW) -> Pose:
+    """The same padding as :func:`pad_to_aspect`, applied to keypoints (missing stay -1)."""
+    top, bottom, left, right = pad_offsets(pose.hw, aspect_hw)
+    kps = pose.keypoints.copy()
+    miss = (kps < 0).any(axis=1)
+    kps[:, 0] += left
+    kps[:, 1] += top
+    kps[miss] = -1.0
+    return Pose(kps, (pose.hw[0] + top + bottom, pose.hw[1] + left + right))
+
+
+def pose_from_photo(img: np.ndarray, pose_model_path: Union[str, Path], *, min_visibility: float = 0.5,
+                    name: str = "pose image") -> Pose:
+    """Estimate COCO-18 keypoints on a photo with the MediaPipe pose estimator.
+
+    Raises:
+        PoseError: no person found.
+    """
+    from xmdpt.data.pose_estimation import PoseEstimator
+
+    if not Path(pose_model_path).is_file():
+        raise PoseError(f"{name}: pose estimator model {pose_model_path} not found "
+                        "(set data.pose_model_path in the model's config or pass --pose-model)")
+    est = PoseEstimator(str(pose_model_path), min_visibility)
+    kps, _conf = est.estimate(img)
+    kps = np.asarray(kps, dtype=np.float32).reshape(NUM_KEYPOINTS, 2)
+    if (kps < 0).any(axis=1).all():
+        raise PoseError(f"{name}: no person found by the pose estimator")
+    return Pose(kps, (int(img.shape[0]), int(img.shape[1])))
+
+
+def is_pose_json(path: Union[str, Path]) -> bool:
+    return Path(path).suffix.lower() in POSE_SUFFIXES
+
+
+def as_image_array(source: Any, *, name: str) -> np.ndarray:
+    """A path, encoded bytes, PIL image or ``uint8 (H, W, 3)`` array -> ``uint8 (H, W, 3)`` RGB."""
+    from xmdpt.data.images import load_rgb
+
+    if isinstance(source, Image.Image):
+        return np.asarray(source.convert("RGB"), dtype=np.uint8)
+    if isinstance(source, np.ndarray):
+        if source.ndim != 3 or source.shape[2] != 3 or source.dtype != np.uint8:
+            raise ValueError(f"{name}: expected uint8 (H, W, 3), got {source.dtype} {source.shape}")
+        return source
+    return load_rgb(source, name=name)

@@ -1,0 +1,239 @@
+"""``XMDPTPipeline``: a source photo and a target pose in, the person in that pose out.
+
+    pipe = XMDPTPipeline.from_pretrained("models:/xmdpt@champion")   # or a local pipeline folder
+    images = pipe(source_image, target_pose, num_steps=50, cfg_scale=2.0, seed=0)   # list of PIL images
+
+Steps (the same preprocessing as the dataset stages, see :mod:`xmdpt.sampling.inputs`):
+
+1. source photo -> padded to 176:256 with its background colour -> squashed to the model's square
+   frame -> VAE posterior (sampled, scaled by ``latent_scale``) and image-encoder tokens;
+2. target pose (pose JSON, a ``Pose``, or a photo to estimate it from) -> padded the same way ->
+   skeleton image -> pose-encoder tokens;
+3. DDIM with classifier-free guidance (power-cosine schedule) -> decode -> PIL images.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from PIL import Image
+
+from xmdpt.config import SampleConfig, XMDPTConfig
+from xmdpt.sampling.folder import CODEC_DIR, check_pipeline_folder
+from xmdpt.sampling.inputs import (
+    Pose,
+    PoseError,
+    as_image_array,
+    is_pose_json,
+    load_pose_json,
+    pad_pose,
+    parse_pose,
+    pose_from_photo,
+    prepare_source,
+)
+
+logger = logging.getLogger(__name__)
+
+PoseLike = Union[Pose, dict, str, Path, np.ndarray, Image.Image, bytes]
+
+
+def _config_from_folder(config: dict[str, Any]) -> XMDPTConfig:
+    """The full config saved with the model; sections other than the config tree's are ignored."""
+    known = set(XMDPTConfig.__dataclass_fields__)
+    return XMDPTConfig.from_dict({k: v for k, v in config.items() if k in known})
+
+
+def _load_token_encoders(folder: Path, cfg: XMDPTConfig, meta: dict[str, Any], device: torch.device):
+    """``(image_encoder, pose_encoder)`` from the config and the folder's encoder weights."""
+    from xmdpt.encoders.dino import TokenEncoder
+
+    encoders = []
+    for role in ("image", "pose"):
+        rel = (meta.get("encoder_weights") or {}).get(role)
+        weights = str(folder / rel) if rel else None
+        encoders.append(TokenEncoder.from_config(cfg.encoders, role=role, weights=weights, device=device))
+    return tuple(encoders)
+
+
+class XMDPTPipeline:
+    """Generation from a pipeline folder (see :mod:`xmdpt.sampling.folder`).
+
+    Attributes:
+        model: ``XMDPT`` (EMA weights, eval mode); codec: ``LatentCodec``; diffusion: ``GaussianDiffusion``;
+        image_encoder / pose_encoder: ``TokenEncoder``; cfg: the ``XMDPTConfig`` saved with the model.
+    """
+
+    def __init__(self, model, codec, diffusion, image_encoder, pose_encoder, cfg: XMDPTConfig, *,
+                 folder: Optional[Path] = None, meta: Optional[dict[str, Any]] = None,
+                 device: str | torch.device = "cpu") -> None:
+        self.model = model
+        self.codec = codec
+        self.diffusion = diffusion
+        self.image_encoder = image_encoder
+        self.pose_encoder = pose_encoder
+        self.cfg = cfg
+        self.folder = folder
+        self.meta = dict(meta or {})
+        self.device = torch.device(device)
+        self.image_size = cfg.data.image_size
+        self.pose_model_path = cfg.data.pose_model_path
+
+    @classmethod
+    def from_pretrained(cls, uri_or_dir: str | Path, *, device: Optional[str | torch.device] = None,
+                        tracking_uri: Optional[str] = None, cache_dir: Optional[str | Path] = None) -> "XMDPTPipeline":
+        """Load from a local pipeline folder or an MLflow model URI (``models:/xmdpt@champion``, ``runs:/…``).
+
+        Raises:
+            xmdpt.registry.ModelNotFoundError: unknown folder or URI.
+        """
+        from xmdpt.diffusion import GaussianDiffusion
+        from xmdpt.encoders.vae import LatentCodec
+        from xmdpt.model.folder import load_model_folder
+        from xmdpt.registry import resolve_model_dir
+
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        folder = resolve_model_dir(uri_or_dir, tracking_uri=tracking_uri, cache_dir=cache_dir)
+        meta = check_pipeline_folder(folder)
+        model, config = load_model_folder(folder, map_location=device)
+        cfg = _config_from_folder(config)
+        codec = LatentCodec.from_folder(str(folder / meta.get("codec", CODEC_DIR)), device=device)
+        if abs(codec.latent_scale - float(meta["latent_scale"])) > 1e-6 * abs(codec.latent_scale):
+            raise ValueError(f"{folder}: codec latent_scale {codec.latent_scale} != pipeline.json {meta['latent_scale']}")
+        image_enc, pose_enc = _load_token_encoders(folder, cfg, meta, device)
+        diffusion = GaussianDiffusion.from_config(cfg.diffusion)
+        if meta.get("standin"):
+            logger.warning("%s uses random-feature stand-in token encoders (offline default); outputs are a "
+                           "pipeline check, not a trained-quality model", folder)
+        return cls(model, codec, diffusion, image_enc, pose_enc, cfg, folder=folder, meta=meta, device=device)
+
+    # ------------------------------------------------------------------ inputs
+    def load_pose(self, pose: PoseLike, *, name: str = "pose", pose_model_path: Optional[str] = None) -> Pose:
+        """A :class:`Pose` from a pose JSON (path/dict), an ``(18, 2)`` array in the dataset frame, or a photo."""
+        if isinstance(pose, Pose):
+            return pose
+        if isinstance(pose, dict):
+            return parse_pose(pose, name=name)
+        if isinstance(pose, np.ndarray) and pose.shape == (18, 2):
+            return Pose(pose.astype(np.float32), (256, 176))
+        if isinstance(pose, (str, Path)) and is_pose_json(pose):
+            return load_pose_json(pose)
+        img = as_image_array(pose, name=str(pose) if isinstance(pose, (str, Path)) else name)
+        return pose_from_photo(img, pose_model_path or self.pose_model_path,
+                               min_visibility=self.cfg.data.pose_min_visibility,
+                               name=str(pose) if isinstance(pose, (str, Path)) else name)
+
+    def _encode(self, sources: np.ndarray, poses: Sequence[Pose], generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Conditions for uint8 square sources ``(N, S, S, 3)`` and poses (any frame)."""
+        from xmdpt.data.images import to_tensor
+        from xmdpt.data.keypoints import render_skeleton
+        from xmdpt.encoders.dino import prepare_image, prepare_pose
+
+        S = self.image_size
+        images = torch.stack([to_tensor(s) for s in sources]).to(self.device)  # (N, 3, S, S)
+        mean, std = self.codec.encode(images)  # (N, C, h, w) each, unscaled
+        noise = torch.randn(mean.shape, generator=generator, device="cpu").to(self.device)
+        ref_latent = (mean + std * noise) * self.codec.latent_scale  # (N, C, h, w) scaled
+        skeletons = []
+        for p in poses:
+            padded = pad_pose(p)
+            skeletons.append(render_skeleton(padded.keypoints, padded.hw, (S, S)))  # (S, S, 3) uint8
+        skeletons = np.stack(skeletons)  # (N, S, S, 3)
+        ref_tokens = self.image_encoder(prepare_image(sources, self.image_encoder.spec))  # (N, Sr, Dr)
+        pose_tokens = self.pose_encoder(prepare_pose(skeletons, self.pose_encoder.spec))  # (N, Sp, Dp)
+        return {"pose_tokens": pose_tokens.to(self.device).float(), "ref_tokens": ref_tokens.to(self.device).float(),
+                "ref_latent": ref_latent.float()}
+
+    def sample_config(self, num_steps: Optional[int] = None, cfg_scale: Optional[float] = None,
+                      cfg_power: Optional[float] = None, seed: Optional[int] = None) -> SampleConfig:
+        upd = {k: v for k, v in dict(num_steps=num_steps, cfg_scale=cfg_scale, cfg_power=cfg_power, seed=seed).items()
+               if v is not None}
+        return replace(self.cfg.sample, **upd)
+
+    @torch.no_grad()
+    def generate_arrays(self, sources: np.ndarray, poses: Sequence[Pose], *, num_steps: Optional[int] = None,
+                        cfg_scale: Optional[float] = None, cfg_power: Optional[float] = None,
+                        seed: Optional[int] = None) -> np.ndarray:
+        """Batch generation on prepared inputs.
+
+        Args:
+            sources: uint8 ``(N, S, S, 3)`` already in the model's frame (see :func:`prepare_source`).
+            poses: N target poses (any frame; padded and scaled here).
+            num_steps, cfg_scale, cfg_power, seed: override the model's ``sample`` config.
+
+        Returns:
+            uint8 ``(N, S, S, 3)``.
+        """
+        from xmdpt.diffusion.sampling import sample
+        from xmdpt.encoders.vae import to_uint8
+
+        if len(sources) != len(poses):
+            raise ValueError(f"{len(sources)} sources but {len(poses)} poses")
+        sc = self.sample_config(num_steps, cfg_scale, cfg_power, seed)
+        generator = torch.Generator(device="cpu").manual_seed(sc.seed)
+        cond = self._encode(sources, poses, generator)
+        gen = generator if self.device.type == "cpu" else torch.Generator(device=self.device).manual_seed(sc.seed)
+        x_0 = sample(self.model, self.diffusion, cond, sc, generator=gen)  # (N, C, h, w) scaled
+        return to_uint8(self.codec.decode(x_0 / self.codec.latent_scale))  # (N, S, S, 3)
+
+    def __call__(self, source_image: Any, target_pose: PoseLike, *, num_steps: Optional[int] = None,
+                 cfg_scale: Optional[float] = None, cfg_power: Optional[float] = None, seed: int = 0,
+                 num_images: int = 1, output_size: Optional[tuple[int, int]] = None) -> list[Image.Image]:
+        """Generate ``num_images`` pictures of the source person in the target pose.
+
+        Args:
+            source_image: a path, bytes, PIL image or uint8 ``(H, W, 3)`` array — any photo.
+            target_pose: a pose JSON path/dict, a :class:`Pose`, or a photo (path/PIL/array) to estimate it from.
+            num_steps, cfg_scale, cfg_power: sampler settings (default: the model's ``sample`` config).
+            seed: seeds the source posterior draw and the initial noise.
+            num_images: samples per call (different noise).
+            output_size: ``(H, W)`` to resize to (e.g. ``(256, 176)`` to undo the square squash); default square.
+
+        Raises:
+            xmdpt.data.images.ImageError: unreadable image; PoseError: bad pose JSON / no person found.
+        """
+        src = prepare_source(as_image_array(source_image, name=_name(source_image, "source image")), self.image_size)
+        pose = self.load_pose(target_pose, name=_name(target_pose, "target pose"))
+        out = self.generate_arrays(np.stack([src] * num_images), [pose] * num_images, num_steps=num_steps,
+                                   cfg_scale=cfg_scale, cfg_power=cfg_power, seed=seed)
+        images = [Image.fromarray(a) for a in out]
+        if output_size is not None:
+            images = [im.resize((output_size[1], output_size[0]), Image.BICUBIC) for im in images]
+        return images
+
+
+def _name(obj: Any, default: str) -> str:
+    return str(obj) if isinstance(obj, (str, Path)) else default
+
+
+def generate(model: str | Path, source: str | Path, pose: str | Path, out: str | Path, *, num_steps: Optional[int] = None,
+             cfg_scale: Optional[float] = None, seed: int = 0, pose_model_path: Optional[str] = None,
+             device: Optional[str] = None) -> Path:
+    """``xmdpt generate``: one image of the person in ``source`` in the pose of ``pose`` written to ``out`` (PNG).
+
+    Args:
+        model: pipeline folder or MLflow model URI.
+        source: any photo of a person.
+        pose: a pose JSON file or a photo to take the pose from.
+        pose_model_path: overrides the folder's ``data.pose_model_path`` (MediaPipe ``.task``).
+    """
+    pipe = XMDPTPipeline.from_pretrained(model, device=device)
+    if pose_model_path:
+        pipe.pose_model_path = pose_model_path
+    # decode inputs before the (slow) sampling so that bad inputs fail fast
+    src = as_image_array(source, name=str(source))
+    target = pipe.load_pose(pose, name=str(pose))
+    image = pipe(src, target, num_steps=num_steps, cfg_scale=cfg_scale, seed=seed)[0]
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    image.save(out, format="PNG")
+    logger.info("wrote %s", out)
+    return out
+
+
+__all__ = ["XMDPTPipeline", "generate", "PoseError"]
