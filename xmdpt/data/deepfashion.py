@@ -79,6 +79,11 @@ class PairRecord:
     source_path: str
     row_key: str  # where it came from: "train_pairs.txt:line 3 source 1"
 
+    @property
+    def pair_id(self) -> str:
+        """``{split}:{source fashion name}_2_{target fashion name}`` (the authors' output naming)."""
+        return f"{self.split}:{path_to_fashion_name(self.source_path)}_2_{path_to_fashion_name(self.target_path)}"
+
 
 @dataclass
 class PairsReadout:
@@ -155,6 +160,11 @@ def pose_txt_path(image_path: str) -> str:
     """PIDM pose file of an image: ``img/…/01_1_front.jpg`` -> ``pose/…/01_1_front.txt``."""
     stem, _ = posixpath.splitext(image_path)
     return POSE_DIR + stem[len(IMAGE_DIR):] + ".txt"
+
+
+def resolve_root(root: str) -> str:
+    """A dataset/storage root usable from any process: local paths made absolute, URLs unchanged."""
+    return str(root) if is_url(str(root)) else os.path.abspath(root)
 
 
 def check_relative(rel: str) -> str:
@@ -280,6 +290,7 @@ def _make_pair(split: str, target: str, source: str, row_key: str) -> PairRecord
     if target == source:
         raise ValueError(f"source equals target {target!r}")
     person = person_id_of(target)
+    path_to_fashion_name(target), path_to_fashion_name(source)  # both must have an In-shop name
     if person_id_of(source) != person:
         raise ValueError(f"source {source!r} and target {target!r} are different identities")
     return PairRecord(split=split, person_id=person, target_path=target, source_path=source, row_key=row_key)

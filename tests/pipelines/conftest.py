@@ -1,0 +1,156 @@
+"""Fixtures for the data stages: tiny DeepFashion trees in both public layouts, and a local S3.
+
+The S3 API is moto's server on 127.0.0.1 (a real HTTP endpoint, port chosen by the OS). It starts
+when this file is imported, so that ``AWS_ENDPOINT_URL`` and the test credentials are in
+``os.environ`` before the session's shared Ray instance starts: Ray Data tasks run in worker
+processes, which inherit the environment Ray was started with.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from moto.server import ThreadedMotoServer
+
+_S3_SERVER = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+_S3_SERVER.start()
+_S3_HOST, _S3_PORT = _S3_SERVER.get_host_and_port()
+S3_ENDPOINT = f"http://{_S3_HOST}:{_S3_PORT}"
+os.environ.update({
+    "AWS_ENDPOINT_URL": S3_ENDPOINT,
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+})
+
+# (gender, category) of the fixture identities; underscores in categories exercise the flattening.
+IDENTITIES = (("MEN", "Denim"), ("WOMEN", "Blouses_Shirts"), ("MEN", "Jackets_Vests"),
+              ("WOMEN", "Dresses"), ("MEN", "Tees_Tanks"), ("WOMEN", "Skirts"))
+VIEWS = ("01_1_front", "01_2_side", "01_4_full")
+IMAGE_HW = (256, 176)  # the DeepFashion low-res frame the public annotations are written in
+# A standing person in the 256x176 frame, COCO-18 order (x, y).
+BASE_POSE = np.array([
+    [88, 40], [88, 62], [68, 64], [60, 96], [58, 126], [108, 64], [116, 96], [118, 126], [76, 132],
+    [74, 182], [74, 228], [100, 132], [102, 182], [102, 228], [84, 36], [92, 36], [80, 38], [96, 38],
+], dtype=np.float32)
+
+
+def image_path(i: int, view: str) -> str:
+    gender, category = IDENTITIES[i]
+    return f"img/{gender}/{category}/id_{i + 1:08d}/{view}.jpg"
+
+
+def fashion_name(rel: str) -> str:
+    """Flattened name written independently of the library (PAPER.md §2.1)."""
+    _, gender, category, ident, filename = rel.split("/")
+    item, view, rest = filename.split("_", 2)
+    return f"fashion{gender}{category}{ident.replace('_', '')}{item}_{view}{rest}"
+
+
+def photo(i: int, k: int, hw: tuple[int, int] = IMAGE_HW) -> np.ndarray:
+    """A real photograph (skimage's astronaut), cropped and tinted per identity/view. uint8 (H, W, 3)."""
+    from skimage import data
+
+    img = data.astronaut()  # (512, 512, 3)
+    x0 = 60 + 12 * k
+    crop = Image.fromarray(img[0:512, x0:x0 + 352])
+    crop = crop.resize((hw[1], hw[0]), Image.Resampling.BICUBIC)
+    arr = np.asarray(crop).astype(np.int16)
+    arr[..., i % 3] = np.clip(arr[..., i % 3] + 25, 0, 255)
+    if k == 1:
+        arr = arr[:, ::-1]
+    return np.ascontiguousarray(arr.astype(np.uint8))
+
+
+def pose_of(i: int, k: int) -> np.ndarray:
+    """Image-frame keypoints of image (i, k): the base pose shifted; the left ear missing on view 2."""
+    kps = BASE_POSE + np.array([2 * i - 5, k], dtype=np.float32)
+    if k == 2:
+        kps[17] = -1
+    return kps
+
+
+def write_deepfashion(root: Path, layouts: Iterable[str] = ("pidm", "gfla"), test_ids: Iterable[int] = (4, 5),
+                      unannotated: Iterable[str] = ()) -> dict:
+    """Write a 6-identity x 3-view DeepFashion tree with the annotation files of ``layouts``.
+
+    ``unannotated``: image paths whose annotation rows/files are left out (the estimator runs on them).
+    Returns ``{"images": [...], "split": {path: split}, "pairs": {(split, target, source)}, "poses": {path: (18,2)}}``.
+    """
+    root = Path(root)
+    layouts, test_ids, unannotated = set(layouts), set(test_ids), set(unannotated)
+    split_of, poses, pairs = {}, {}, set()
+    lines = {"train": [], "test": []}
+    csv_rows = {"train": [], "test": []}
+    ann_rows = {"train": [], "test": []}
+    lists = {"train": [], "test": []}
+    for i in range(len(IDENTITIES)):
+        split = "test" if i in test_ids else "train"
+        paths = [image_path(i, v) for v in VIEWS]
+        for k, rel in enumerate(paths):
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(photo(i, k)).save(root / rel, quality=92)
+            split_of[rel] = split
+            poses[rel] = pose_of(i, k)
+            lists[split].append(fashion_name(rel))
+            if rel in unannotated:
+                continue
+            kps = poses[rel]
+            xs = [int(x) for x in kps[:, 0]]
+            ys = [int(y) for y in kps[:, 1]]
+            ann_rows[split].append(f"{fashion_name(rel)}: {ys}: {xs}")
+            if "pidm" in layouts:
+                txt = root / ("pose" + rel[len("img"):-len(".jpg")] + ".txt")
+                txt.parent.mkdir(parents=True, exist_ok=True)
+                pidm = kps.copy()
+                pidm[pidm[:, 0] >= 0, 0] += 40
+                txt.write_text("".join(f"{x:g} {y:g}\n" for x, y in pidm))
+        for t in paths:
+            sources = [s for s in paths if s != t]
+            lines[split].append(",".join([t, *sources]))
+            for s in sources:
+                pairs.add((split, t, s))
+                csv_rows[split].append(f"{fashion_name(s)},{fashion_name(t)}")
+    for split in ("train", "test"):
+        (root / f"{split}.lst").write_text("".join(n + "\n" for n in lists[split]))
+        if "pidm" in layouts:
+            (root / f"{split}_pairs.txt").write_text("".join(line + "\n" for line in lines[split]))
+        if "gfla" in layouts:
+            (root / f"fasion-resize-pairs-{split}.csv").write_text(
+                "from,to\n" + "".join(r + "\n" for r in csv_rows[split]))
+            (root / f"fasion-resize-annotation-{split}.csv").write_text(
+                "name:keypoints_y:keypoints_x\n" + "".join(r + "\n" for r in ann_rows[split]))
+    return {"images": sorted(split_of), "split": split_of, "pairs": pairs, "poses": poses}
+
+
+def encode(arr: np.ndarray, fmt: str, mode: str | None = None) -> bytes:
+    img = Image.fromarray(arr)
+    if mode:
+        img = img.convert(mode)
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def stage_config(tmp: Path, dataset_root: str, pose_task: Path, storage_root: str | None = None, **data):
+    """A config whose stages read ``dataset_root`` and write under ``tmp``."""
+    from xmdpt.config import XMDPTConfig
+
+    return XMDPTConfig().replace(
+        paths={"dataset_root": str(dataset_root), "storage_root": storage_root or str(tmp / "store"),
+               "artifacts_dir": str(tmp / "artifacts")},
+        data={"pose_model_path": str(pose_task), "num_cpus_per_task": 0.5, **data},
+    )
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> str:
+    return S3_ENDPOINT
