@@ -167,16 +167,17 @@ def pose_from_photo(img: np.ndarray, pose_model_path: Union[str, Path], *, min_v
     Raises:
         PoseError: no person found.
     """
-    from xmdpt.data.pose_estimation import PoseEstimator
+    from xmdpt.data.pose_estimation import NoPersonFound, PoseEstimator
 
     if not Path(pose_model_path).is_file():
         raise PoseError(f"{name}: pose estimator model {pose_model_path} not found "
                         "(set data.pose_model_path in the model's config or pass --pose-model)")
-    est = PoseEstimator(str(pose_model_path), min_visibility)
-    kps, _conf = est.estimate(img)
+    with PoseEstimator(str(pose_model_path), min_visibility) as est:
+        try:
+            kps, _conf = est.estimate_or_raise(img, name=name)
+        except NoPersonFound as e:
+            raise PoseError(str(e)) from None
     kps = np.asarray(kps, dtype=np.float32).reshape(NUM_KEYPOINTS, 2)
-    if (kps < 0).any(axis=1).all():
-        raise PoseError(f"{name}: no person found by the pose estimator")
     return Pose(kps, (int(img.shape[0]), int(img.shape[1])))
 
 
