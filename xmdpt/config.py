@@ -289,6 +289,17 @@ class EvaluateConfig:
     inception_weights: str = ""  # path to torchvision inception_v3 weights (.pth/.safetensors); "" -> unavailable
     lpips_weights: str = ""  # path to AlexNet-LPIPS weights; "" -> unavailable
     grid_rows: int = 8
+    alexnet_weights: str = ""  # torchvision alexnet ImageNet weights (LPIPS backbone); "" -> LPIPS unavailable
+    max_real_images: Optional[int] = None  # FID real set (training images); None: all of them
+    unguided_pairs: int = 8  # test pairs also generated with cfg_scale 1 (conditional only) and 0 (null condition)
+    num_gpus_per_actor: Optional[float] = None  # generation actors; None: 1 if the Ray cluster has a GPU, else 0
+    num_cpus_per_actor: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check(self.batch_size >= 1, "evaluate.batch_size", "must be >= 1")
+        _check(self.num_actors >= 1, "evaluate.num_actors", "must be >= 1")
+        _check(self.unguided_pairs >= 0, "evaluate.unguided_pairs", "must be >= 0")
+        _check(self.max_pairs is None or self.max_pairs >= 1, "evaluate.max_pairs", "must be >= 1 or null")
 
 
 @dataclass(frozen=True)
