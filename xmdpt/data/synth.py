@@ -36,7 +36,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import cv2
 import numpy as np
@@ -47,7 +47,7 @@ from xmdpt.data.schema import NUM_KEYPOINTS
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["IMAGE_HW", "VIEWS", "CATEGORIES", "write_synthetic_dataset", "render_identity_views"]
+__all__ = ["IMAGE_HW", "VIEWS", "CATEGORIES", "SynthView", "write_synthetic_dataset", "render_identity_views"]
 
 IMAGE_HW = (256, 176)  # DeepFashion low-res (H, W)
 JPEG_QUALITY = 95
@@ -72,7 +72,7 @@ R_HIP, R_KNEE, R_ANK, L_HIP, L_KNEE, L_ANK, R_EYE, L_EYE, R_EAR, L_EAR = 8, 9, 1
 
 _SKIN_TONES = ((255, 224, 196), (241, 194, 160), (224, 172, 125), (198, 134, 90), (160, 102, 62), (110, 70, 45))
 _HAIR_COLOURS = ((25, 20, 18), (60, 40, 25), (105, 70, 40), (200, 160, 90), (140, 60, 30), (150, 150, 150))
-_SHOE_COLOURS = ((30, 30, 30), (240, 240, 240), (110, 70, 40), (40, 40, 80), (150, 30, 40))
+_SHOE_COLOURS = ((30, 30, 30), (196, 196, 204), (110, 70, 40), (40, 40, 80), (150, 30, 40))
 _PATTERNS = ("plain", "stripes", "dots", "checks")
 
 # sleeve length / bottom type by category (a few choices each)
@@ -310,7 +310,9 @@ class _Part:
     shade: float  # multiplicative darkening for far-side parts
 
 
-def _composite(canvas: np.ndarray, mask: np.ndarray, fill: object, shade: float) -> None:
+def _composite(canvas: np.ndarray, mask: np.ndarray, fill: object, shade: float,
+               coverage: Optional[np.ndarray] = None) -> None:
+    """Alpha-blend ``fill`` (colour or texture) through ``mask`` (uint8 alpha); track the figure's coverage."""
     x0, y0, bw, bh = cv2.boundingRect(mask)  # non-zero pixels
     if bw == 0 or bh == 0:
         return
@@ -318,6 +320,8 @@ def _composite(canvas: np.ndarray, mask: np.ndarray, fill: object, shade: float)
     a = mask[y0:y1, x0:x1, None].astype(np.float32) / 255.0
     f = fill[y0:y1, x0:x1] if isinstance(fill, np.ndarray) and fill.ndim == 3 else np.asarray(fill, np.float32)
     canvas[y0:y1, x0:x1] = canvas[y0:y1, x0:x1] * (1 - a) + (f * shade) * a
+    if coverage is not None:
+        np.maximum(coverage[y0:y1, x0:x1], a[..., 0], out=coverage[y0:y1, x0:x1])
 
 
 def _p(pt: np.ndarray) -> tuple[int, int]:
@@ -360,8 +364,8 @@ def _box_points(centre_a: np.ndarray, centre_b: np.ndarray, half_a: np.ndarray, 
 
 
 def _render_view(app: Appearance, pose: Pose3D, rng: np.random.Generator,
-                 grid: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Draw one view. Returns (image uint8 (H, W, 3), keypoints float32 (18, 2) with -1 missing)."""
+                 grid: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Draw one view. Returns image uint8 (H, W, 3), keypoints float32 (18, 2) (-1 missing), figure mask (H, W)."""
     h, w = IMAGE_HW
     px = rng.uniform(205, 228)  # pixels per body unit
     cx = w / 2 + rng.uniform(-8, 8)
@@ -478,16 +482,17 @@ def _render_view(app: Appearance, pose: Pose3D, rng: np.random.Generator,
 
     # painter's algorithm: far (small z) first; outline (darker, wider) under each fill
     mask = np.zeros((h, w), dtype=np.uint8)
+    coverage = np.zeros((h, w), dtype=np.float32)  # where the figure is (alpha of the union of parts)
     for part in sorted(parts, key=lambda p: p.depth):
         mask[:] = 0
         part.draw(mask, 1)
         fill = part.fill
         outline = (np.asarray(fill, np.float32) if not (isinstance(fill, np.ndarray) and fill.ndim == 3)
                    else fill[int(np.clip(j2[NECK, 1], 0, h - 1)), int(np.clip(j2[NECK, 0], 0, w - 1))]) * 0.55
-        _composite(canvas, mask, outline, 1.0)
+        _composite(canvas, mask, outline, 1.0, coverage)
         mask[:] = 0
         part.draw(mask, 0)
-        _composite(canvas, mask, fill, part.shade)
+        _composite(canvas, mask, fill, part.shade, coverage)
 
     # face details where the face is toward the camera
     if pose.head_fwd[2] > 0.25:
@@ -499,7 +504,7 @@ def _render_view(app: Appearance, pose: Pose3D, rng: np.random.Generator,
 
     image = np.clip(canvas + 0.5, 0, 255).astype(np.uint8)
     keypoints = _visible_keypoints(pose, j2, torso_poly, torso_depth, rng)
-    return image, keypoints
+    return image, keypoints, coverage
 
 
 def _visible_keypoints(pose: Pose3D, j2: np.ndarray, torso_poly: np.ndarray, torso_depth: float,
@@ -523,8 +528,16 @@ def _visible_keypoints(pose: Pose3D, j2: np.ndarray, torso_poly: np.ndarray, tor
     return kps
 
 
-def render_identity_views(seed: int, gender: str, category: str,
-                          views: tuple[str, ...] = VIEWS) -> list[tuple[str, np.ndarray, np.ndarray]]:
+class SynthView(NamedTuple):
+    """One rendered view of a synthetic identity."""
+
+    view: str  # "1_front", ...
+    image: np.ndarray  # uint8 (256, 176, 3) RGB
+    keypoints: np.ndarray  # float32 (18, 2) (x, y) integer pixels, -1 missing
+    mask: np.ndarray  # float32 (256, 176) in [0, 1]: the figure's silhouette (anti-aliased)
+
+
+def render_identity_views(seed: int, gender: str, category: str, views: tuple[str, ...] = VIEWS) -> list[SynthView]:
     """Render all views of one identity.
 
     Args:
@@ -533,7 +546,7 @@ def render_identity_views(seed: int, gender: str, category: str,
         views: view suffixes (``"1_front"``, ...).
 
     Returns:
-        ``[(view, image uint8 (256, 176, 3), keypoints float32 (18, 2) (x, y), -1 missing), ...]``.
+        one :class:`SynthView` per view, in order.
     """
     rng = np.random.default_rng(seed)
     app = _sample_appearance(rng, gender, category)
@@ -542,8 +555,8 @@ def render_identity_views(seed: int, gender: str, category: str,
     out = []
     for view in views:
         pose = _sample_pose(rng, app, _view_azimuth(rng, view))
-        image, kps = _render_view(app, pose, rng, (grid[0], grid[1]))
-        out.append((view, image, kps))
+        image, kps, mask = _render_view(app, pose, rng, (grid[0], grid[1]))
+        out.append(SynthView(view, image, kps, mask))
     return out
 
 
@@ -611,7 +624,7 @@ def write_synthetic_dataset(out: str, identities: int = 40, seed: int = 0, test_
         split = "test" if i in test_ids else "train"
         id_seed = int(child_seeds[i].generate_state(1)[0])
         paths = []
-        for view, image, kps in render_identity_views(id_seed, gender, category):
+        for view, image, kps, _mask in render_identity_views(id_seed, gender, category):
             rel = f"img/{gender}/{category}/{person}/01_{view}.jpg"
             dst = root / rel
             dst.parent.mkdir(parents=True, exist_ok=True)
