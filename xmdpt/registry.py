@@ -311,3 +311,69 @@ def resolve_model_dir(uri_or_dir: str | Path, *, tracking_uri: Optional[str] = N
         tmp.rename(dest)
         logger.info("downloaded %s (%s) to %s", s, pinned, dest)
     return _find_pipeline_folder(dest)
+
+
+# ------------------------------------------------------------------------------------------------
+# The DVC stage
+# ------------------------------------------------------------------------------------------------
+
+
+def git_commit(cwd: str | Path = ".") -> str:
+    """The checked-out commit (``+dirty`` when tracked files changed), or ``"unknown"`` outside git."""
+    import subprocess
+
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True,
+                               text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return sha + ("+dirty" if dirty else "")
+
+
+def register_stage(cfg) -> dict[str, Any]:
+    """Run the `register` stage: log + register the evaluated pipeline folder; write ``registered.json``.
+
+    Args:
+        cfg: ``XMDPTConfig`` (``register`` section, ``paths``).
+
+    Returns:
+        The ``registered.json`` record.
+    """
+    from xmdpt.storage import read_manifest
+
+    art = Path(cfg.paths.artifacts_dir)
+    ev = read_manifest(art / "evaluate" / "manifest.json")
+    metrics_path = art / "evaluate" / "metrics.json"
+    if not metrics_path.is_file():
+        raise FileNotFoundError(f"{metrics_path}: evaluation metrics not found; run `dvc repro evaluate`")
+    metrics = json.loads(metrics_path.read_text())
+    model_dir = ev.get("pipeline_local")
+    if not model_dir or not Path(model_dir).is_dir():
+        model_dir = resolve_model_dir(ev["pipeline_uri"]) if is_model_uri(ev["pipeline_uri"]) else ev["pipeline_uri"]
+    train = read_manifest(art / "train" / "manifest.json") if (art / "train" / "manifest.json").is_file() else {}
+    tracking_uri = resolve_tracking_uri(cfg.paths.mlflow_tracking_uri)
+    lineage = {
+        "git_commit": git_commit(),
+        "train_run_id": str(ev.get("lineage", {}).get("train_run_id") or ""),
+        "train_manifest": str(art / "train" / "manifest.json"),
+        "features_manifest": str(art / "features" / "manifest.json"),
+        "evaluate_manifest": str(art / "evaluate" / "manifest.json"),
+        "evaluate_prefix": str(ev.get("uri", "")),
+        "standin_encoders": str(ev.get("standin_encoders")),
+    }
+    record = log_and_register(
+        model_dir,
+        model_name=cfg.register.model_name,
+        metric=cfg.register.metric,
+        higher_is_better=cfg.register.higher_is_better,
+        metrics={k: v for k, v in metrics.items() if not isinstance(v, (dict, list))},
+        tracking_uri=tracking_uri,
+        lineage=lineage,
+        run_id=train.get("run_id") or train.get("mlflow_run_id") or None,
+    )
+    out = art / "register" / "registered.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
+    logger.info("registered %s v%s aliases=%s -> %s", record["name"], record["version"], record["aliases"], out)
+    return record

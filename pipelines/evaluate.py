@@ -1,0 +1,23 @@
+"""DVC stage `evaluate`: generate the test pairs with the EMA weights; grid.png + metrics.json.
+
+``python -m pipelines.evaluate [--params params.yaml]`` — see :mod:`xmdpt.evaluation`.
+"""
+
+from __future__ import annotations
+
+from pipelines.common import stage_main
+from xmdpt.config import XMDPTConfig
+
+
+def run(cfg: XMDPTConfig) -> dict:
+    from xmdpt.evaluation import evaluate_stage
+
+    return evaluate_stage(cfg)
+
+
+def main(argv=None):
+    return stage_main("evaluate", run, argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,23 @@
+"""DVC stage `register`: log the evaluated model to MLflow, register a version, move the aliases.
+
+``python -m pipelines.register [--params params.yaml]`` — see :mod:`xmdpt.registry`.
+"""
+
+from __future__ import annotations
+
+from pipelines.common import stage_main
+from xmdpt.config import XMDPTConfig
+
+
+def run(cfg: XMDPTConfig) -> dict:
+    from xmdpt.registry import register_stage
+
+    return register_stage(cfg)
+
+
+def main(argv=None):
+    return stage_main("register", run, argv)
+
+
+if __name__ == "__main__":
+    main()

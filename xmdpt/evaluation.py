@@ -1,0 +1,500 @@
+"""The `evaluate` stage: generate every test pair with the EMA weights and measure.
+
+Generation is Ray Data batch inference: the test pairs (sorted by pair id) flow through an actor
+pool (``ActorPoolStrategy``; one GPU per actor when the cluster has GPUs) where each actor holds an
+:class:`~xmdpt.sampling.pipeline.XMDPTPipeline` and generates with the ``sample`` config (DDIM 50,
+CFG 2.0 power-cosine by default), seeded per batch. A subset (``evaluate.unguided_pairs``) is also
+generated with ``cfg_scale = 1`` (conditional only) and ``cfg_scale = 0`` (null condition) to report
+guided vs unguided.
+
+Metrics (``metrics.json``, a DVC metric):
+
+- PIDM protocol on outputs resized to 256x176: ``ssim`` (window 51), ``ssim_256`` (Gaussian
+  sigma 1.2), ``psnr``; ``lpips`` (AlexNet) and ``fid`` (Inception-v3 pool3 vs the training
+  images) only when their weights files are configured — otherwise ``null`` with a ``*_unavailable``
+  reason, never a number from other weights;
+- ``synthetic_*`` — valid only on the synthetic benchmark (see :mod:`xmdpt.metrics.synthetic`):
+  silhouette IoU vs the source-image baseline, per-part colour error vs the other-identity
+  baseline, cross-view consistency;
+- ``subset_*`` — guided vs conditional-only vs null condition on the same subset.
+
+Outputs: generated PNGs under ``{storage_root}/evaluate/{hash}/images/``, ``grid.png``
+(source | target skeleton | generated | ground truth) and ``metrics.json`` under
+``{artifacts_dir}/evaluate/``.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+from collections import defaultdict
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from xmdpt.config import XMDPTConfig
+from xmdpt.data import schema
+from xmdpt.metrics.image import psnr, resize_for_eval, ssim, ssim_256
+from xmdpt.metrics.synthetic import part_colour_error, silhouette_iou, view_consistency
+
+logger = logging.getLogger(__name__)
+
+STAGE = "evaluate"
+GUIDED, COND_ONLY, NULL_COND = "guided", "cond_only", "null_cond"
+VARIANT_SCALES = {COND_ONLY: 1.0, NULL_COND: 0.0}
+PSNR_CAP = 100.0  # identical images give inf; capped so that means stay finite
+
+
+# ------------------------------------------------------------------------------------------------
+# Test pairs
+# ------------------------------------------------------------------------------------------------
+
+
+def load_test_pairs(validate_manifest: dict[str, Any], max_pairs: Optional[int] = None) -> list[dict[str, Any]]:
+    """Test pairs joined with the target keypoints, sorted by pair id.
+
+    Returns:
+        dicts with ``pair_id, person_id, source_path, target_path, keypoints (18, 2), height, width``
+        (keypoints in the target image's frame).
+    """
+    from xmdpt.encoders.inputs import read_table
+
+    try:
+        pairs_uri = validate_manifest["tables"]["pairs"]["uri"]
+        poses_uri = validate_manifest["tables"]["poses"]["uri"]
+    except (KeyError, TypeError):
+        raise ValueError("validate manifest: missing tables.pairs.uri / tables.poses.uri; rerun `dvc repro validate`") from None
+    pairs = read_table(pairs_uri).to_pylist()
+    poses = {r[schema.IMAGE_PATH]: r for r in read_table(poses_uri, [schema.IMAGE_PATH, schema.HEIGHT, schema.WIDTH,
+                                                                      schema.KEYPOINTS]).to_pylist()}
+    rows, missing = [], 0
+    for p in sorted((p for p in pairs if p[schema.SPLIT] == "test"), key=lambda r: r[schema.PAIR_ID]):
+        pose = poses.get(p[schema.TARGET_PATH])
+        if pose is None or p[schema.SOURCE_PATH] not in poses:
+            missing += 1
+            continue
+        rows.append({
+            "pair_id": p[schema.PAIR_ID], "person_id": p[schema.PERSON_ID],
+            "source_path": p[schema.SOURCE_PATH], "target_path": p[schema.TARGET_PATH],
+            "keypoints": np.asarray(pose[schema.KEYPOINTS], np.float32).reshape(schema.NUM_KEYPOINTS, 2),
+            "height": int(pose[schema.HEIGHT]), "width": int(pose[schema.WIDTH]),
+        })
+    if missing:
+        logger.warning("%d test pairs skipped: source or target image not in the validated poses table", missing)
+    if not rows:
+        raise ValueError(f"{pairs_uri}: no test pairs with validated images")
+    return rows[:max_pairs] if max_pairs else rows
+
+
+# ------------------------------------------------------------------------------------------------
+# Ray Data generation
+# ------------------------------------------------------------------------------------------------
+
+
+class PairGenerator:
+    """Ray Data actor: holds a pipeline, turns a batch of pairs into uint8 ``(N, S, S, 3)`` images."""
+
+    def __init__(self, model_dir: str, dataset_root: str, sample: dict[str, Any]) -> None:
+        import torch
+
+        from xmdpt.config import SampleConfig
+        from xmdpt.sampling.pipeline import XMDPTPipeline
+
+        torch.set_num_threads(max(1, torch.get_num_threads()))
+        self.pipe = XMDPTPipeline.from_pretrained(model_dir)
+        self.dataset_root = dataset_root
+        self.sample = SampleConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in sample.items()})
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from xmdpt.data.images import load_rgb
+        from xmdpt.encoders.inputs import read_image_bytes
+        from xmdpt.sampling.inputs import Pose, prepare_source
+
+        n = len(batch["pair_id"])
+        S = self.pipe.image_size
+        out = np.zeros((n, S, S, 3), np.uint8)
+        for scale in sorted(set(float(s) for s in batch["cfg_scale"])):
+            idx = [i for i in range(n) if float(batch["cfg_scale"][i]) == scale]
+            sources = np.stack([prepare_source(load_rgb(read_image_bytes(self.dataset_root, str(batch["source_path"][i])),
+                                                        name=str(batch["source_path"][i])), S) for i in idx])
+            poses = [Pose(np.asarray(batch["keypoints"][i], np.float32).reshape(-1, 2),
+                          (int(batch["height"][i]), int(batch["width"][i]))) for i in idx]
+            # the seed depends on the pairs, not on which actor or batch they landed in
+            seed = (self.sample.seed * 1_000_003 + sum(int(batch["row"][i]) for i in idx)) % (2 ** 31)
+            out[idx] = self.pipe.generate_arrays(sources, poses, num_steps=self.sample.num_steps, cfg_scale=scale,
+                                                 cfg_power=self.sample.cfg_power, seed=seed)
+        return {"row": batch["row"], "variant": batch["variant"], "image": out}
+
+
+def _gpus_per_actor(configured: Optional[float]) -> float:
+    if configured is not None:
+        return float(configured)
+    import ray
+
+    return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+
+
+def generate_pairs(cfg: XMDPTConfig, model_dir: str, pairs: Sequence[dict[str, Any]]) -> dict[str, dict[int, np.ndarray]]:
+    """Generate every pair (guided) and the unguided subset with an actor pool.
+
+    Returns:
+        ``{variant: {row index: uint8 (S, S, 3)}}`` for variants guided / cond_only / null_cond.
+    """
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    from xmdpt.ray_utils import init_ray
+
+    init_ray()
+    items = []
+    for i, p in enumerate(pairs):
+        base = {"row": i, "source_path": p["source_path"], "keypoints": p["keypoints"].reshape(-1),
+                "height": p["height"], "width": p["width"]}
+        items.append({**base, "variant": GUIDED, "cfg_scale": float(cfg.sample.cfg_scale)})
+        if i < cfg.evaluate.unguided_pairs:
+            for variant, scale in VARIANT_SCALES.items():
+                items.append({**base, "variant": variant, "cfg_scale": scale})
+    for j, it in enumerate(items):
+        it["pair_id"] = pairs[it["row"]]["pair_id"]
+    gpus = _gpus_per_actor(cfg.evaluate.num_gpus_per_actor)
+    logger.info("generating %d images (%d pairs) with %d actor(s), %s GPU each, %d DDIM steps, cfg %.2f",
+                len(items), len(pairs), cfg.evaluate.num_actors, gpus, cfg.sample.num_steps, cfg.sample.cfg_scale)
+    ds = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / cfg.evaluate.batch_size)))
+    ds = ds.map_batches(
+        PairGenerator,
+        fn_constructor_kwargs={"model_dir": str(model_dir), "dataset_root": cfg.paths.dataset_root,
+                               "sample": cfg.to_dict()["sample"]},
+        batch_size=cfg.evaluate.batch_size,
+        batch_format="numpy",
+        compute=ActorPoolStrategy(size=cfg.evaluate.num_actors),
+        num_gpus=gpus,
+        num_cpus=cfg.evaluate.num_cpus_per_actor,
+    )
+    out: dict[str, dict[int, np.ndarray]] = defaultdict(dict)
+    for batch in ds.iter_batches(batch_size=256, batch_format="numpy"):
+        for row, variant, img in zip(batch["row"], batch["variant"], batch["image"]):
+            out[str(variant)][int(row)] = img
+    missing = len(pairs) - len(out[GUIDED])
+    if missing:
+        raise RuntimeError(f"generation returned {len(out[GUIDED])} of {len(pairs)} guided images")
+    return dict(out)
+
+
+# ------------------------------------------------------------------------------------------------
+# Metrics
+# ------------------------------------------------------------------------------------------------
+
+
+def _mean(values: Sequence[Optional[float]]) -> Optional[float]:
+    vals = [v for v in values if v is not None and math.isfinite(v)]
+    return float(np.mean(vals)) if vals else None
+
+
+def _eval_keypoints(p: dict[str, Any], eval_hw: tuple[int, int]) -> np.ndarray:
+    from xmdpt.data.keypoints import scale_keypoints
+
+    return scale_keypoints(p["keypoints"], (p["height"], p["width"]), eval_hw)
+
+
+def pixel_metrics(gen: np.ndarray, gt: np.ndarray) -> dict[str, float]:
+    """SSIM, SSIM_256, PSNR of two uint8 eval-size images."""
+    return {"ssim": ssim(gen, gt), "ssim_256": ssim_256(gen, gt), "psnr": min(psnr(gen, gt), PSNR_CAP)}
+
+
+def synthetic_metrics(pairs: Sequence[dict[str, Any]], gens: dict[int, np.ndarray], gts: dict[int, np.ndarray],
+                      srcs: dict[int, np.ndarray], eval_hw: tuple[int, int]) -> dict[str, Any]:
+    """The ``synthetic_*`` metrics for the rows in ``gens`` (eval-size uint8 images)."""
+    iou, iou_src, err = [], [], defaultdict(list)
+    err_other = defaultdict(list)
+    rows = sorted(gens)
+    for r in rows:
+        p = pairs[r]
+        kps = _eval_keypoints(p, eval_hw)
+        iou.append(silhouette_iou(gens[r], gts[r]))
+        iou_src.append(silhouette_iou(srcs[r], gts[r]))
+        for part, v in part_colour_error(gens[r], kps, gts[r], kps).items():
+            if v is not None:
+                err[part].append(v)
+        # other-identity baseline: the next row (cyclic) of another person, its GT in its own target pose
+        other = next((o for o in rows[rows.index(r) + 1:] + rows[:rows.index(r)]
+                      if pairs[o]["person_id"] != p["person_id"]), None)
+        if other is not None:
+            okps = _eval_keypoints(pairs[other], eval_hw)
+            for part, v in part_colour_error(gts[other], okps, gts[r], kps).items():
+                if v is not None:
+                    err_other[part].append(v)
+    out: dict[str, Any] = {
+        "synthetic_pose_iou": _mean(iou),
+        "synthetic_pose_iou_source_baseline": _mean(iou_src),
+    }
+    for part in ("torso", "legs"):
+        out[f"synthetic_colour_error_{part}"] = _mean(err[part])
+        out[f"synthetic_colour_error_{part}_other_identity_baseline"] = _mean(err_other[part])
+    # consistency: one target generated from several source views of the same person
+    by_target: dict[str, list[int]] = defaultdict(list)
+    for r in rows:
+        by_target[pairs[r]["target_path"]].append(r)
+    groups = [g for g in by_target.values() if len({pairs[r]["source_path"] for r in g}) >= 2]
+    cons = [view_consistency([gens[r] for r in g]) for g in groups]
+    gt_vs_gen = [float(np.mean([np.abs(gens[r].astype(np.float64) - gts[r]).mean() / 255.0 for r in g])) for g in groups]
+    out["synthetic_consistency_groups"] = len(groups)
+    out["synthetic_consistency_pixel_l1"] = _mean([c["pixel_l1"] for c in cons])
+    out["synthetic_consistency_iou"] = _mean([c["iou"] for c in cons])
+    out["synthetic_consistency_gt_pixel_l1"] = _mean(gt_vs_gen)  # reference scale: generated vs GT in those groups
+    return out
+
+
+def _fid(cfg: XMDPTConfig, validate_manifest: dict[str, Any], gens: Sequence[np.ndarray]) -> dict[str, Any]:
+    if not cfg.evaluate.inception_weights:
+        return {"fid": None, "fid_unavailable": "no Inception-v3 weights configured (evaluate.inception_weights); "
+                "FID is only reported with torchvision's ImageNet Inception-v3 weights"}
+    import torch
+
+    from xmdpt.encoders.inputs import read_image_table
+    from xmdpt.data.images import load_rgb
+    from xmdpt.encoders.inputs import read_image_bytes
+    from xmdpt.metrics.fid import InceptionFeatures, fid_from_features
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    ext = InceptionFeatures(cfg.evaluate.inception_weights, device=device)
+    table = read_image_table(validate_manifest)
+    train = [p for p, s in zip(table.column(schema.IMAGE_PATH).to_pylist(), table.column(schema.SPLIT).to_pylist())
+             if s == "train"][: cfg.evaluate.max_real_images or None]
+    real = []
+    for i in range(0, len(train), 64):
+        imgs = [resize_for_eval(load_rgb(read_image_bytes(cfg.paths.dataset_root, p), name=p), cfg.evaluate.eval_size)
+                for p in train[i:i + 64]]
+        real.append(ext(np.stack(imgs)))
+    fake = ext(np.stack(list(gens)))
+    real_f = np.concatenate(real)
+    if len(real_f) < 2 or len(fake) < 2:
+        return {"fid": None, "fid_unavailable": f"too few images for FID ({len(real_f)} real, {len(fake)} generated)"}
+    return {"fid": fid_from_features(real_f, fake), "fid_real_images": len(real_f), "fid_generated_images": len(fake)}
+
+
+def _lpips(cfg: XMDPTConfig, gens: np.ndarray, gts: np.ndarray) -> dict[str, Any]:
+    ev = cfg.evaluate
+    if not ev.lpips_weights or not ev.alexnet_weights:
+        missing = [k for k, v in (("evaluate.lpips_weights", ev.lpips_weights),
+                                  ("evaluate.alexnet_weights", ev.alexnet_weights)) if not v]
+        return {"lpips": None, "lpips_unavailable": f"no LPIPS-alex weights configured ({', '.join(missing)}); "
+                "LPIPS is only reported with the published AlexNet-LPIPS weights"}
+    from xmdpt.metrics.lpips import LPIPS
+
+    m = LPIPS.from_files(ev.alexnet_weights, ev.lpips_weights)
+    return {"lpips": float(m.distance_uint8(gens, gts).mean())}
+
+
+def compute_metrics(cfg: XMDPTConfig, validate_manifest: dict[str, Any], pairs: Sequence[dict[str, Any]],
+                    generated: dict[str, dict[int, np.ndarray]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """All metrics, and the eval-size images used (for the grid).
+
+    Returns:
+        (metrics, {"gen": {row: img}, "gt": {row: img}, "src": {row: img}}) with uint8 (256, 176, 3) images.
+    """
+    from xmdpt.data.images import load_rgb
+    from xmdpt.encoders.inputs import read_image_bytes
+
+    eval_hw = tuple(cfg.evaluate.eval_size)
+    root = cfg.paths.dataset_root
+
+    def load(path: str) -> np.ndarray:
+        return resize_for_eval(load_rgb(read_image_bytes(root, path), name=path), eval_hw)
+
+    rows = sorted(generated[GUIDED])
+    gts = {r: load(pairs[r]["target_path"]) for r in rows}
+    srcs = {r: load(pairs[r]["source_path"]) for r in rows}
+    gens = {r: resize_for_eval(generated[GUIDED][r], eval_hw) for r in rows}
+    per_pair = [pixel_metrics(gens[r], gts[r]) for r in rows]
+    metrics: dict[str, Any] = {
+        "num_pairs": len(rows),
+        "eval_size": list(eval_hw),
+        "sampler": {"num_steps": cfg.sample.num_steps, "cfg_scale": cfg.sample.cfg_scale,
+                    "cfg_power": cfg.sample.cfg_power, "respacing": cfg.sample.respacing, "seed": cfg.sample.seed},
+        "ssim": _mean([m["ssim"] for m in per_pair]),
+        "ssim_256": _mean([m["ssim_256"] for m in per_pair]),
+        "psnr": _mean([m["psnr"] for m in per_pair]),
+    }
+    gen_arr, gt_arr = np.stack([gens[r] for r in rows]), np.stack([gts[r] for r in rows])
+    metrics.update(_lpips(cfg, gen_arr, gt_arr))
+    metrics.update(_fid(cfg, validate_manifest, gen_arr))
+    metrics.update(synthetic_metrics(pairs, gens, gts, srcs, eval_hw))
+    metrics["synthetic_metrics_note"] = ("synthetic_* metrics assume a light near-uniform background (the synthetic "
+                                         "benchmark); they are meaningless on real photos")
+    # guided vs unguided on the same subset
+    subset = sorted(set(generated.get(COND_ONLY, {})) & set(generated.get(NULL_COND, {})))
+    metrics["subset_size"] = len(subset)
+    for variant in (GUIDED, COND_ONLY, NULL_COND):
+        if not subset:
+            break
+        imgs = {r: (gens[r] if variant == GUIDED else resize_for_eval(generated[variant][r], eval_hw)) for r in subset}
+        pm = [pixel_metrics(imgs[r], gts[r]) for r in subset]
+        metrics[f"subset_{variant}_ssim"] = _mean([m["ssim"] for m in pm])
+        metrics[f"subset_{variant}_psnr"] = _mean([m["psnr"] for m in pm])
+        metrics[f"synthetic_subset_{variant}_pose_iou"] = _mean([silhouette_iou(imgs[r], gts[r]) for r in subset])
+        errs = [part_colour_error(imgs[r], _eval_keypoints(pairs[r], eval_hw), gts[r],
+                                  _eval_keypoints(pairs[r], eval_hw))["torso"] for r in subset]
+        metrics[f"synthetic_subset_{variant}_colour_error_torso"] = _mean(errs)
+    return metrics, {"gen": gens, "gt": gts, "src": srcs}
+
+
+# ------------------------------------------------------------------------------------------------
+# Grid and the stage
+# ------------------------------------------------------------------------------------------------
+
+
+def sample_grid(pairs: Sequence[dict[str, Any]], images: dict[str, dict[int, np.ndarray]], rows: int,
+                eval_hw: tuple[int, int]) -> np.ndarray:
+    """Rows of (source | target skeleton | generated | ground truth), uint8 ``(rows*H, 4*W, 3)``."""
+    from xmdpt.data.keypoints import render_skeleton
+
+    out = []
+    for r in sorted(images["gen"])[:rows]:
+        p = pairs[r]
+        skel = render_skeleton(p["keypoints"], (p["height"], p["width"]), eval_hw)
+        out.append(np.concatenate([images["src"][r], skel, images["gen"][r], images["gt"][r]], axis=1))
+    return np.concatenate(out, axis=0)
+
+
+def _png(img: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def evaluate(cfg: XMDPTConfig, model_dir: str, validate_manifest: dict[str, Any], *, out_dir: str | Path,
+             images_uri: Optional[str] = None) -> dict[str, Any]:
+    """Generate the test pairs with the pipeline folder ``model_dir`` and write grid + metrics.
+
+    Args:
+        model_dir: a pipeline folder (or model URI) readable by the actors.
+        validate_manifest: the `validate` manifest (pairs + poses tables).
+        out_dir: ``{artifacts_dir}/evaluate`` — ``grid.png`` and ``metrics.json`` go here.
+        images_uri: folder/URL for the generated PNGs (content-addressed prefix); None: not written.
+
+    Returns:
+        The metrics dict (also written to ``metrics.json``).
+    """
+    import json
+
+    from xmdpt.storage import filesystem, join
+
+    pairs = load_test_pairs(validate_manifest, cfg.evaluate.max_pairs)
+    generated = generate_pairs(cfg, model_dir, pairs)
+    metrics, images = compute_metrics(cfg, validate_manifest, pairs, generated)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    grid = sample_grid(pairs, images, cfg.evaluate.grid_rows, tuple(cfg.evaluate.eval_size))
+    (out_dir / "grid.png").write_bytes(_png(grid))
+    if images_uri:
+        fs, base = filesystem(images_uri)
+        fs.makedirs(base, exist_ok=True)
+        for variant, imgs in generated.items():
+            for r, img in imgs.items():
+                name = pairs[r]["pair_id"].split(":", 1)[-1].replace("/", "_")
+                suffix = "" if variant == GUIDED else f"_{variant}"
+                with fs.open(f"{base.rstrip('/')}/{name}{suffix}_vis.png", "wb") as f:
+                    f.write(_png(img))
+        metrics["images_uri"] = images_uri
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    logger.info("evaluation: %s", {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()
+                                   if not isinstance(v, (dict, list, str))})
+    return metrics
+
+
+# ------------------------------------------------------------------------------------------------
+# The DVC stage
+# ------------------------------------------------------------------------------------------------
+
+
+def _first(d: dict[str, Any], *keys: str, what: str) -> Any:
+    """The first present (dotted) key of a manifest, or a clear error naming all tried."""
+    for key in keys:
+        cur: Any = d
+        for part in key.split("."):
+            cur = cur.get(part) if isinstance(cur, dict) else None
+        if cur is not None:
+            return cur
+    raise ValueError(f"{what}: none of the keys {list(keys)} present; rerun the upstream stage")
+
+
+def pipeline_inputs(train_manifest: dict[str, Any], features_manifest: dict[str, Any]) -> dict[str, Any]:
+    """What :func:`xmdpt.sampling.folder.write_pipeline_folder` needs, read from the upstream manifests."""
+    codec_uri = str(_first(features_manifest, "codec_uri", "autoencoder_uri", "vae_uri", what="features manifest"))
+    if codec_uri.rstrip("/").endswith("/vae"):  # the diffusers folder inside the codec folder
+        codec_uri = codec_uri.rstrip("/")[: -len("/vae")]
+    weights = features_manifest.get("encoder_weights") or {}
+    if not isinstance(weights, dict):
+        raise ValueError(f"features manifest: encoder_weights must map role -> uri, got {type(weights).__name__}")
+    return {
+        "model_folder": str(_first(train_manifest, "model_uri", "model.uri", "final_model_uri", "uri",
+                                   what="train manifest")),
+        "codec_uri": codec_uri,
+        "encoder_weights": {k: (v["uri"] if isinstance(v, dict) else v) for k, v in weights.items()},
+        "encoders": features_manifest.get("encoders") or {},
+        "standin": bool(features_manifest.get("standin", True)),
+        "latent_scale": float(_first(features_manifest, "latent_scale", what="features manifest")),
+    }
+
+
+def evaluate_stage(cfg: XMDPTConfig) -> dict[str, Any]:
+    """Run the `evaluate` stage: pipeline folder, generation, metrics, grid; returns the stage manifest.
+
+    Reads ``{artifacts_dir}/{validate,features,train}/manifest.json``; writes ``grid.png``,
+    ``metrics.json`` and ``manifest.json`` (pipeline folder URI, lineage) under ``{artifacts_dir}/evaluate``.
+    """
+    import shutil
+
+    from xmdpt.sampling.folder import write_pipeline_folder
+    from xmdpt.storage import is_url, join, manifest_key, read_manifest, stage_prefix, write_manifest
+
+    art = Path(cfg.paths.artifacts_dir)
+    manifests = {s: read_manifest(art / s / "manifest.json") for s in ("validate", "features", "train")}
+    inputs = pipeline_inputs(manifests["train"], manifests["features"])
+    prefix = stage_prefix(cfg.paths.storage_root, STAGE, cfg.sample, cfg.evaluate, cfg.paths.dataset_root,
+                          *(manifest_key(m) for m in manifests.values()))
+    lineage = {
+        "train_run_id": manifests["train"].get("run_id") or manifests["train"].get("mlflow_run_id"),
+        "train_manifest": str(art / "train" / "manifest.json"),
+        "features_manifest": str(art / "features" / "manifest.json"),
+        "model_folder": inputs["model_folder"],
+        "evaluate_prefix": prefix,
+    }
+    if is_url(prefix):
+        local = Path.home() / ".cache" / "xmdpt" / "pipelines" / Path(prefix.rstrip("/")).name
+    else:
+        local = Path(prefix) / "pipeline"
+    if is_url(inputs["model_folder"]):
+        from xmdpt.storage import filesystem
+
+        fs, path = filesystem(inputs["model_folder"])
+        tmp_model = local.with_name(local.name + ".model")
+        shutil.rmtree(tmp_model, ignore_errors=True)
+        fs.get(path.rstrip("/") + "/", str(tmp_model) + "/", recursive=True)
+        inputs["model_folder"] = str(tmp_model)
+    write_pipeline_folder(local, lineage=lineage, **inputs)
+    pipeline_uri = str(local)
+    if is_url(prefix):
+        from xmdpt.storage import filesystem
+
+        fs, path = filesystem(join(prefix, "pipeline"))
+        fs.put(str(local) + "/", path.rstrip("/") + "/", recursive=True)
+        pipeline_uri = join(prefix, "pipeline")
+    metrics = evaluate(cfg, str(local), manifests["validate"], out_dir=art / STAGE, images_uri=join(prefix, "images"))
+    return write_manifest(art / STAGE / "manifest.json", {
+        "stage": STAGE,
+        "uri": prefix,
+        "pipeline_uri": pipeline_uri,
+        "pipeline_local": str(local),
+        "standin_encoders": inputs["standin"],
+        "metrics_path": str(art / STAGE / "metrics.json"),
+        "grid_path": str(art / STAGE / "grid.png"),
+        "num_pairs": metrics["num_pairs"],
+        "lineage": lineage,
+        "tracking_uri": manifests["train"].get("tracking_uri"),
+    })
