@@ -67,7 +67,7 @@ def import_official(
 def generate(
     model: str = typer.Option(..., "--model", help="Pipeline folder or MLflow URI (models:/xmdpt@champion, models:/xmdpt/3, runs:/...); resolved with $MLFLOW_TRACKING_URI."),
     source: Path = typer.Option(..., "--source", help="Photo of the person (any size; padded to 176:256 with its background colour, then squashed to the model's square)."),
-    pose: Path = typer.Option(..., "--pose", help="Target pose: a pose JSON ({\"format\": \"coco18\", \"image_size\": [H, W], \"keypoints\": [[x, y], ...18]}) or a photo to take the pose from."),
+    pose: Path = typer.Option(..., "--pose", help="Target pose: a pose JSON ({\"format\": \"coco18\", \"image_size\": [H, W], \"keypoints\": 18 points (x, y), (-1, -1) missing}) or a photo to take the pose from."),
     out: Path = typer.Option(..., "--out", help="PNG to write."),
     steps: Optional[int] = typer.Option(None, "--steps", help="DDIM steps (default: the model's sample.num_steps, 50)."),
     cfg_scale: Optional[float] = typer.Option(None, "--cfg-scale", help="Guidance scale (default: the model's sample.cfg_scale, 2.0; 1 = conditional only)."),
