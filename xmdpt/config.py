@@ -67,6 +67,7 @@ class PathsConfig:
     dataset_root: str = "data/synth"  # a DeepFashion root in either public layout (or `xmdpt synth` output)
     storage_root: str = "data/store"  # bulk, content-addressed outputs (Parquet shards, checkpoints)
     artifacts_dir: str = "artifacts"  # manifests, metrics, plots tracked by DVC
+    data_specs_dir: str = "data_specs"  # Great Expectations suites (relative: to the cwd, else to the repo)
     mlflow_tracking_uri: str = ""  # "" -> $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the repo
 
 
