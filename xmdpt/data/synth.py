@@ -422,7 +422,9 @@ def _render_view(app: Appearance, pose: Pose3D, rng: np.random.Generator,
         skirt3 = _box_points(pose.hip_centre + pose.up * 0.02, hem, left * (app.hip + 0.025),
                              left * (app.hip + 0.07), pose.fwd, 0.08, 0.1)
         skirt_fill = top_tex if app.bottom_kind == "dress" else bottom_tex
-        parts.append(_Part(torso_depth + 0.001, _polygon(proj(skirt3)), skirt_fill, 1.0))
+        # the skirt hangs in front of the thighs it covers (they are drawn first)
+        skirt_depth = max(torso_depth, float(j3[[L_HIP, R_HIP, L_KNEE, R_KNEE], 2].max())) + 0.01
+        parts.append(_Part(skirt_depth, _polygon(proj(skirt3)), skirt_fill, 1.0))
     else:
         crotch = pose.hip_centre - pose.up * 0.09
         pelvis3 = _box_points(pose.hip_centre + pose.up * 0.03, crotch, left * (app.hip + 0.02),
@@ -475,7 +477,7 @@ def _render_view(app: Appearance, pose: Pose3D, rng: np.random.Generator,
             parts.append(_Part(d, _capsule(a, a + (b - a) * 0.6, 0.095 * lw), leg_tex, sh))
             parts.append(_Part(d, _capsule(b, c, 0.06 * lw), skin, sh))
         else:  # skirt/dress: bare legs (the skirt slab is drawn on top by depth)
-            parts.append(_Part(d - 0.05, _capsule(a, b, 0.075 * lw), skin, sh))
+            parts.append(_Part(d, _capsule(a, b, 0.075 * lw), skin, sh))
             parts.append(_Part(d, _capsule(b, c, 0.06 * lw), skin, sh))
         toe = j3[ank] + _unit(pose.fwd * [1, 0, 1]) * 0.075 - pose.up * 0.012
         parts.append(_Part(depth_of(j3[ank], toe) + 0.002, _capsule(c, proj(toe), 0.055 * lw), app.shoes, sh))
@@ -502,6 +504,9 @@ def _render_view(app: Appearance, pose: Pose3D, rng: np.random.Generator,
         m2 = proj(mouth)
         cv2.line(canvas, _p(m2 - [hr * 0.22, 0]), _p(m2 + [hr * 0.22, 0]), (150, 60, 60), 1, cv2.LINE_AA, _SHIFT)
 
+    # soft rim shading: the figure darkens toward its silhouette, which reads as volume
+    rim = cv2.GaussianBlur(coverage, (0, 0), 3.0)
+    canvas *= (1.0 - 0.28 * coverage * (1.0 - np.clip(rim, 0.0, 1.0)) * 2.0)[:, :, None]
     image = np.clip(canvas + 0.5, 0, 255).astype(np.uint8)
     keypoints = _visible_keypoints(pose, j2, torso_poly, torso_depth, rng)
     return image, keypoints, coverage
