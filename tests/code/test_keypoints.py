@@ -58,7 +58,8 @@ def test_limb_colours_at_midpoints_any_size(out_hw):
         a, b = LIMBS[i]
         y, x = _mid(kps, a, b, src, out_hw)
         expected = np.round(0.6 * np.array(RGB_COLORS[i]))
-        np.testing.assert_allclose(img[y, x], expected, atol=2, err_msg=f"limb {i} {KEYPOINT_NAMES[a]}-{KEYPOINT_NAMES[b]}")
+        np.testing.assert_allclose(img[y, x], expected, atol=2,
+                                   err_msg=f"limb {i} {KEYPOINT_NAMES[a]}-{KEYPOINT_NAMES[b]}")
     # background stays black, and the figure scales with the canvas
     assert img[0, 0].sum() == 0 and img[-1, -1].sum() == 0
     lit = (img.sum(-1) > 0).mean()

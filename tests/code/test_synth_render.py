@@ -106,4 +106,5 @@ def test_same_seed_same_pixels_different_seed_differs():
 def test_fashion_name_flattening():
     assert _fashion_name("img/WOMEN/Blouses_Shirts/id_00006370/03_1_front.jpg") == \
         "fashionWOMENBlouses_Shirtsid0000637003_1front.jpg"
-    assert _fashion_name("img/MEN/Denim/id_00000080/01_7_additional.jpg") == "fashionMENDenimid0000008001_7additional.jpg"
+    assert _fashion_name("img/MEN/Denim/id_00000080/01_7_additional.jpg") == \
+        "fashionMENDenimid0000008001_7additional.jpg"

@@ -100,8 +100,8 @@ class PoseEstimator:
         if self._landmarker is None:
             raise RuntimeError("PoseEstimator is closed")
         if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3):
-            shape = getattr(image, "shape", None)
-            raise ValueError(f"estimate: expected a uint8 (H, W, 3) RGB array, got {getattr(image, 'dtype', type(image))} {shape}")
+            got = f"{getattr(image, 'dtype', type(image).__name__)} {getattr(image, 'shape', '')}"
+            raise ValueError(f"estimate: expected a uint8 (H, W, 3) RGB array, got {got}")
         from mediapipe.tasks.python.vision.core.image import Image, ImageFormat
 
         h, w = image.shape[:2]

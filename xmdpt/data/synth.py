@@ -238,7 +238,7 @@ def _sample_pose(rng: np.random.Generator, app: Appearance, azimuth: float) -> P
         habd, hflex = deg(rng.uniform(0, 12)), deg(rng.uniform(-20, 30))
         d_thigh = _unit(r_torso @ [side * math.sin(habd), -math.cos(habd) * math.cos(hflex), math.sin(hflex)])
         d_shin = _bend(d_thigh, -fwd, deg(rng.uniform(0, 45)))
-        d_shin = _unit(d_shin * [1, 1, 1] + [0, -0.3, 0])  # shins stay roughly vertical
+        d_shin = _unit(d_shin + [0, -0.3, 0])  # shins stay roughly vertical
         j[knee] = j[hip] + d_thigh * thigh
         j[ank] = j[knee] + d_shin * shin
     yaw = deg(rng.uniform(-25, 25))
@@ -324,6 +324,11 @@ def _composite(canvas: np.ndarray, mask: np.ndarray, fill: object, shade: float,
         np.maximum(coverage[y0:y1, x0:x1], a[..., 0], out=coverage[y0:y1, x0:x1])
 
 
+def depth_of(*pts: np.ndarray) -> float:
+    """Mean depth (z, toward the camera) of 3-D points."""
+    return float(np.mean([p[2] for p in pts]))
+
+
 def _p(pt: np.ndarray) -> tuple[int, int]:
     return int(round(pt[0] * _SUB)), int(round(pt[1] * _SUB))
 
@@ -399,7 +404,6 @@ def _render_view(app: Appearance, pose: Pose3D, rng: np.random.Generator,
     leg_tex = top_tex if one_piece else bottom_tex
 
     parts: list[_Part] = []
-    depth_of = lambda *pts: float(np.mean([p[2] for p in pts]))  # noqa: E731
     torso_depth = float(np.mean(j3[[NECK, L_HIP, R_HIP], 2]))
 
     def shade_for(depth: float) -> float:
@@ -660,7 +664,8 @@ def write_synthetic_dataset(out: str, identities: int = 40, seed: int = 0, test_
                 else:  # PIDM test lines: one (target, source) pair each
                     pidm_lines.extend(f"{target},{source}" for source in sources)
         _write_text(root / f"fasion-resize-pairs-{split}.csv", pair_rows)
-        _write_text(root / f"fasion-resize-annotation-{split}.csv", ["name:keypoints_y:keypoints_x"] + annotations[split])
+        _write_text(root / f"fasion-resize-annotation-{split}.csv",
+                    ["name:keypoints_y:keypoints_x"] + annotations[split])
         _write_text(root / f"{split}.lst", images[split])
         _write_text(root / f"{split}_pairs.txt", pidm_lines)
         summary[f"{split}_identities"] = len(groups[split])
