@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from xmdpt.data.synth import IMAGE_HW, VIEWS, SynthView, _fashion_name, render_identity_views
+from xmdpt.data.synth import IMAGE_HW, VIEWS, SynthView, render_identity_views
 
 NOSE, R_EYE, L_EYE, R_EAR, L_EAR = 0, 14, 15, 16, 17
 FACE = [NOSE, R_EYE, L_EYE]
@@ -101,10 +101,3 @@ def test_same_seed_same_pixels_different_seed_differs():
     np.testing.assert_array_equal(a.image, b.image)
     np.testing.assert_array_equal(a.keypoints, b.keypoints)
     assert np.abs(a.image.astype(int) - c.image).mean() > 5
-
-
-def test_fashion_name_flattening():
-    assert _fashion_name("img/WOMEN/Blouses_Shirts/id_00006370/03_1_front.jpg") == \
-        "fashionWOMENBlouses_Shirtsid0000637003_1front.jpg"
-    assert _fashion_name("img/MEN/Denim/id_00000080/01_7_additional.jpg") == \
-        "fashionMENDenimid0000008001_7additional.jpg"

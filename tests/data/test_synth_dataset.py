@@ -15,7 +15,8 @@ import pytest
 from PIL import Image
 
 from xmdpt.data.keypoints import gfla_lists_to_kps, pidm_txt_to_image_frame
-from xmdpt.data.synth import _fashion_name, write_synthetic_dataset
+from xmdpt.data.deepfashion import path_to_fashion_name
+from xmdpt.data.synth import write_synthetic_dataset
 
 PATH_RE = re.compile(r"^img/(MEN|WOMEN)/[A-Z][A-Za-z_]+/id_\d{8}/\d{2}_[1-7]_(front|side|back|full|additional)\.jpg$")
 NAME_RE = re.compile(r"^fashion(MEN|WOMEN)[A-Z][A-Za-z_]+id\d{8}\d{2}_[1-7](front|side|back|full|additional)\.jpg$")
@@ -69,7 +70,7 @@ def test_lists_pairs_and_annotations_parse_and_agree(dataset):
     names_of = {}
     for p in root.rglob("*.jpg"):
         rel = str(p.relative_to(root))
-        names_of[_fashion_name(rel)] = rel
+        names_of[path_to_fashion_name(rel)] = rel
     split_names = {}
     for split in ("train", "test"):
         lst = _lines(root / f"{split}.lst")

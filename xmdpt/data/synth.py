@@ -42,6 +42,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from xmdpt.data.deepfashion import path_to_fashion_name, pose_txt_path
 from xmdpt.data.keypoints import image_frame_to_pidm_txt, kps_to_gfla_lists
 from xmdpt.data.schema import NUM_KEYPOINTS
 
@@ -81,22 +82,6 @@ _SLEEVES = {"Tees_Tanks": ("short", "none"), "Graphic_Tees": ("short",), "Shirts
             "Dresses": ("short", "none", "long")}
 _BOTTOMS = {"Shorts": ("shorts",), "Skirts": ("skirt",), "Dresses": ("dress",), "Rompers_Jumpsuits": ("romper",),
             "Leggings": ("pants",), "Pants": ("pants",), "Denim": ("pants", "shorts")}
-
-
-# --------------------------------------------------------------------------------------------
-# Fashion names (PATN/GFLA flattening)
-# --------------------------------------------------------------------------------------------
-
-
-def _fashion_name(rel_path: str) -> str:
-    """``img/WOMEN/Blouses_Shirts/id_00006370/03_1_front.jpg`` -> ``fashionWOMENBlouses_Shirtsid0000637003_1front.jpg``.
-
-    Drop ``img/``, drop ``_`` in the id folder, keep only the first ``_`` of the file name, concatenate.
-    (The tested public version is ``xmdpt.data.deepfashion.path_to_fashion_name``.)
-    """
-    _img, gender, category, person, fname = rel_path.split("/")
-    stem_a, _, rest = fname.partition("_")
-    return "fashion" + gender + category + person.replace("_", "") + stem_a + "_" + rest.replace("_", "")
 
 
 # --------------------------------------------------------------------------------------------
@@ -638,11 +623,11 @@ def write_synthetic_dataset(out: str, identities: int = 40, seed: int = 0, test_
             dst = root / rel
             dst.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(image).save(dst, format="JPEG", quality=JPEG_QUALITY, subsampling=0, optimize=False)
-            pose_path = root / ("pose/" + rel[len("img/"):-len(".jpg")] + ".txt")
+            pose_path = root / pose_txt_path(rel)
             pose_path.parent.mkdir(parents=True, exist_ok=True)
             np.savetxt(pose_path, image_frame_to_pidm_txt(kps, IMAGE_HW), fmt="%.1f")
             ys, xs = kps_to_gfla_lists(kps)
-            name = _fashion_name(rel)
+            name = path_to_fashion_name(rel)
             annotations[split].append(f"{name}: {ys}: {xs}")
             images[split].append(name)
             missing += int((kps[:, 0] < 0).sum())
@@ -657,7 +642,7 @@ def write_synthetic_dataset(out: str, identities: int = 40, seed: int = 0, test_
             for target in paths:
                 sources = [p for p in paths if p != target]
                 for source in sources:
-                    pair_rows.append(f"{n_pairs},{_fashion_name(source)},{_fashion_name(target)}")
+                    pair_rows.append(f"{n_pairs},{path_to_fashion_name(source)},{path_to_fashion_name(target)}")
                     n_pairs += 1
                 if split == "train":  # PIDM train lines: one target, all candidate sources
                     pidm_lines.append(",".join([target] + sources))
