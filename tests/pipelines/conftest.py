@@ -154,3 +154,129 @@ def stage_config(tmp: Path, dataset_root: str, pose_task: Path, storage_root: st
 @pytest.fixture(scope="session")
 def s3_endpoint() -> str:
     return S3_ENDPOINT
+
+
+# ---- the bad-input fixture (PIDM layout) -----------------------------------------------------
+
+UNANNOTATED = (image_path(0, "01_1_front"), image_path(5, "01_2_side"))
+OUT_OF_RANGE = image_path(2, "01_1_front")  # its pose txt puts the nose at x = 900 (image is 176 wide)
+MALFORMED_POSE = image_path(3, "01_2_side")  # its pose txt has 17 rows
+ID0 = "img/MEN/Denim/id_00000001"
+ID1 = "img/WOMEN/Blouses_Shirts/id_00000002"
+CONVERTED = {f"{ID1}/01_5_gray.jpg": "L", f"{ID1}/01_6_rgba.png": "RGBA", f"{ID1}/01_7_cmyk.jpg": "CMYK"}
+
+
+def add_bad_inputs(root: Path, outside: Path) -> dict:
+    """Add every kind of bad input to a PIDM-layout tree; returns what each one is called."""
+    root = Path(root)
+    target = f"{ID0}/01_1_front.jpg"
+    good = photo(0, 0)
+    jpeg = encode(good, "JPEG")
+    (root / ID0 / "01_6_trunc.jpg").write_bytes(jpeg[: len(jpeg) // 2])
+    png = bytearray(encode(good, "PNG"))
+    mid = len(png) // 2
+    png[mid:mid + 64] = bytes(64)  # zeroed bytes inside the compressed pixel data
+    (root / ID0 / "01_7_corrupt.png").write_bytes(bytes(png))
+    outside.mkdir(parents=True, exist_ok=True)
+    outside_file = outside / "outside.jpg"
+    outside_file.write_bytes(jpeg)  # a perfectly readable image outside the dataset root
+    (root / ID0 / "01_8_link.jpg").symlink_to(outside_file)
+    for rel, mode in CONVERTED.items():
+        fmt = "PNG" if rel.endswith(".png") else "JPEG"
+        arr = photo(1, 0)
+        if mode == "RGBA":
+            img = Image.fromarray(arr).convert("RGBA")
+            img.putalpha(200)
+            buf = io.BytesIO()
+            img.save(buf, format="PNG")
+            data = buf.getvalue()
+        else:
+            data = encode(arr, fmt, mode)
+        (root / rel).write_bytes(data)
+    # the pose txt of one image has an out-of-range point, another has 17 rows
+    txt = root / ("pose" + OUT_OF_RANGE[3:-4] + ".txt")
+    rows = txt.read_text().splitlines()
+    rows[0] = "940 40"  # PIDM frame: x - 40 = 900 in the 176-wide image
+    txt.write_text("\n".join(rows) + "\n")
+    txt = root / ("pose" + MALFORMED_POSE[3:-4] + ".txt")
+    txt.write_text("\n".join(txt.read_text().splitlines()[:17]) + "\n")
+
+    pairs_file = root / "train_pairs.txt"
+    first_line = pairs_file.read_text().splitlines()[0]
+    extra = {
+        "missing": f"{target},{ID0}/01_5_missing.jpg",
+        "truncated": f"{target},{ID0}/01_6_trunc.jpg",
+        "corrupt": f"{target},{ID0}/01_7_corrupt.png",
+        "dotdot": f"{target},../outside/outside.jpg",
+        "absolute": f"{target},{outside_file}",
+        "duplicate": first_line,  # two (target, source) pairs, both already present
+        "malformed": target,
+        "converted": ",".join([f"{ID1}/01_1_front.jpg", *CONVERTED]),
+        "symlink": f"{target},{ID0}/01_8_link.jpg",
+    }
+    lines = pairs_file.read_text().splitlines()
+    line_of = {}
+    for name, line in extra.items():
+        lines.append(line)
+        line_of[name] = len(lines)
+    pairs_file.write_text("\n".join(lines) + "\n")
+    return {"line_of": line_of, "outside_file": outside_file}
+
+
+def run_chain(cfg) -> dict:
+    """pairs -> poses -> validate, the three stage functions unchanged."""
+    from xmdpt.data.pairs import build_pairs
+    from xmdpt.data.poses import extract_poses
+    from xmdpt.data.validation import validate_dataset
+
+    pairs = build_pairs(cfg)
+    poses = extract_poses(cfg)
+    validate, report = validate_dataset(cfg)
+    return {"pairs": pairs, "poses": poses, "validate": validate, "report": report}
+
+
+def load(entry: dict):
+    """A stage table from its manifest entry, the documented way (pyarrow.dataset + fsspec)."""
+    import pyarrow.dataset as pads
+
+    from xmdpt.storage import filesystem
+
+    fs, path = filesystem(entry["uri"])
+    return pads.dataset(path, filesystem=fs, format="parquet").to_table().to_pandas()
+
+
+@pytest.fixture(scope="session")
+def pidm_bad_chain(ray_local, tmp_path_factory, pose_task_path):
+    """The PIDM-layout fixture with every bad input, through pairs -> poses -> validate."""
+    tmp = tmp_path_factory.mktemp("pidm_bad")
+    info = write_deepfashion(tmp / "ds", layouts=("pidm",), unannotated=UNANNOTATED)
+    info.update(add_bad_inputs(tmp / "ds", tmp / "outside"))
+    cfg = stage_config(tmp, tmp / "ds", pose_task_path)
+    return {"cfg": cfg, "info": info, **run_chain(cfg)}
+
+
+@pytest.fixture(scope="session")
+def gfla_chain(ray_local, tmp_path_factory, pose_task_path):
+    """The GFLA-csv-only fixture (plus a malformed and a duplicate csv row) through the same stages."""
+    tmp = tmp_path_factory.mktemp("gfla")
+    info = write_deepfashion(tmp / "ds", layouts=("gfla",), unannotated=UNANNOTATED)
+    csv_file = tmp / "ds" / "fasion-resize-pairs-train.csv"
+    rows = csv_file.read_text().splitlines()
+    rows += [rows[1], "fashionMENDenimid0000000101_1front.jpg"]  # duplicate row; malformed row (1 field)
+    csv_file.write_text("\n".join(rows) + "\n")
+    info["bad_lines"] = {"duplicate": len(rows) - 1, "malformed": len(rows)}
+    cfg = stage_config(tmp, tmp / "ds", pose_task_path)
+    return {"cfg": cfg, "info": info, **run_chain(cfg)}
+
+
+@pytest.fixture(scope="session")
+def dfx():
+    """The helpers above, for test modules (conftest is not importable as a module)."""
+    import types
+
+    return types.SimpleNamespace(
+        write_deepfashion=write_deepfashion, stage_config=stage_config, load=load, run_chain=run_chain,
+        image_path=image_path, fashion_name=fashion_name, photo=photo, encode=encode,
+        ID0=ID0, ID1=ID1, CONVERTED=CONVERTED, UNANNOTATED=UNANNOTATED, OUT_OF_RANGE=OUT_OF_RANGE,
+        MALFORMED_POSE=MALFORMED_POSE, IMAGE_HW=IMAGE_HW,
+    )
