@@ -161,6 +161,7 @@ def s3_endpoint() -> str:
 UNANNOTATED = (image_path(0, "01_1_front"), image_path(5, "01_2_side"))
 OUT_OF_RANGE = image_path(2, "01_1_front")  # its pose txt puts the nose at x = 900 (image is 176 wide)
 MALFORMED_POSE = image_path(3, "01_2_side")  # its pose txt has 17 rows
+LARGE = image_path(4, "01_1_front")  # written at 512x352 in the GFLA fixture
 ID0 = "img/MEN/Denim/id_00000001"
 ID1 = "img/WOMEN/Blouses_Shirts/id_00000002"
 CONVERTED = {f"{ID1}/01_5_gray.jpg": "L", f"{ID1}/01_6_rgba.png": "RGBA", f"{ID1}/01_7_cmyk.jpg": "CMYK"}
@@ -265,6 +266,8 @@ def gfla_chain(ray_local, tmp_path_factory, pose_task_path):
     rows += [rows[1], "fashionMENDenimid0000000101_1front.jpg"]  # duplicate row; malformed row (1 field)
     csv_file.write_text("\n".join(rows) + "\n")
     info["bad_lines"] = {"duplicate": len(rows) - 1, "malformed": len(rows)}
+    # one image at twice the annotation frame's size: its keypoints must come out scaled x2
+    Image.fromarray(photo(4, 0, (2 * IMAGE_HW[0], 2 * IMAGE_HW[1]))).save(tmp / "ds" / LARGE, quality=92)
     cfg = stage_config(tmp, tmp / "ds", pose_task_path)
     return {"cfg": cfg, "info": info, **run_chain(cfg)}
 
@@ -278,5 +281,5 @@ def dfx():
         write_deepfashion=write_deepfashion, stage_config=stage_config, load=load, run_chain=run_chain,
         image_path=image_path, fashion_name=fashion_name, photo=photo, encode=encode,
         ID0=ID0, ID1=ID1, CONVERTED=CONVERTED, UNANNOTATED=UNANNOTATED, OUT_OF_RANGE=OUT_OF_RANGE,
-        MALFORMED_POSE=MALFORMED_POSE, IMAGE_HW=IMAGE_HW,
+        MALFORMED_POSE=MALFORMED_POSE, IMAGE_HW=IMAGE_HW, LARGE=LARGE,
     )
