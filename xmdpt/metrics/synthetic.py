@@ -35,7 +35,7 @@ R_SHOULDER, L_SHOULDER, R_HIP, R_KNEE, R_ANKLE, L_HIP, L_KNEE, L_ANKLE = 2, 5, 8
 PARTS = ("torso", "legs")
 
 
-def foreground_mask(img: np.ndarray, threshold: float = 0.12, border: int = 2) -> np.ndarray:
+def foreground_mask(img: np.ndarray, threshold: float = 0.15, border: int = 2) -> np.ndarray:
     """Boolean ``(H, W)`` mask of pixels that differ from the background colour.
 
     The background colour is the per-channel median of a ``border``-pixel frame; a pixel is
