@@ -1,0 +1,140 @@
+"""A real local Ray head (dashboard + Jobs API) for the submission tests, and a throwaway project.
+
+The head is started with ``ray start --head --block`` in its own session and temp dir, bound to
+127.0.0.1, with token authentication (a random token shared with the submitter through
+``RAY_AUTH_TOKEN``). Teardown signals that ``ray start`` process (which stops the processes it
+started) and then ends any process left whose command line names our temp dir: never ``ray stop``,
+which would stop every Ray on the machine, including the session's ``ray_local``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class RayHead:
+    address: str  # dashboard URL, what RAY_ADDRESS is set to
+    temp_dir: Path
+    env: dict  # environment for submitters (token, PATH)
+
+
+def _pids_under(marker: str) -> list[int]:
+    pids = []
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit() or int(p.name) == os.getpid():
+            continue
+        try:
+            cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            cwd = os.readlink(p / "cwd")
+        except OSError:
+            continue
+        if marker in cmd or cwd.startswith(marker):
+            pids.append(int(p.name))
+    return pids
+
+
+@pytest.fixture(scope="session")
+def ray_head():
+    """``ray start --head`` on 127.0.0.1 with the dashboard; yields its address and env."""
+    temp_dir = Path(tempfile.mkdtemp(prefix="xr", dir="/tmp"))  # short: Unix socket paths are limited
+    token = secrets.token_hex(32)
+    env = {
+        **os.environ,
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": token,
+        # the node advertises 127.0.0.1 instead of the machine's outward address
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        # jobs run `python -m pipelines.<stage>`: the project's interpreter, as on a cluster image
+        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    env.pop("RAY_ADDRESS", None)
+    dash = free_port()
+    cmd = [
+        str(VENV_BIN / "ray"), "start", "--head", "--block", "--disable-usage-stats",
+        "--node-ip-address", "127.0.0.1", "--port", str(free_port()),
+        "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--include-dashboard", "true",
+        "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
+        "--runtime-env-agent-port", str(free_port()), "--metrics-export-port", str(free_port()),
+        "--num-cpus", "2", "--temp-dir", str(temp_dir),
+    ]
+    log = temp_dir.with_suffix(".log")
+    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    address = f"http://127.0.0.1:{dash}"
+    submitter_env = {k: env[k] for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "PATH")}
+    try:
+        _wait_ready(proc, address, submitter_env, log)
+        yield RayHead(address=address, temp_dir=temp_dir, env=submitter_env)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+        for pid in _pids_under(str(temp_dir)):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        log.unlink(missing_ok=True)
+
+
+def _wait_ready(proc: subprocess.Popen, address: str, env: dict, log: Path, timeout_s: float = 120) -> None:
+    """Poll the Jobs API (in a subprocess: this process may hold the session's local Ray)."""
+    probe = "from ray.job_submission import JobSubmissionClient as C; import sys; C(sys.argv[1]).list_jobs()"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"ray start exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        r = subprocess.run([sys.executable, "-c", probe, address], env={**os.environ, **env},
+                           capture_output=True, timeout=60)
+        if r.returncode == 0:
+            return
+        time.sleep(1.0)
+    raise RuntimeError(f"Ray Jobs API at {address} not ready after {timeout_s:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture
+def make_project():
+    """``make_project(root, {"data": {...}})``: a throwaway copy of the project to submit from."""
+    return _make_project
+
+
+def _make_project(root: Path, params_update: dict) -> Path:
+    """Copy the code, dvc.yaml and params.yaml (updated section by section) under ``root``."""
+    root.mkdir(parents=True, exist_ok=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    shutil.copytree(REPO_ROOT / "xmdpt", root / "xmdpt", ignore=ignore)
+    shutil.copytree(REPO_ROOT / "pipelines", root / "pipelines", ignore=ignore)
+    shutil.copy(REPO_ROOT / "dvc.yaml", root / "dvc.yaml")
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    for section, values in params_update.items():
+        params.setdefault(section, {}).update(values)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return root
