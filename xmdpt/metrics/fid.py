@@ -80,9 +80,10 @@ class InceptionFeatures:
 
         sd = load_state_dict(weights_path, "evaluate.inception_weights")
         aux = any(k.startswith("AuxLogits.") for k in sd)
-        net = inception_v3(weights=None, aux_logits=aux, init_weights=False, transform_input=False)
+        with torch.device("meta"):  # no random init of weights that are overwritten right away
+            net = inception_v3(weights=None, aux_logits=aux, init_weights=False, transform_input=False)
         try:
-            net.load_state_dict(sd, strict=True)
+            net.load_state_dict(sd, strict=True, assign=True)
         except RuntimeError as e:
             raise ValueError(f"evaluate.inception_weights: {weights_path} is not a torchvision "
                              f"inception_v3 state dict: {e}") from e

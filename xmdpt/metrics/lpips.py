@@ -34,9 +34,16 @@ class LPIPS(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        from torchvision.models import alexnet
-
-        self.features = alexnet(weights=None).features[: _RELU_IDX[-1] + 1]
+        # torchvision's alexnet.features up to the last ReLU (same module indices, so its keys load)
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 64, kernel_size=11, stride=4, padding=2), nn.ReLU(inplace=False),
+            nn.MaxPool2d(kernel_size=3, stride=2),
+            nn.Conv2d(64, 192, kernel_size=5, padding=2), nn.ReLU(inplace=False),
+            nn.MaxPool2d(kernel_size=3, stride=2),
+            nn.Conv2d(192, 384, kernel_size=3, padding=1), nn.ReLU(inplace=False),
+            nn.Conv2d(384, 256, kernel_size=3, padding=1), nn.ReLU(inplace=False),
+            nn.Conv2d(256, 256, kernel_size=3, padding=1), nn.ReLU(inplace=False),
+        )
         self.lins = nn.ModuleList(nn.Conv2d(c, 1, kernel_size=1, bias=False) for c in LAYER_CHANNELS)
         self.register_buffer("shift", torch.tensor(_SHIFT).view(1, 3, 1, 1))
         self.register_buffer("scale", torch.tensor(_SCALE).view(1, 3, 1, 1))
@@ -47,6 +54,7 @@ class LPIPS(nn.Module):
         """Backbone from a torchvision AlexNet state dict, heads from an LPIPS ``alex.pth`` (or safetensors)."""
         m = cls()
         backbone = load_state_dict(alexnet_path, "evaluate.alexnet_weights")
+        # torchvision's state dict also holds features.12 (pool) — no weights — and the classifier
         feats = {k[len("features."):]: v for k, v in backbone.items() if k.startswith("features.")}
         try:
             m.features.load_state_dict(feats, strict=True)
