@@ -431,6 +431,7 @@ def upload_outputs(stage: str, cfg: XMDPTConfig, job_dir: str, root: str | Path 
             rels.append(rel)
         record.append({"path": Path(out).as_posix(), "kind": "file" if src.is_file() else "dir", "files": rels,
                        "bytes": sum(f.stat().st_size for f in files)})
+    fs.makedirs(base, exist_ok=True)
     with fs.open(f"{base.rstrip('/')}/outputs.json", "w") as f:
         f.write(json.dumps({"stage": stage, "outputs": record}, indent=2) + "\n")
     logger.info("uploaded %d output(s) of stage %r to %s", sum(r["kind"] in ("file", "dir") for r in record),

@@ -1,0 +1,181 @@
+"""The submission switch without a cluster: params for the job, declared outputs, the job dir,
+and the local branch of ``stage_main``."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipelines.common import stage_main
+from xmdpt.cluster import (
+    ClusterJobError,
+    download_outputs,
+    is_loopback,
+    job_config,
+    resolve_address,
+    stage_outputs,
+    upload_outputs,
+    working_dir_excludes,
+)
+from xmdpt.config import ConfigError, XMDPTConfig, load_config
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_outputs_are_read_from_dvc_yaml_and_templated():
+    cfg = XMDPTConfig().replace(paths={"artifacts_dir": "out/art"})
+    dvc_yaml = REPO_ROOT / "dvc.yaml"
+    assert stage_outputs("synth", cfg, dvc_yaml) == ["data/synth"]
+    assert stage_outputs("pairs", cfg, dvc_yaml) == ["out/art/pairs/manifest.json"]
+    assert "out/art/validate/report.json" in stage_outputs("validate", cfg, dvc_yaml)
+    # a stage dvc.yaml does not know: its artifacts folder
+    assert stage_outputs("adhoc", cfg, dvc_yaml) == ["out/art/adhoc"]
+
+
+def test_unknown_template_variable_names_the_stage(tmp_path):
+    (tmp_path / "dvc.yaml").write_text("stages:\n  s:\n    cmd: x\n    outs:\n      - ${paths.nope}/m.json\n")
+    with pytest.raises(ConfigError, match=r"stages\.s\.outs: \$\{paths\.nope\} is not a params key"):
+        stage_outputs("s", XMDPTConfig(), tmp_path / "dvc.yaml")
+
+
+@pytest.mark.parametrize("address,expected", [
+    ("http://127.0.0.1:8265", True), ("127.0.0.1:6379", True), ("http://localhost:8265", True), ("auto", True),
+    ("http://10.0.3.7:8265", False), ("https://ray-head.example.internal:443", False), ("ray-head:6379", False),
+])
+def test_loopback_addresses(address, expected):
+    assert is_loopback(address) is expected
+
+
+def test_address_comes_from_env_then_config(monkeypatch):
+    cfg = XMDPTConfig().replace(cluster={"submit": True, "address": "http://cfg-head:8265"})
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("RAY_API_SERVER_ADDRESS", raising=False)
+    assert resolve_address(cfg) == "http://cfg-head:8265"
+    monkeypatch.setenv("RAY_ADDRESS", "http://env-head:8265")
+    assert resolve_address(cfg) == "http://env-head:8265"
+    monkeypatch.delenv("RAY_ADDRESS")
+    with pytest.raises(ConfigError, match=r"RAY_ADDRESS"):
+        resolve_address(XMDPTConfig().replace(cluster={"submit": True}))
+
+
+def test_job_config_on_a_shared_filesystem_makes_local_paths_absolute(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = XMDPTConfig().replace(cluster={"submit": True}, paths={"dataset_root": "s3://bucket/deepfashion"})
+    job = job_config(cfg, tmp_path, shared_filesystem=True)
+    assert job.cluster.submit is False
+    assert job.paths.dataset_root == "s3://bucket/deepfashion"  # URLs untouched
+    assert job.paths.storage_root == str(tmp_path / "data/store")
+    assert job.paths.artifacts_dir == "artifacts"  # stays relative: written in the job, sent back
+    assert job.paths.mlflow_tracking_uri == f"sqlite:///{tmp_path}/mlflow.db"
+    assert Path(job.data.pose_model_path).is_absolute()
+
+
+def test_job_config_without_shared_filesystem_rejects_local_storage(tmp_path):
+    cfg = XMDPTConfig().replace(cluster={"submit": True}, paths={"dataset_root": "s3://b/df"})
+    with pytest.raises(ConfigError, match=r"paths\.storage_root: 'data/store' is a local path"):
+        job_config(cfg, tmp_path, shared_filesystem=False)
+    ok = cfg.replace(paths={"storage_root": "s3://b/store", "mlflow_tracking_uri": "http://mlflow:5000"})
+    job = job_config(ok, tmp_path, shared_filesystem=False)
+    assert job.paths == ok.paths and job.cluster.submit is False
+
+
+def test_working_dir_excludes_data_and_the_local_stores(tmp_path):
+    cfg = XMDPTConfig().replace(paths={"dataset_root": "datasets/deepfashion", "storage_root": "s3://b/x"},
+                                cluster={"excludes": ["*.ckpt"]})
+    ex = working_dir_excludes(cfg, tmp_path)
+    for pattern in ("/data", "/.git", "/.venv", "/mlflow.db", "/.dvc/cache", "/datasets/deepfashion", "*.ckpt"):
+        assert pattern in ex
+    assert not any("s3:" in e for e in ex)
+
+
+def test_outputs_round_trip_through_the_job_dir(tmp_path):
+    """What the job uploads replaces the submitter's copy (a stale file does not survive)."""
+    cfg = XMDPTConfig()
+    (tmp_path / "dvc.yaml").write_text(
+        "stages:\n  s:\n    cmd: x\n    outs:\n      - ${paths.artifacts_dir}/s/manifest.json\n"
+        "      - data/s_dir\n    metrics:\n      - ${paths.artifacts_dir}/s/metrics.json\n"
+        "      - s3://bucket/elsewhere.json\n")
+    job_side, local_side = tmp_path / "job", tmp_path / "local"
+    (job_side / "artifacts/s").mkdir(parents=True)
+    (job_side / "artifacts/s/manifest.json").write_text('{"rows": 3}')
+    (job_side / "data/s_dir/sub").mkdir(parents=True)
+    (job_side / "data/s_dir/sub/a.txt").write_text("a")
+    (local_side / "data/s_dir").mkdir(parents=True)
+    (local_side / "data/s_dir/stale.txt").write_text("old")
+    job_dir = str(tmp_path / "store/_jobs/j1")
+
+    record = upload_outputs("s", cfg, job_dir, root=job_side, dvc_yaml=tmp_path / "dvc.yaml")
+    assert [(r["path"], r["kind"]) for r in record] == [
+        ("artifacts/s/manifest.json", "file"), ("data/s_dir", "dir"), ("artifacts/s/metrics.json", "missing"),
+        ("s3://bucket/elsewhere.json", "shared")]
+    assert json.loads(Path(job_dir, "outputs.json").read_text())["outputs"] == record
+
+    brought = download_outputs(job_dir, root=local_side)
+    assert brought == ["artifacts/s/manifest.json", "data/s_dir"]
+    assert (local_side / "artifacts/s/manifest.json").read_text() == '{"rows": 3}'
+    assert (local_side / "data/s_dir/sub/a.txt").read_text() == "a"
+    assert not (local_side / "data/s_dir/stale.txt").exists()
+
+
+def test_download_without_listing_is_a_clear_error(tmp_path):
+    with pytest.raises(ClusterJobError, match=r"outputs\.json: not found"):
+        download_outputs(str(tmp_path / "nojob"), root=tmp_path)
+
+
+def _params(tmp_path: Path, **cluster) -> Path:
+    d = XMDPTConfig().to_dict()
+    d["cluster"].update(cluster)
+    p = tmp_path / "params.yaml"
+    p.write_text(yaml.safe_dump(d))
+    return p
+
+
+def test_stage_main_runs_here_and_uploads_for_a_job(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    params = _params(tmp_path)
+    seen = []
+
+    def run(cfg):
+        seen.append(cfg)
+        out = Path(cfg.paths.artifacts_dir) / "adhoc"
+        out.mkdir(parents=True)
+        (out / "manifest.json").write_text("{}")
+        return "done"
+
+    assert stage_main("adhoc", run, ["--params", str(params), "--job-dir", str(tmp_path / "jd")]) == "done"
+    assert seen[0] == load_config(params)
+    listing = json.loads((tmp_path / "jd" / "outputs.json").read_text())
+    assert listing["outputs"] == [{"path": "artifacts/adhoc", "kind": "dir", "files": ["artifacts/adhoc/manifest.json"],
+                                   "bytes": 2}]
+    assert (tmp_path / "jd/outputs/artifacts/adhoc/manifest.json").read_text() == "{}"
+    assert logging.getLogger().handlers  # logging configured
+
+
+def test_stage_main_with_submit_but_no_cluster_fails_before_running(tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("RAY_API_SERVER_ADDRESS", raising=False)
+    monkeypatch.delenv("XMDPT_NO_SUBMIT", raising=False)
+    params = _params(tmp_path, submit=True)
+    ran = []
+    with pytest.raises(SystemExit) as e:
+        stage_main("adhoc", ran.append, ["--params", str(params)])
+    assert e.value.code == 1 and not ran
+    assert "neither $RAY_ADDRESS nor cluster.address is set" in caplog.text
+    # inside a job (flag or env) the switch is off: the stage runs here
+    stage_main("adhoc", ran.append, ["--params", str(params), "--no-submit"])
+    monkeypatch.setenv("XMDPT_NO_SUBMIT", "1")
+    stage_main("adhoc", ran.append, ["--params", str(params)])
+    assert len(ran) == 2 and all(cfg.cluster.submit for cfg in ran)
+
+
+def test_stage_main_bad_params_exits_with_the_key(tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text("cluster:\n  sumbit: true\n")
+    with pytest.raises(SystemExit) as e:
+        stage_main("adhoc", lambda cfg: None, [])
+    assert e.value.code == 2 and "cluster.sumbit: unknown key" in caplog.text
