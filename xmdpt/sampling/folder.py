@@ -126,6 +126,8 @@ def write_pipeline_folder(
                          f"{latent_scale}")
     weights_rel = {}
     for role, uri in encoder_weights.items():
+        if not uri or str(uri).startswith("hf-hub:"):
+            continue  # pretrained hub encoder: rebuilt from the config's id when loading
         rel = f"{ENCODERS_DIR}/{role}.safetensors"
         _copy_file(uri, out / rel)
         weights_rel[role] = rel

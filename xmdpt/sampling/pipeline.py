@@ -6,7 +6,8 @@
 Steps (the same preprocessing as the dataset stages, see :mod:`xmdpt.sampling.inputs`):
 
 1. source photo -> padded to 176:256 with its background colour -> squashed to the model's square
-   frame -> VAE posterior (sampled, scaled by ``latent_scale``) and image-encoder tokens;
+   frame -> VAE posterior mean (scaled by ``latent_scale``) and image-encoder tokens, encoded
+   exactly as the `features` stage does;
 2. target pose (pose JSON, a ``Pose``, or a photo to estimate it from) -> padded the same way ->
    skeleton image -> pose-encoder tokens;
 3. DDIM with classifier-free guidance (power-cosine schedule) -> decode -> PIL images.
@@ -50,14 +51,16 @@ def _config_from_folder(config: dict[str, Any]) -> XMDPTConfig:
 
 
 def _load_token_encoders(folder: Path, cfg: XMDPTConfig, meta: dict[str, Any], device: torch.device):
-    """``(image_encoder, pose_encoder)`` from the config and the folder's encoder weights."""
+    """``(image_encoder, pose_encoder)``: the folder's saved weights, else (pretrained) the config's hub ids."""
     from xmdpt.encoders.dino import TokenEncoder
 
     encoders = []
     for role in ("image", "pose"):
         rel = (meta.get("encoder_weights") or {}).get(role)
-        weights = str(folder / rel) if rel else None
-        encoders.append(TokenEncoder.from_config(cfg.encoders, role=role, weights=weights, device=device))
+        if rel:
+            encoders.append(TokenEncoder.from_weights(cfg.encoders, role, str(folder / rel), device=device))
+        else:
+            encoders.append(TokenEncoder.from_config(cfg.encoders, role, device=device))
     return tuple(encoders)
 
 
@@ -128,26 +131,27 @@ class XMDPTPipeline:
                                min_visibility=self.cfg.data.pose_min_visibility,
                                name=str(pose) if isinstance(pose, (str, Path)) else name)
 
-    def _encode(self, sources: np.ndarray, poses: Sequence[Pose], generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """Conditions for uint8 square sources ``(N, S, S, 3)`` and poses (any frame)."""
-        from xmdpt.data.images import to_tensor
+    def _encode(self, sources: np.ndarray, poses: Sequence[Pose]) -> dict[str, torch.Tensor]:
+        """Conditions for uint8 square sources ``(N, S, S, 3)`` and poses (any frame).
+
+        The encoders run exactly as in the `features` stage (same preprocessing, fp16 rounding);
+        the source latent is the posterior mean, scaled (deterministic, like the training grids).
+        """
+        from xmdpt.data import schema
         from xmdpt.data.keypoints import render_skeleton
-        from xmdpt.encoders.dino import prepare_image, prepare_pose
+        from xmdpt.encoders.features import encode_arrays
 
         S = self.image_size
-        images = torch.stack([to_tensor(s) for s in sources]).to(self.device)  # (N, 3, S, S)
-        mean, std = self.codec.encode(images)  # (N, C, h, w) each, unscaled
-        noise = torch.randn(mean.shape, generator=generator, device="cpu").to(self.device)
-        ref_latent = (mean + std * noise) * self.codec.latent_scale  # (N, C, h, w) scaled
         skeletons = []
         for p in poses:
             padded = pad_pose(p)
             skeletons.append(render_skeleton(padded.keypoints, padded.hw, (S, S)))  # (S, S, 3) uint8
-        skeletons = np.stack(skeletons)  # (N, S, S, 3)
-        ref_tokens = self.image_encoder(prepare_image(sources, self.image_encoder.spec))  # (N, Sr, Dr)
-        pose_tokens = self.pose_encoder(prepare_pose(skeletons, self.pose_encoder.spec))  # (N, Sp, Dp)
-        return {"pose_tokens": pose_tokens.to(self.device).float(), "ref_tokens": ref_tokens.to(self.device).float(),
-                "ref_latent": ref_latent.float()}
+        feats = encode_arrays(self.codec, self.image_encoder, self.pose_encoder, sources, np.stack(skeletons),
+                              self.cfg.encoders.token_input_size)
+        to = lambda a: torch.from_numpy(a).float().to(self.device)  # noqa: E731
+        return {"pose_tokens": to(feats[schema.POSE_TOKENS]),  # (N, Sp, Dp)
+                "ref_tokens": to(feats[schema.IMAGE_TOKENS]),  # (N, Sr, Dr)
+                "ref_latent": to(feats[schema.LATENT_MEAN]) * self.codec.latent_scale}  # (N, C, h, w)
 
     def sample_config(self, num_steps: Optional[int] = None, cfg_scale: Optional[float] = None,
                       cfg_power: Optional[float] = None, seed: Optional[int] = None) -> SampleConfig:
@@ -175,10 +179,9 @@ class XMDPTPipeline:
         if len(sources) != len(poses):
             raise ValueError(f"{len(sources)} sources but {len(poses)} poses")
         sc = self.sample_config(num_steps, cfg_scale, cfg_power, seed)
-        generator = torch.Generator(device="cpu").manual_seed(sc.seed)
-        cond = self._encode(sources, poses, generator)
-        gen = generator if self.device.type == "cpu" else torch.Generator(device=self.device).manual_seed(sc.seed)
-        x_0 = sample(self.model, self.diffusion, cond, sc, generator=gen)  # (N, C, h, w) scaled
+        cond = self._encode(sources, poses)
+        generator = torch.Generator(device=self.device).manual_seed(sc.seed)
+        x_0 = sample(self.model, self.diffusion, cond, sc, generator=generator)  # (N, C, h, w) scaled
         return to_uint8(self.codec.decode(x_0 / self.codec.latent_scale))  # (N, S, S, 3)
 
     def __call__(self, source_image: Any, target_pose: PoseLike, *, num_steps: Optional[int] = None,
@@ -190,7 +193,7 @@ class XMDPTPipeline:
             source_image: a path, bytes, PIL image or uint8 ``(H, W, 3)`` array — any photo.
             target_pose: a pose JSON path/dict, a :class:`Pose`, or a photo (path/PIL/array) to estimate it from.
             num_steps, cfg_scale, cfg_power: sampler settings (default: the model's ``sample`` config).
-            seed: seeds the source posterior draw and the initial noise.
+            seed: seeds the initial noise.
             num_images: samples per call (different noise).
             output_size: ``(H, W)`` to resize to (e.g. ``(256, 176)`` to undo the square squash); default square.
 

@@ -1,0 +1,73 @@
+"""XMDPTPipeline on a tiny pipeline folder: determinism, shapes, inputs from any photo, errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tiny_pipeline_folder import build_tiny_pipeline_folder
+from xmdpt.data.images import ImageError
+from xmdpt.registry import ModelNotFoundError
+from xmdpt.sampling import PoseError, XMDPTPipeline
+from xmdpt.sampling.folder import check_pipeline_folder
+
+POSE = {"format": "coco18", "image_size": [256, 176],
+        "keypoints": [[88, 40], [88, 62], [68, 64], [60, 96], [58, 126], [108, 64], [116, 96], [118, 126],
+                      [76, 132], [74, 182], [74, 228], [100, 132], [102, 182], [102, 228], [84, 36], [92, 36],
+                      [-1, -1], [96, 38]]}
+
+
+@pytest.fixture(scope="module")
+def pipe(tmp_path_factory):
+    folder = build_tiny_pipeline_folder(tmp_path_factory.mktemp("tiny"))
+    return XMDPTPipeline.from_pretrained(folder, device="cpu")
+
+
+def test_folder_is_self_contained(pipe):
+    meta = check_pipeline_folder(pipe.folder)
+    assert meta["standin"] is True and set(meta["encoder_weights"]) == {"image", "pose"}
+    assert pipe.image_encoder.standin and pipe.pose_encoder.num_tokens == 5
+
+
+def test_generate_is_seeded_and_any_aspect(pipe):
+    rng = np.random.default_rng(0)
+    wide = rng.integers(0, 255, (90, 200, 3), dtype=np.uint8)  # landscape photo: padded top/bottom
+    a = pipe(wide, POSE, seed=1)
+    b = pipe(Image.fromarray(wide), POSE, seed=1)
+    c = pipe(wide, POSE, seed=2)
+    assert len(a) == 1 and a[0].size == (16, 16)
+    assert np.array_equal(np.asarray(a[0]), np.asarray(b[0]))
+    assert not np.array_equal(np.asarray(a[0]), np.asarray(c[0]))
+    out = pipe(wide, POSE, seed=1, num_images=2, output_size=(256, 176), cfg_scale=1.0)
+    assert len(out) == 2 and out[0].size == (176, 256)
+    assert not np.array_equal(np.asarray(out[0]), np.asarray(out[1]))  # different noise per image
+
+
+def test_pipeline_errors(pipe, tmp_path):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    with pytest.raises(ImageError, match="broken.png"):
+        pipe(bad, POSE)
+    wrong = dict(POSE, keypoints=POSE["keypoints"][:17])
+    with pytest.raises(PoseError, match="expected 18 keypoints"):
+        pipe(np.zeros((32, 32, 3), np.uint8), wrong)
+    with pytest.raises(ModelNotFoundError, match="no such folder"):
+        XMDPTPipeline.from_pretrained(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelNotFoundError):
+        XMDPTPipeline.from_pretrained(tmp_path / "empty")
+
+
+def test_pose_json_file_and_generate_function(pipe, tmp_path):
+    from xmdpt.sampling.pipeline import generate
+
+    pose_file = tmp_path / "pose.json"
+    pose_file.write_text(json.dumps(POSE))
+    src = tmp_path / "src.jpg"
+    Image.fromarray(np.full((256, 176, 3), 200, np.uint8)).save(src)
+    out = generate(pipe.folder, src, pose_file, tmp_path / "out" / "gen.png", num_steps=2, seed=0, device="cpu")
+    img = Image.open(out)
+    assert img.format == "PNG" and img.size == (16, 16)
