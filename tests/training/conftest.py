@@ -1,0 +1,127 @@
+"""Fixtures for the training tests: a tiny feature cache and pair table in the real schemas.
+
+The tensors are random (the point is the plumbing: join, decode, shapes, resume), written in
+exactly ``schema.FEATURES_SCHEMA`` / ``schema.PAIRS_SCHEMA`` with manifests shaped like the
+`features` and `validate` stages' manifests.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from xmdpt.config import XMDPTConfig
+from xmdpt.data import schema
+from xmdpt.storage import write_manifest
+
+# a model small enough for a CPU test step: 8x8x4 latents, 5 tokens of width 16
+TINY_MODEL = dict(preset="", input_size=8, in_channels=4, patch_size=2, hidden_size=32, depth=2, num_heads=2,
+                  decode_layer=1, pose_num_tokens=5, pose_token_dim=16, ref_num_tokens=5, ref_token_dim=16)
+
+
+def _tiny_config(tmp: Path, **train) -> XMDPTConfig:
+    """Config for a CPU test run under ``tmp`` (storage, artifacts, MLflow all inside it)."""
+    return XMDPTConfig.from_dict({
+        "paths": {"storage_root": str(tmp / "store"), "artifacts_dir": str(tmp / "artifacts"),
+                  "mlflow_tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}"},
+        "model": TINY_MODEL,
+        "sample": {"num_steps": 2},
+        "train": {"num_workers": 1, "batch_size_per_worker": 4, "max_steps": 6, "lr": 1e-3, "ema_decay": 0.9,
+                  "log_every": 2, "checkpoint_every": 3, "sample_every": 3, "warmup_steps": 0, **train},
+    })
+
+
+def _write_fixture_cache(root: Path, *, persons: int = 3, views: int = 3, latent=(4, 8, 8), tokens=(5, 16),
+                        seed: int = 0, missing: tuple[str, ...] = ()) -> dict:
+    """Write features + pairs Parquet and their manifests under ``root``; return a summary.
+
+    ``missing`` lists image paths whose feature rows are left out (their pairs cannot be joined).
+    """
+    rng = np.random.default_rng(seed)
+    images, pairs = [], []
+    for p in range(persons):
+        person = f"MEN/Denim/id_{p:08d}"
+        split = "train" if p < persons - 1 else "test"
+        paths = [f"img/{person}/{v:02d}_1_front.jpg" for v in range(views)]
+        images += [(path, split) for path in paths]
+        for t, s in itertools.permutations(paths, 2):  # both orders, as the pair tables list them
+            pairs.append({schema.PAIR_ID: f"{split}:{s}_2_{t}", schema.SPLIT: split, schema.PERSON_ID: person,
+                          schema.TARGET_PATH: t, schema.SOURCE_PATH: s})
+    rows = []
+    for (path, split), flip in itertools.product(images, (False, True)):
+        if path in missing:
+            continue
+        rows.append({
+            schema.IMAGE_PATH: path, schema.FLIP: flip, schema.SPLIT: split,
+            schema.KEYPOINTS: rng.uniform(0, 64, 2 * schema.NUM_KEYPOINTS).astype(np.float32).tolist(),
+            schema.LATENT_MEAN: rng.standard_normal(latent).astype(np.float16).tobytes(),
+            schema.LATENT_STD: (0.1 * rng.random(latent)).astype(np.float16).tobytes(),
+            schema.IMAGE_TOKENS: rng.standard_normal(tokens).astype(np.float16).tobytes(),
+            schema.POSE_TOKENS: rng.standard_normal(tokens).astype(np.float16).tobytes(),
+        })
+    (root / "features").mkdir(parents=True, exist_ok=True)
+    (root / "pairs").mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema.FEATURES_SCHEMA), root / "features" / "part-0.parquet")
+    pq.write_table(pa.Table.from_pylist(pairs, schema=schema.PAIRS_SCHEMA), root / "pairs" / "part-0.parquet")
+    tensor_meta = {
+        schema.LATENT_MEAN: {"shape": list(latent), "dtype": "float16"},
+        schema.LATENT_STD: {"shape": list(latent), "dtype": "float16"},
+        schema.IMAGE_TOKENS: {"shape": list(tokens), "dtype": "float16"},
+        schema.POSE_TOKENS: {"shape": list(tokens), "dtype": "float16"},
+    }
+    features_manifest = write_manifest(root / "artifacts" / "features" / "manifest.json", {
+        "stage": "features", "uri": str(root / "features"),
+        "tables": {"features": {"uri": str(root / "features"), "rows": len(rows)}},
+        "tensors": tensor_meta, "latent_scale": 0.5, "image_size": 4 * latent[1],
+        "encoders": {"image": "fixture", "pose": "fixture"}, "standin": True, "vae_uri": "",
+        "seed": seed,
+    })
+    validate_manifest = write_manifest(root / "artifacts" / "validate" / "manifest.json", {
+        "stage": "validate", "tables": {"pairs": {"uri": str(root / "pairs"), "rows": len(pairs)}},
+    })
+    train_pairs = sum(1 for p in pairs if p[schema.SPLIT] == "train")
+    return {"features": features_manifest, "validate": validate_manifest, "train_pairs": train_pairs,
+            "images": images, "rows": rows}
+
+
+def _write_fixture_autoencoder(root: Path, latent_scale: float = 0.5) -> dict:
+    """A random-init fitted-type AutoencoderKL (32 px -> 4x8x8) saved as the autoencoder stage does."""
+    from xmdpt.config import EncodersConfig
+    from xmdpt.encoders.vae import LatentCodec, build_fitted_vae
+
+    torch_seed = 0
+    import torch
+
+    torch.manual_seed(torch_seed)
+    vae = build_fitted_vae(EncodersConfig(vae_block_channels=(8, 8, 8)), image_size=32)
+    uri = str(root / "autoencoder")
+    LatentCodec(vae, latent_scale, source="fitted").save(uri)
+    return write_manifest(root / "artifacts" / "autoencoder" / "manifest.json",
+                          {"stage": "autoencoder", "uri": uri, "latent_scale": latent_scale})
+
+
+@pytest.fixture()
+def fixture_cache(tmp_path: Path) -> dict:
+    """Feature cache + pair table (+ autoencoder) under ``tmp_path``; ``root`` is ``tmp_path``."""
+    out = _write_fixture_cache(tmp_path)
+    out["autoencoder"] = _write_fixture_autoencoder(tmp_path)
+    out["root"] = tmp_path
+    return out
+
+
+@pytest.fixture()
+def write_cache():
+    """The fixture writer itself (for variants: missing images, other shapes)."""
+    return _write_fixture_cache
+
+
+@pytest.fixture()
+def make_config():
+    """``make_config(root, **train_overrides) -> XMDPTConfig`` for a tiny CPU run under ``root``."""
+    return _tiny_config

@@ -1,0 +1,127 @@
+"""One optimisation step of X-MDPT, in plain PyTorch (no Ray here).
+
+A step consumes one batch of training-table rows (see :class:`xmdpt.training.data.Collate`):
+
+1. x_0 and the source latent are *sampled* from the cached VAE posteriors and scaled, as the
+   authors encode with ``.sample()``: ``x_0 = (mean + std * eps) * latent_scale``;
+2. both loss passes (unmasked + masked MIPNet pass) with CFG dropout, via
+   :func:`xmdpt.diffusion.losses.training_losses`;
+3. gradient accumulation over ``accum_steps`` micro-batches (DDP gradient sync only on the last),
+   optional gradient clipping, AdamW step, EMA update.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any, Mapping, Optional
+
+import torch
+from torch import nn
+
+from xmdpt.diffusion.losses import training_losses
+
+__all__ = ["sample_posterior", "lr_at", "autocast_dtype", "train_step", "LOSS_KEYS"]
+
+LOSS_KEYS = ("loss", "loss_unmasked", "loss_masked", "mse", "vb")
+
+
+def sample_posterior(mean: torch.Tensor, std: torch.Tensor, latent_scale: float,
+                     generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Scaled sample of a diagonal-Gaussian VAE posterior.
+
+    Args:
+        mean, std: (N, C, H, W) unscaled posterior parameters.
+        latent_scale: the diffusion latent scale.
+    Returns:
+        (N, C, H, W) ``(mean + std * eps) * latent_scale``.
+    """
+    eps = torch.randn(mean.shape, device=mean.device, dtype=mean.dtype, generator=generator)
+    return (mean + std * eps) * latent_scale
+
+
+def lr_at(step: int, base_lr: float, warmup_steps: int) -> float:
+    """Learning rate for optimizer step ``step`` (0-based): linear warm-up, then constant."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    return base_lr
+
+
+def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
+    """``train.precision`` -> the autocast dtype (None: fp32). ``auto`` is bf16 on CUDA, fp32 on CPU."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    raise ValueError(f"unknown precision {precision!r}; expected one of ['auto', 'bf16', 'fp32']")
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a DDP wrapper (or the model itself)."""
+    return getattr(model, "module", model)
+
+
+def train_step(model: nn.Module, ema: Any, opt: torch.optim.Optimizer, batch: Mapping[str, torch.Tensor], *,
+               diffusion: Any, latent_scale: float, cond_drop_prob: float, mask_ratio: float,
+               accum_steps: int = 1, grad_clip_norm: Optional[float] = None, lr: Optional[float] = None,
+               amp_dtype: Optional[torch.dtype] = None, generator: Optional[torch.Generator] = None
+               ) -> dict[str, float]:
+    """One optimizer step over ``batch`` (split into ``accum_steps`` micro-batches).
+
+    Args:
+        model: ``XMDPT`` or a DDP wrapper of it (in train mode).
+        ema: :class:`xmdpt.training.ema.EMA` of the unwrapped model, updated after the step.
+        opt: the optimizer (AdamW); ``lr`` (if given) is written into every param group first.
+        batch: ``x0_mean``/``x0_std``/``ref_mean``/``ref_std`` (N, C, H, W) unscaled posteriors,
+            ``pose_tokens`` (N, Sp, Dp), ``ref_tokens`` (N, Sr, Dr), on the model's device.
+        diffusion: :class:`xmdpt.diffusion.GaussianDiffusion`.
+        latent_scale: x_0 = z * latent_scale.
+        cond_drop_prob: CFG dropout probability (per pass and sample).
+        mask_ratio: MIPNet mask ratio of the masked pass (0 skips it).
+        accum_steps: micro-batches per optimizer step (N must be >= accum_steps).
+        grad_clip_norm: clip the global gradient norm to this (None: no clipping).
+        amp_dtype: autocast dtype (``torch.bfloat16``) or None for fp32.
+        generator: drives posterior samples, t, noise, condition drops and token masks.
+
+    Returns:
+        Floats: the loss terms averaged over micro-batches (``loss``, ``loss_unmasked``,
+        ``loss_masked``, ``mse``, ``vb``), ``grad_norm`` (before clipping) and ``lr``.
+    """
+    n = batch["x0_mean"].shape[0]
+    if n < accum_steps:
+        raise ValueError(f"batch of {n} rows cannot be split into accum_steps={accum_steps} micro-batches")
+    if lr is not None:
+        for group in opt.param_groups:
+            group["lr"] = lr
+    device = batch["x0_mean"].device
+    chunks = [dict(zip(batch, parts)) for parts in zip(*(torch.tensor_split(v, accum_steps) for v in batch.values()))]
+    totals = {k: 0.0 for k in LOSS_KEYS}
+    for i, mb in enumerate(chunks):
+        last = i == len(chunks) - 1
+        sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            x_0 = sample_posterior(mb["x0_mean"], mb["x0_std"], latent_scale, generator)  # (n, C, H, W)
+            ref_latent = sample_posterior(mb["ref_mean"], mb["ref_std"], latent_scale, generator)  # (n, C, H, W)
+            cond = {"pose_tokens": mb["pose_tokens"], "ref_tokens": mb["ref_tokens"], "ref_latent": ref_latent}
+            amp = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None
+                   else contextlib.nullcontext())
+            with amp:
+                losses = training_losses(model, diffusion, x_0, cond, cond_drop_prob=cond_drop_prob,
+                                         mask_ratio=mask_ratio, generator=generator)
+            (losses["loss"] / len(chunks)).backward()
+        for k in LOSS_KEYS:
+            totals[k] += float(losses[k].detach()) / len(chunks)
+    params = [p for p in model.parameters() if p.grad is not None]
+    if grad_clip_norm is not None:
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, grad_clip_norm))
+    else:
+        grad_norm = float(torch.linalg.vector_norm(torch.stack([p.grad.detach().norm() for p in params]))) \
+            if params else 0.0
+    if not math.isfinite(totals["loss"]):
+        raise FloatingPointError(f"non-finite training loss {totals['loss']} (lr={opt.param_groups[0]['lr']})")
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    ema.update(_unwrap(model))
+    return {**totals, "grad_norm": grad_norm, "lr": float(opt.param_groups[0]["lr"])}
