@@ -1,0 +1,113 @@
+"""``params/deepfashion.yaml``: loads, is complete, says what PAPER.md says; and selecting it for DVC
+by copying it over ``params.yaml`` really re-runs the stages with its values."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from xmdpt.config import MODEL_PRESETS, XMDPTConfig, load_config
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PROFILE = REPO_ROOT / "params" / "deepfashion.yaml"
+VENV_BIN = Path(sys.executable).parent
+
+
+def test_profile_loads_and_names_every_section():
+    cfg = load_config(PROFILE)
+    raw = yaml.safe_load(PROFILE.read_text())
+    assert set(raw) == {f.name for f in dataclasses.fields(XMDPTConfig)}
+    assert cfg.cluster.submit is False  # switched on per run: dvc exp run -S cluster.submit=true
+
+
+def test_profile_is_the_papers_setting():
+    cfg = load_config(PROFILE)
+    e, m, t, s = cfg.encoders, cfg.model, cfg.train, cfg.sample
+    # 256x256 images -> SD VAE (ft-MSE, decoder fine-tuned) latents 4x32x32 scaled by 0.18215
+    assert cfg.data.image_size == 256
+    assert (e.vae, e.vae_pretrained_id, e.latent_scale, e.latent_channels) == (
+        "pretrained", "stabilityai/sd-vae-ft-mse", 0.18215, 4)
+    assert e.vae_finetune_decoder is True
+    assert m.input_size == cfg.data.image_size // 8 == 32 and m.in_channels == 4
+    # DINOv2 g/14 (source image) and B/14 (target skeleton), pretrained, at 224 px -> 257 tokens
+    assert e.pretrained is True
+    assert (e.image_encoder, e.pose_encoder) == ("vit_giant_patch14_dinov2.lvd142m", "vit_base_patch14_dinov2.lvd142m")
+    assert (e.token_input_size // 14) ** 2 + 1 == 257 == m.pose_num_tokens == m.ref_num_tokens
+    assert (m.pose_token_dim, m.ref_token_dim) == (768, 1536)
+    # X-MDPT-S/2: depth 12, D 384, 6 heads, patch 2; MIPNet mask 0.3; 2 decoder blocks; learned sigma
+    assert m.preset == "xmdpt-s/2"
+    assert {k: getattr(m, k) for k in MODEL_PRESETS["xmdpt-s/2"]} == MODEL_PRESETS["xmdpt-s/2"]
+    assert (m.depth, m.hidden_size, m.num_heads, m.patch_size) == (12, 384, 6, 2)
+    assert (m.mask_ratio, m.decode_layer, m.learn_sigma) == (0.3, 2, True)
+    # linear schedule, 1000 steps
+    assert (cfg.diffusion.num_timesteps, cfg.diffusion.beta_start, cfg.diffusion.beta_end) == (1000, 1e-4, 0.02)
+    # batch 32, AdamW lr 1e-4 constant, no decay / clipping / warm-up, EMA 0.9999, 300k steps, on GPUs
+    assert t.num_workers * t.batch_size_per_worker * t.grad_accum_steps == 32
+    assert t.use_gpu is True and t.num_workers > 1
+    assert (t.lr, t.weight_decay, t.grad_clip_norm, t.warmup_steps) == (1e-4, 0.0, None, 0)
+    assert (t.ema_decay, t.max_steps, t.cond_drop_prob, t.swap_prob) == (0.9999, 300_000, 0.1, 0.5)
+    assert t.precision == "bf16" and t.checkpoint_every == 10_000
+    # DDIM 50 over the authors' respacing, eta 0, CFG 2.0 with power-cosine p = 0.01
+    assert (s.sampler, s.num_steps, s.respacing, s.eta, s.cfg_scale, s.cfg_power) == (
+        "ddim", 50, "authors", 0.0, 2.0, 0.01)
+    # PIDM protocol: every test pair, 256x176, FID against all train images, real backbones
+    ev = cfg.evaluate
+    assert ev.eval_size == (256, 176) and ev.max_pairs is None and ev.max_real_images is None
+    assert ev.inception_weights and ev.alexnet_weights and ev.lpips_weights
+    assert (cfg.register.metric, cfg.register.higher_is_better) == ("fid", False)
+    # GPU actor pools for features and evaluation
+    assert e.num_gpus_per_actor >= 1 and (ev.num_gpus_per_actor or 0) >= 1
+
+
+STAGE = """\
+vars:
+  - params.yaml
+stages:
+  show:
+    cmd: >-
+      python -c "from xmdpt.config import load_config; c = load_config();
+      open('${paths.artifacts_dir}/show.txt', 'w').write(f'{c.model.preset} {c.train.max_steps} {c.sample.cfg_scale}')"
+    params:
+      - model.preset
+      - train.max_steps
+      - sample.cfg_scale
+    outs:
+      - ${paths.artifacts_dir}/show.txt:
+          cache: false
+"""
+
+
+def test_copying_the_profile_over_params_yaml_reruns_dvc_stages_with_it(tmp_path):
+    """DVC 3 templates dvc.yaml and tracks params from params.yaml only: the profile is selected
+    by copying it there (what docs/deepfashion.md tells users to do)."""
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PYTHONPATH": str(REPO_ROOT),
+           "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    dvc = str(VENV_BIN / "dvc")
+
+    def run(*cmd: str) -> subprocess.CompletedProcess:
+        r = subprocess.run(list(cmd), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, f"{cmd}: {r.stdout[-2000:]}{r.stderr[-2000:]}"
+        return r
+
+    run("git", "init", "-q")
+    run(dvc, "init", "-q")
+    (tmp_path / "dvc.yaml").write_text(STAGE)
+    (tmp_path / "artifacts").mkdir()
+    shutil.copy(REPO_ROOT / "params.yaml", tmp_path / "params.yaml")
+    run(dvc, "repro", "-q")
+    default = load_config(REPO_ROOT / "params.yaml")
+    assert (tmp_path / "artifacts/show.txt").read_text() == (
+        f"{default.model.preset} {default.train.max_steps} {default.sample.cfg_scale}")
+
+    shutil.copy(PROFILE, tmp_path / "params.yaml")
+    status = run(dvc, "status").stdout
+    assert "modified:" in status and "train.max_steps" in status
+    run(dvc, "repro", "-q")
+    assert (tmp_path / "artifacts/show.txt").read_text() == "xmdpt-s/2 300000 2.0"
+    assert "up to date" in run(dvc, "status").stdout.lower()
