@@ -1,0 +1,130 @@
+"""End to end against a real `mlflow server` on 127.0.0.1: register, then `xmdpt generate --model
+models:/xmdpt@champion` in a separate process; and the CLI's errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sampling"))
+from tiny_pipeline_folder import build_tiny_pipeline_folder  # noqa: E402
+
+from xmdpt.cli import app  # noqa: E402
+
+BIN = Path(sys.executable).parent
+POSE = {"format": "coco18", "image_size": [256, 176],
+        "keypoints": [[88, 40], [88, 62], [68, 64], [60, 96], [58, 126], [108, 64], [116, 96], [118, 126],
+                      [76, 132], [74, 182], [74, 228], [100, 132], [102, 182], [102, 228], [84, 36], [92, 36],
+                      [80, 38], [96, 38]]}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """A real tracking + registry server with proxied artifacts, in its own process."""
+    root = tmp_path_factory.mktemp("mlflow")
+    port = _free_port()
+    log = open(root / "server.log", "w")
+    proc = subprocess.Popen(
+        [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts")],
+        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            pytest.fail(f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}")
+        time.sleep(0.5)
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("inputs")
+    (d / "pose.json").write_text(json.dumps(POSE))
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 180, 3), dtype=np.uint8)).save(d / "src.jpg")
+    (d / "pose17.json").write_text(json.dumps(dict(POSE, keypoints=POSE["keypoints"][:17])))
+    (d / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    Image.fromarray(np.full((256, 176, 3), 235, np.uint8)).save(d / "empty_room.png")
+    return d
+
+
+def test_register_then_generate_from_champion_in_a_subprocess(mlflow_server, inputs, tmp_path):
+    from xmdpt.registry import log_and_register
+
+    folder = build_tiny_pipeline_folder(tmp_path / "m")
+    kw = dict(model_name="xmdpt", metric="synthetic_pose_iou", higher_is_better=True, tracking_uri=mlflow_server)
+    rec = log_and_register(folder, metrics={"synthetic_pose_iou": 0.3}, lineage={"git_commit": "test"}, **kw)
+    assert rec["aliases"] == ["candidate", "champion"]
+
+    out = tmp_path / "gen.png"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server, "XMDPT_CACHE_DIR": str(tmp_path / "cache")}
+    res = subprocess.run([str(BIN / "xmdpt"), "generate", "--model", "models:/xmdpt@champion", "--source",
+                          str(inputs / "src.jpg"), "--pose", str(inputs / "pose.json"), "--out", str(out),
+                          "--steps", "2", "--cfg-scale", "2.0", "--seed", "0", "--device", "cpu"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    img = Image.open(out)
+    assert img.format == "PNG" and img.size == (16, 16)
+    # the downloaded folder is the registered one
+    cached = list((tmp_path / "cache").glob("*/.complete"))
+    assert len(cached) == 1
+
+    # unknown model URI: clear error from the CLI (in process, same server)
+    os.environ["MLFLOW_TRACKING_URI"] = mlflow_server
+    try:
+        r = CliRunner().invoke(app, ["generate", "--model", "models:/xmdpt@nope", "--source", str(inputs / "src.jpg"),
+                                     "--pose", str(inputs / "pose.json"), "--out", str(tmp_path / "x.png")])
+    finally:
+        os.environ.pop("MLFLOW_TRACKING_URI")
+    assert r.exit_code == 2 and "unknown model URI 'models:/xmdpt@nope'" in r.output
+
+
+def test_cli_input_errors(inputs, tmp_path, pose_task_path):
+    folder = build_tiny_pipeline_folder(tmp_path / "m")
+    runner = CliRunner()
+
+    def run(source, pose, *extra):
+        return runner.invoke(app, ["generate", "--model", str(folder), "--source", str(source), "--pose", str(pose),
+                                   "--out", str(tmp_path / "o.png"), "--steps", "1", *extra])
+
+    r = run(inputs / "broken.jpg", inputs / "pose.json")
+    assert r.exit_code == 2 and "broken.jpg" in r.output and "error:" in r.output
+    r = run(inputs / "src.jpg", inputs / "pose17.json")
+    assert r.exit_code == 2 and "expected 18 keypoints" in r.output
+    r = run(inputs / "src.jpg", inputs / "empty_room.png", "--pose-model", str(pose_task_path))
+    assert r.exit_code == 2 and "no person found" in r.output
+    r = run(inputs / "src.jpg", inputs / "pose.json")
+    assert r.exit_code == 0 and (tmp_path / "o.png").is_file()
+    r = runner.invoke(app, ["generate", "--model", str(tmp_path / "missing"), "--source", str(inputs / "src.jpg"),
+                            "--pose", str(inputs / "pose.json"), "--out", str(tmp_path / "o.png")])
+    assert r.exit_code == 2 and "no such folder" in r.output
