@@ -33,7 +33,8 @@ def derive(df: pd.DataFrame, *, pose_keys: set[tuple[str, str]]) -> pd.DataFrame
     return df.assign(**{
         TARGET_HAS_POSE: [(p, s) in pose_keys for p, s in zip(df[TARGET_PATH], df[SPLIT])],
         SOURCE_HAS_POSE: [(p, s) in pose_keys for p, s in zip(df[SOURCE_PATH], df[SPLIT])],
-        SAME_PERSON: [_person(t) == _person(s) == p for t, s, p in zip(df[TARGET_PATH], df[SOURCE_PATH], df[PERSON_ID])],
+        SAME_PERSON: [_person(t) == _person(s) == p
+                      for t, s, p in zip(df[TARGET_PATH], df[SOURCE_PATH], df[PERSON_ID])],
         PATHS_SAFE: [_safe(t) and _safe(s) for t, s in zip(df[TARGET_PATH], df[SOURCE_PATH])],
     })
 

@@ -143,7 +143,8 @@ def fashion_name_to_path(name: str) -> str:
     m = _FASHION_RE.match(str(name))
     rest = _VIEW_SPLIT_RE.match(m["rest"]) if m else None
     if m is None or rest is None:
-        raise ValueError(f"{name!r}: not a fashion name (expected fashion<MEN|WOMEN><Category>id<8 digits><NN>_<V><view>.<ext>)")
+        raise ValueError(f"{name!r}: not a fashion name "
+                         "(expected fashion<MEN|WOMEN><Category>id<8 digits><NN>_<V><view>.<ext>)")
     return (f"{IMAGE_DIR}/{m['gender']}/{m['category']}/id_{m['id']}/"
             f"{m['item']}_{rest['view']}_{rest['name']}")
 
@@ -419,7 +420,8 @@ def read_inshop_pairs(root: str, test_fraction: float) -> PairsReadout:
                 if source != target:
                     out.pairs.append(_make_pair(split, target, source, f"{IMAGE_DIR}/ tree: {target} <- {source}"))
     if not split_of:
-        logger.info("no %s: split identities by hash (test fraction %.2f)", sorted(SPLIT_LIST_FILES.values()), test_fraction)
+        logger.info("no %s: split identities by hash (test fraction %.2f)", sorted(SPLIT_LIST_FILES.values()),
+                    test_fraction)
     return _dedupe(out)
 
 

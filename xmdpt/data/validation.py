@@ -116,7 +116,8 @@ class SuiteRunner:
         suite = self.context.suites.add(gx.ExpectationSuite(name=f"{name}.suite"))
         for e in expectations:
             suite.add_expectation(e)
-        vd = self.context.validation_definitions.add(gx.ValidationDefinition(name=f"{name}.vd", data=batch, suite=suite))
+        vd = self.context.validation_definitions.add(
+            gx.ValidationDefinition(name=f"{name}.vd", data=batch, suite=suite))
         checkpoint = self.context.checkpoints.add(gx.Checkpoint(
             name=f"{name}.checkpoint", validation_definitions=[vd],
             result_format={"result_format": "COMPLETE", "unexpected_index_column_names": list(row_key)},
@@ -201,9 +202,11 @@ def _render(report: dict[str, Any]) -> str:
         lines.append("")
     failed = [e for e in report["expectations"] if not e["success"]]
     if failed:
-        lines += ["## Failed expectations", "", "| suite | expectation | column | rows | reason |", "|---|---|---|---|---|"]
+        lines += ["## Failed expectations", "", "| suite | expectation | column | rows | reason |",
+                  "|---|---|---|---|---|"]
         for e in failed:
-            lines.append(f"| {e['suite']} | {e['expectation']} | {e['column']} | {e['unexpected_count']} | {e['reason']} |")
+            lines.append(f"| {e['suite']} | {e['expectation']} | {e['column']} | {e['unexpected_count']} "
+                         f"| {e['reason']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -308,7 +311,8 @@ def validate_dataset(cfg: XMDPTConfig) -> tuple[dict, dict]:
     return manifest, report
 
 
-def _report(success: bool, failures: list[str], expectations: list[dict], tables: dict, quarantine: pa.Table | None) -> dict:
+def _report(success: bool, failures: list[str], expectations: list[dict], tables: dict,
+            quarantine: pa.Table | None) -> dict:
     return {
         "success": success,
         "table_failures": failures,
