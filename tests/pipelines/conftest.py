@@ -29,6 +29,7 @@ os.environ.update({
     "AWS_SECRET_ACCESS_KEY": "testing",
     "AWS_SESSION_TOKEN": "testing",
     "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_EC2_METADATA_DISABLED": "true",
 })
 
 # (gender, category) of the fixture identities; underscores in categories exercise the flattening.
