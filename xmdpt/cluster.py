@@ -23,7 +23,7 @@ never travels this way: stages write it under ``storage_root`` themselves; only 
 DVC tracks (manifests, metrics, plots) come back through the job directory.
 
 Local paths in the params (``paths.dataset_root``, ``paths.storage_root``, ``data.pose_model_path``,
-the MLflow store) are made absolute for the job when the filesystem is shared; otherwise a local
+the ``evaluate.*_weights`` files, the MLflow store) are made absolute for the job when the filesystem is shared; otherwise a local
 ``dataset_root`` or ``storage_root`` is an error that names the key.
 """
 
@@ -88,6 +88,7 @@ FORWARDED_ENV: tuple[str, ...] = (
     "TQDM_DISABLE", "XMDPT_POSE_TASK",
 )
 
+_WEIGHT_KEYS = ("inception_weights", "alexnet_weights", "lpips_weights")  # evaluate.* local files
 _LOOPBACK_HOSTS = {"localhost", "::1", "0.0.0.0"}
 _TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 _VAR = re.compile(r"\$\{\s*([A-Za-z0-9_.]+)\s*\}")
@@ -173,6 +174,8 @@ def job_config(cfg: XMDPTConfig, repo_root: str | Path, shared_filesystem: bool)
                    "storage_root": _absolute(paths.storage_root, root),
                    "mlflow_tracking_uri": tracking},
             data={"pose_model_path": _absolute(cfg.data.pose_model_path, root)},
+            evaluate={k: _absolute(getattr(cfg.evaluate, k), root) if getattr(cfg.evaluate, k) else ""
+                      for k in _WEIGHT_KEYS},
             cluster={"submit": False},
         )
     for key in ("dataset_root", "storage_root"):
@@ -183,11 +186,12 @@ def job_config(cfg: XMDPTConfig, repo_root: str | Path, shared_filesystem: bool)
     if os.path.isabs(paths.artifacts_dir):
         raise ConfigError(f"paths.artifacts_dir: {paths.artifacts_dir!r} is absolute; on a cluster without a shared "
                           "filesystem it must be relative to the repository (outputs come back through the job dir)")
-    if not is_url(cfg.data.pose_model_path):
-        inside = (root / cfg.data.pose_model_path).resolve()
+    pose_model = cfg.data.pose_model_path
+    if not is_url(pose_model) and not os.path.isabs(pose_model):
+        inside = (root / pose_model).resolve()
         if not str(inside).startswith(str(root) + os.sep):
             logger.warning("data.pose_model_path %r is outside the repository and is not shipped; the poses stage "
-                           "needs it on the cluster's nodes at that path (or as a URL)", cfg.data.pose_model_path)
+                           "needs it on the cluster's nodes (an absolute path in the image, or a URL)", pose_model)
     tracking = paths.mlflow_tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
     if not tracking or _local_store(tracking) is not None:
         logger.warning("MLflow tracking URI %r is local: runs made on the cluster stay on the cluster's disk; "

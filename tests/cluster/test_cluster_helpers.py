@@ -64,8 +64,11 @@ def test_address_comes_from_env_then_config(monkeypatch):
 
 def test_job_config_on_a_shared_filesystem_makes_local_paths_absolute(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    cfg = XMDPTConfig().replace(cluster={"submit": True}, paths={"dataset_root": "s3://bucket/deepfashion"})
+    cfg = XMDPTConfig().replace(cluster={"submit": True}, paths={"dataset_root": "s3://bucket/deepfashion"},
+                                evaluate={"inception_weights": "models/inception.pth"})
     job = job_config(cfg, tmp_path, shared_filesystem=True)
+    assert job.evaluate.inception_weights == str(tmp_path / "models/inception.pth")
+    assert job.evaluate.lpips_weights == ""  # unset stays unset
     assert job.cluster.submit is False
     assert job.paths.dataset_root == "s3://bucket/deepfashion"  # URLs untouched
     assert job.paths.storage_root == str(tmp_path / "data/store")
