@@ -15,11 +15,13 @@ from __future__ import annotations
 import io
 import logging
 import os
-from typing import BinaryIO, Union
+from typing import TYPE_CHECKING, BinaryIO, Union
 
 import numpy as np
-import torch
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -138,9 +140,11 @@ def resize_square(img: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(out, dtype=np.uint8)
 
 
-def to_tensor(img: np.ndarray) -> torch.Tensor:
+def to_tensor(img: np.ndarray) -> "torch.Tensor":
     """``uint8 (H, W, 3)`` -> ``float32 (3, H, W)`` in ``[-1, 1]`` (the authors' Normalize(0.5, 0.5))."""
     if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
         raise ValueError(f"to_tensor: expected uint8 (H, W, 3), got {img.dtype} {img.shape}")
+    import torch  # lazy: image decoding in Ray workers should not pay for importing torch
+
     x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float()  # (3, H, W)
     return x / 127.5 - 1.0
