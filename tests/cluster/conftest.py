@@ -28,6 +28,11 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 
 
+S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                  "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+S3_BUCKET = "xmdpt-store"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -70,6 +75,8 @@ def ray_head():
         "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
         # jobs run `python -m pipelines.<stage>`: the project's interpreter, as on a cluster image
         "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        # the node's own S3 credentials (an instance profile on a real cluster), for the test S3
+        **S3_CREDENTIALS,
     }
     env.pop("RAY_ADDRESS", None)
     dash = free_port()
@@ -118,6 +125,25 @@ def _wait_ready(proc: subprocess.Popen, address: str, env: dict, log: Path, time
             return
         time.sleep(1.0)
     raise RuntimeError(f"Ray Jobs API at {address} not ready after {timeout_s:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture
+def s3_store():
+    """An S3 API (moto) on 127.0.0.1 with the bucket ``xmdpt-store``; yields the env that reaches it."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {**S3_CREDENTIALS, "AWS_ENDPOINT_URL": f"http://{host}:{port}"}
+    client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id="testing",
+                          aws_secret_access_key="testing", region_name="us-east-1")
+    client.create_bucket(Bucket=S3_BUCKET)
+    try:
+        yield env, client
+    finally:
+        server.stop()
 
 
 @pytest.fixture

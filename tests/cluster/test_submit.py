@@ -1,7 +1,8 @@
 """``cluster.submit: true`` against a real local Ray head through the real Jobs API.
 
-1. ``dvc repro synth`` in a throwaway project: the stage runs as a Ray job, its DVC output comes
-   back byte-identical to a local run, DVC records it, and the shipped package holds code, not data.
+1. ``dvc repro synth`` in a throwaway project whose ``storage_root`` is S3 (moto on 127.0.0.1), as
+   on a real cluster: the stage runs as a Ray job, its DVC output comes back through the S3 job dir
+   byte-identical to a local run, DVC records it, and the shipped package holds code, not data.
 2. A stage that raises inside the job: the submitter exits non-zero with the job's own error.
 """
 
@@ -47,14 +48,16 @@ def _tree_equal(a: Path, b: Path) -> None:
 
 
 @pytest.mark.timeout(240)
-def test_dvc_repro_runs_synth_as_a_ray_job(ray_head, make_project, tmp_path):
+def test_dvc_repro_runs_synth_as_a_ray_job(ray_head, s3_store, make_project, tmp_path):
     from xmdpt.data.synth import write_synthetic_dataset
 
+    s3_env, s3 = s3_store
     synth = {"synth_identities": 4, "synth_seed": 3, "synth_test_fraction": 0.25}
-    proj = make_project(tmp_path / "proj", {"data": synth, "cluster": {"submit": True, "timeout_s": 180.0}})
+    proj = make_project(tmp_path / "proj", {"data": synth, "paths": {"storage_root": "s3://xmdpt-store/run"},
+                                            "cluster": {"submit": True, "timeout_s": 180.0}})
     (proj / "data").mkdir()
     (proj / "data" / "not_shipped.bin").write_bytes(os.urandom(1024))
-    env = _env(ray_head)
+    env = _env(ray_head, **s3_env)
     for cmd in (["git", "init", "-q"], [str(VENV_BIN / "dvc"), "init", "-q"]):
         subprocess.run(cmd, cwd=proj, env=env, check=True, capture_output=True, timeout=60)
 
@@ -82,11 +85,16 @@ def test_dvc_repro_runs_synth_as_a_ray_job(ray_head, make_project, tmp_path):
     write_synthetic_dataset(str(local), identities=4, seed=3, test_fraction=0.25)
     _tree_equal(proj / "data" / "synth", local)
 
-    # the job dir records what the job ran with and what it sent back
-    job_dir = proj / "data" / "store" / "_jobs" / job["id"]
-    outputs = json.loads((job_dir / "outputs.json").read_text())["outputs"]
+    # the S3 job dir records what the job ran with and what it sent back
+    assert job["entrypoint"].split("--params ")[1].startswith(f"s3://xmdpt-store/run/_jobs/{job['id']}/params.yaml")
+
+    def s3_text(name: str) -> str:
+        return s3.get_object(Bucket="xmdpt-store", Key=f"run/_jobs/{job['id']}/{name}")["Body"].read().decode()
+
+    outputs = json.loads(s3_text("outputs.json"))["outputs"]
     assert [(o["path"], o["kind"]) for o in outputs] == [("data/synth", "dir")]
-    assert "submit: false" in (job_dir / "params.yaml").read_text()
+    assert "submit: false" in s3_text("params.yaml")
+    assert not (proj / "data" / "store").exists()  # nothing local: the store is S3
 
     # DVC recorded the stage as run: nothing left to reproduce
     s = subprocess.run([str(VENV_BIN / "dvc"), "status", "synth"], cwd=proj, env=env, capture_output=True,
