@@ -288,7 +288,8 @@ def _stream_logs(client: Any, submission_id: str, stream: TextIO, timeout_s: Opt
         asyncio.run(asyncio.wait_for(_tail(client, submission_id, stream), timeout=timeout_s))
     except (asyncio.TimeoutError, TimeoutError):
         raise TimeoutError from None
-    except RuntimeError as e:  # the log websocket dropped; status polling below still decides
+    except (RuntimeError, ConnectionError, OSError) as e:  # the log websocket dropped (aiohttp errors are
+        # OSError/RuntimeError subclasses); the status polling that follows still decides the outcome
         logger.warning("log stream of job %s ended early (%s); waiting on its status", submission_id, e)
 
 
@@ -349,6 +350,12 @@ def submit_stage(
     shared = cfg.cluster.shared_filesystem or is_loopback(address)
     run_cfg = job_config(cfg, root, shared_filesystem=shared)
 
+    try:
+        client = JobSubmissionClient(address)
+    except Exception as e:  # connection refused, authentication, version: re-raised with the address
+        raise ClusterJobError(f"stage {stage!r}: cannot reach the Ray Jobs API at {address}: "
+                              f"{type(e).__name__}: {e}") from e
+
     submission_id = _new_submission_id(stage)
     job_dir = join(run_cfg.paths.storage_root, JOBS_DIRNAME, submission_id)
     params_uri = join(job_dir, "params.yaml")
@@ -357,7 +364,6 @@ def submit_stage(
     with fs.open(params_path, "w") as f:
         f.write(yaml.safe_dump(run_cfg.to_dict(), sort_keys=False))
 
-    client = JobSubmissionClient(address)
     entrypoint = entrypoint_command(module, params_uri, job_dir)
     runtime_env = build_runtime_env(cfg, root)
     logger.info("submitting stage %r to %s as %s (job dir %s)", stage, address, submission_id, job_dir)

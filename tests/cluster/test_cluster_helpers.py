@@ -182,3 +182,21 @@ def test_stage_main_bad_params_exits_with_the_key(tmp_path, monkeypatch, caplog)
     with pytest.raises(SystemExit) as e:
         stage_main("adhoc", lambda cfg: None, [])
     assert e.value.code == 2 and "cluster.sumbit: unknown key" in caplog.text
+
+
+def test_unreachable_cluster_fails_the_stage_with_the_address(tmp_path, monkeypatch, caplog):
+    import socket
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RAY_ADDRESS", f"http://127.0.0.1:{port}")
+    monkeypatch.delenv("RAY_API_SERVER_ADDRESS", raising=False)
+    monkeypatch.delenv("XMDPT_NO_SUBMIT", raising=False)
+    params = _params(tmp_path, submit=True)
+    with pytest.raises(SystemExit) as e:
+        stage_main("adhoc", lambda cfg: None, ["--params", str(params)])
+    assert e.value.code == 1
+    assert f"stage 'adhoc': cannot reach the Ray Jobs API at http://127.0.0.1:{port}" in caplog.text
+    assert not (tmp_path / "data").exists()  # nothing written before the cluster answered
