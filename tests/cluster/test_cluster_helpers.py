@@ -26,6 +26,21 @@ from xmdpt.config import ConfigError, XMDPTConfig, load_config
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.fixture(autouse=True)
+def _restore_root_logger():
+    """stage_main configures the root logger once per process; undo it for the rest of the session."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    configured = getattr(root, "_xmdpt_configured", None)
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    if configured is None:
+        root.__dict__.pop("_xmdpt_configured", None)
+    else:
+        root._xmdpt_configured = configured
+
+
 def test_outputs_are_read_from_dvc_yaml_and_templated():
     cfg = XMDPTConfig().replace(paths={"artifacts_dir": "out/art"})
     dvc_yaml = REPO_ROOT / "dvc.yaml"
@@ -155,7 +170,8 @@ def test_stage_main_runs_here_and_uploads_for_a_job(tmp_path, monkeypatch):
     assert listing["outputs"] == [{"path": "artifacts/adhoc", "kind": "dir", "files": ["artifacts/adhoc/manifest.json"],
                                    "bytes": 2}]
     assert (tmp_path / "jd/outputs/artifacts/adhoc/manifest.json").read_text() == "{}"
-    assert logging.getLogger().handlers  # logging configured
+    root = logging.getLogger()
+    assert root._xmdpt_configured and root.level == logging.INFO  # configured once, by stage_main
 
 
 def test_stage_main_with_submit_but_no_cluster_fails_before_running(tmp_path, monkeypatch, caplog):
