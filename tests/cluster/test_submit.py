@@ -66,6 +66,8 @@ def test_dvc_repro_runs_synth_as_a_ray_job(ray_head, s3_store, make_project, tmp
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
     log = r.stdout + r.stderr
     assert "submitting stage 'synth'" in log and "finished on the cluster" in log
+    # the job's own log lines were streamed to the submitter
+    assert "INFO pipelines: stage 'synth': running here with s3://xmdpt-store/run/_jobs/xmdpt-synth-" in log
 
     # the job ran on the head, with the switch off inside it
     [job] = [j for j in _jobs(ray_head) if j["metadata"].get("xmdpt_stage") == "synth"]
