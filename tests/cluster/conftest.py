@@ -9,6 +9,7 @@ which would stop every Ray on the machine, including the session's ``ray_local``
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +46,12 @@ class RayHead:
     address: str  # dashboard URL, what RAY_ADDRESS is set to
     temp_dir: Path
     env: dict  # environment for submitters (token, PATH)
+
+    def jobs(self) -> list[dict]:
+        """``[{id, status, entrypoint, metadata, runtime_env}]`` from the Jobs REST API."""
+        return [{"id": j["submission_id"], "status": j["status"], "entrypoint": j["entrypoint"],
+                 "metadata": j.get("metadata") or {}, "runtime_env": j.get("runtime_env") or {}}
+                for j in jobs_api(self.address, self.env["RAY_AUTH_TOKEN"]) if j.get("submission_id")]
 
 
 def _pids_under(marker: str) -> list[int]:
@@ -112,18 +120,24 @@ def ray_head():
         log.unlink(missing_ok=True)
 
 
+def jobs_api(head_address: str, token: str, path: str = "/api/jobs/", timeout: float = 10) -> object:
+    """GET a Jobs REST endpoint of the head with its token (no Ray import in this process)."""
+    req = urllib.request.Request(head_address + path, headers={"authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
 def _wait_ready(proc: subprocess.Popen, address: str, env: dict, log: Path, timeout_s: float = 120) -> None:
-    """Poll the Jobs API (in a subprocess: this process may hold the session's local Ray)."""
-    probe = "from ray.job_submission import JobSubmissionClient as C; import sys; C(sys.argv[1]).list_jobs()"
+    """Poll the Jobs API until it answers (it needs the dashboard and the head's agent)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"ray start exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        r = subprocess.run([sys.executable, "-c", probe, address], env={**os.environ, **env},
-                           capture_output=True, timeout=60)
-        if r.returncode == 0:
+        try:
+            jobs_api(address, env["RAY_AUTH_TOKEN"], timeout=5)
             return
-        time.sleep(1.0)
+        except (OSError, ValueError):
+            time.sleep(0.5)
     raise RuntimeError(f"Ray Jobs API at {address} not ready after {timeout_s:.0f} s:\n{log.read_text()[-3000:]}")
 
 

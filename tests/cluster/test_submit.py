@@ -30,13 +30,8 @@ def _env(head, **extra) -> dict:
 
 
 def _jobs(head) -> list[dict]:
-    """Jobs on the head, read in a subprocess (this process may hold the session's local Ray)."""
-    code = ("import json, sys; from ray.job_submission import JobSubmissionClient as C; "
-            "print(json.dumps([{'id': j.submission_id, 'status': str(j.status), 'entrypoint': j.entrypoint, "
-            "'metadata': j.metadata, 'runtime_env': j.runtime_env} for j in C(sys.argv[1]).list_jobs()]))")
-    r = subprocess.run([sys.executable, "-c", code, head.address], env=_env(head), capture_output=True, text=True,
-                       timeout=120, check=True)
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    """The head's jobs, from the Jobs REST API (``GET /api/jobs/``)."""
+    return head.jobs()
 
 
 def _tree_equal(a: Path, b: Path) -> None:
