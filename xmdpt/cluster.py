@@ -23,8 +23,9 @@ never travels this way: stages write it under ``storage_root`` themselves; only 
 DVC tracks (manifests, metrics, plots) come back through the job directory.
 
 Local paths in the params (``paths.dataset_root``, ``paths.storage_root``, ``data.pose_model_path``,
-the ``evaluate.*_weights`` files, the MLflow store) are made absolute for the job when the filesystem is shared; otherwise a local
-``dataset_root`` or ``storage_root`` is an error that names the key.
+the ``evaluate.*_weights`` files, the MLflow store) are made absolute for the job when the
+filesystem is shared; otherwise a local ``dataset_root`` or ``storage_root`` is an error that
+names the key.
 """
 
 from __future__ import annotations
@@ -195,7 +196,8 @@ def job_config(cfg: XMDPTConfig, repo_root: str | Path, shared_filesystem: bool)
     tracking = paths.mlflow_tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
     if not tracking or _local_store(tracking) is not None:
         logger.warning("MLflow tracking URI %r is local: runs made on the cluster stay on the cluster's disk; "
-                       "set paths.mlflow_tracking_uri or $MLFLOW_TRACKING_URI to an MLflow server", tracking or "(unset)")
+                       "set paths.mlflow_tracking_uri or $MLFLOW_TRACKING_URI to an MLflow server",
+                       tracking or "(unset)")
     return cfg.replace(cluster={"submit": False})
 
 
