@@ -1,0 +1,277 @@
+"""DINOv2 token encoders (timm): ``[CLS; patch tokens]`` of the last, normalised layer.
+
+The paper encodes the source image with ViT-g/14 (``vit_giant_patch14_dinov2.lvd142m``, 257 x 1536
+tokens at 224 px) and the rendered target skeleton with ViT-B/14 (``vit_base_patch14_dinov2.lvd142m``,
+257 x 768). timm's ``forward_features`` returns exactly the normed ``[CLS; patches]`` sequence for
+these ids (one prefix token, no register tokens — checked in :meth:`TokenEncoder.__init__`).
+
+Inputs are prepared as the authors do (PAPER.md §1.7): images stay in [-1, 1], skeleton images are
+in [0, 1] divided by their maximum, both resized to ``encoders.token_input_size`` with bicubic
+interpolation **without** antialiasing, and **no** ImageNet mean/std normalisation.
+
+Offline (``encoders.pretrained: false``, the embedded default) the encoders are *random-feature
+stand-ins*: the same timm family (``standin_*`` ids), ``depth=standin_depth``, randomly initialised
+from a fixed seed. They are labelled ``standin: true`` in :attr:`TokenEncoder.spec`, in the logs and
+in the cache manifest, and their weights are saved (safetensors) next to the cache so downstream
+stages load exactly the same encoder. Weights are only ever fetched from the hub when
+``pretrained=True``; offline that fails at once with an error naming the model id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+
+from xmdpt.config import EncodersConfig
+from xmdpt.storage import filesystem
+
+logger = logging.getLogger(__name__)
+
+ROLES = ("image", "pose")
+PATCH_SIZE = 14
+_ROLE_SEED_OFFSET = {"image": 0, "pose": 1}  # two stand-ins of the same architecture must differ
+
+
+def prepare_image(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Image-encoder input: bicubic resize without antialias, values kept in [-1, 1].
+
+    Args:
+        images: (N, 3, H, W) float in [-1, 1].
+        size: ``encoders.token_input_size`` (224 in the paper).
+
+    Returns:
+        (N, 3, size, size) float32.
+    """
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"prepare_image expects (N, 3, H, W) images in [-1, 1], got {tuple(images.shape)}")
+    x = images.float()
+    if x.shape[-2:] != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=False)
+    return x  # (N, 3, size, size)
+
+
+def prepare_pose(skeletons: torch.Tensor, size: int) -> torch.Tensor:
+    """Pose-encoder input: skeleton images scaled to [0, 1] by their own maximum, then resized.
+
+    Args:
+        skeletons: (N, 3, H, W) rendered skeletons, uint8 or float (any non-negative range).
+        size: ``encoders.token_input_size``.
+
+    Returns:
+        (N, 3, size, size) float32; an empty skeleton (no visible keypoints) stays all zeros.
+    """
+    if skeletons.ndim != 4 or skeletons.shape[1] != 3:
+        raise ValueError(f"prepare_pose expects (N, 3, H, W) skeleton images, got {tuple(skeletons.shape)}")
+    x = skeletons.float()
+    peak = x.amax(dim=(1, 2, 3), keepdim=True)  # (N, 1, 1, 1)
+    x = x / torch.where(peak > 0, peak, torch.ones_like(peak))
+    if x.shape[-2:] != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=False)
+    return x  # (N, 3, size, size)
+
+
+def skeletons_to_tensor(skeletons) -> torch.Tensor:
+    """uint8 (N, H, W, 3) numpy/tensor -> uint8 (N, 3, H, W) tensor."""
+    t = torch.as_tensor(skeletons)
+    return t.permute(0, 3, 1, 2).contiguous()
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _check_hub_reachable(model_id: str) -> None:
+    """Offline and not cached: fail now with the model id, before building a 1B-parameter model."""
+    if not _hub_offline():
+        return
+    import timm
+    from huggingface_hub import try_to_load_from_cache
+
+    cfg = timm.models.get_pretrained_cfg(model_id)
+    repo = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    if repo:
+        for fname in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"):
+            if isinstance(try_to_load_from_cache(repo, fname), str):
+                return
+    raise RuntimeError(
+        f"cannot load pretrained weights for {model_id!r}: HF_HUB_OFFLINE is set and the weights "
+        f"({repo or 'no hub id'}) are not in the local Hugging Face cache. Run once with network "
+        "access, or set encoders.pretrained=false to use the seeded random-feature stand-ins."
+    )
+
+
+def build_backbone(model_id: str, *, pretrained: bool, img_size: int, depth: Optional[int] = None,
+                   seed: Optional[int] = None) -> torch.nn.Module:
+    """A timm DINOv2 ViT without head (``num_classes=0``).
+
+    ``pretrained=True`` downloads (or reads the cached) hub weights — the only place the hub is
+    touched. Otherwise the model is randomly initialised under ``torch.manual_seed(seed)`` in a
+    forked RNG, so the same seed gives the same weights in any process.
+    """
+    import timm
+
+    kwargs: dict[str, Any] = {"img_size": img_size, "num_classes": 0}
+    if depth is not None:
+        kwargs["depth"] = depth
+    if pretrained:
+        _check_hub_reachable(model_id)
+        logger.info("loading pretrained %s from the model hub (img_size=%d)", model_id, img_size)
+        try:
+            return timm.create_model(model_id, pretrained=True, **kwargs)
+        except (OSError, RuntimeError, ValueError) as e:
+            raise RuntimeError(f"cannot load pretrained weights for {model_id!r}: {e}") from e
+    if seed is None:
+        raise ValueError(f"{model_id}: a random-init stand-in needs a seed")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return timm.create_model(model_id, pretrained=False, **kwargs)
+
+
+def token_spec(enc: EncodersConfig, role: str) -> dict[str, Any]:
+    """The :attr:`TokenEncoder.spec` of ``from_config(enc, role)`` without weights or downloads.
+
+    The architecture is built on the meta device (no memory, no hub), which also checks that the
+    timm id exists and yields one CLS token and no register tokens.
+    """
+    if role not in ROLES:
+        raise ValueError(f"unknown token encoder role {role!r}; expected one of {list(ROLES)}")
+    if enc.pretrained:
+        model_id = enc.image_encoder if role == "image" else enc.pose_encoder
+        depth, seed = None, None
+    else:
+        model_id = enc.standin_image_encoder if role == "image" else enc.standin_pose_encoder
+        depth, seed = enc.standin_depth, enc.standin_seed + _ROLE_SEED_OFFSET[role]
+    with torch.device("meta"):
+        model = build_backbone(model_id, pretrained=False, img_size=enc.token_input_size, depth=depth, seed=seed or 0)
+    return TokenEncoder(model, role=role, model_id=model_id, standin=not enc.pretrained,
+                        input_size=enc.token_input_size, seed=seed, depth=depth, device="meta").spec
+
+
+class TokenEncoder:
+    """A frozen DINOv2 encoder returning ``[CLS; patches]`` tokens.
+
+    Attributes:
+        model: the timm ViT (eval, no grad).
+        role: "image" (source appearance) or "pose" (rendered skeleton).
+        num_tokens: S = 1 + (input_size / 14)^2.
+        dim: token width (Dr for images, Dp for poses).
+    """
+
+    def __init__(self, model: torch.nn.Module, *, role: str, model_id: str, standin: bool, input_size: int,
+                 seed: Optional[int] = None, depth: Optional[int] = None, device: str | torch.device = "cpu") -> None:
+        if role not in ROLES:
+            raise ValueError(f"unknown token encoder role {role!r}; expected one of {list(ROLES)}")
+        prefix = int(getattr(model, "num_prefix_tokens", 1))
+        regs = int(getattr(model, "num_reg_tokens", 0))
+        if prefix != 1 or regs != 0:
+            raise ValueError(f"{model_id}: expected exactly one prefix token (CLS) and no register tokens, "
+                             f"got num_prefix_tokens={prefix}, num_reg_tokens={regs}")
+        self.model = model.to(device).eval().requires_grad_(False)
+        self.role, self.model_id, self.standin = role, model_id, standin
+        self.input_size, self.seed, self.depth = input_size, seed, depth
+        self.device = torch.device(device)
+        self.num_tokens = 1 + (input_size // PATCH_SIZE) ** 2
+        self.dim = int(model.embed_dim)
+
+    @classmethod
+    def from_config(cls, enc: EncodersConfig, role: str, device: str | torch.device = "cpu") -> "TokenEncoder":
+        """The paper's pretrained encoder (``enc.pretrained``) or the seeded stand-in for ``role``."""
+        if role not in ROLES:
+            raise ValueError(f"unknown token encoder role {role!r}; expected one of {list(ROLES)}")
+        if enc.pretrained:
+            model_id = enc.image_encoder if role == "image" else enc.pose_encoder
+            model = build_backbone(model_id, pretrained=True, img_size=enc.token_input_size)
+            return cls(model, role=role, model_id=model_id, standin=False, input_size=enc.token_input_size,
+                       device=device)
+        model_id = enc.standin_image_encoder if role == "image" else enc.standin_pose_encoder
+        seed = enc.standin_seed + _ROLE_SEED_OFFSET[role]
+        model = build_backbone(model_id, pretrained=False, img_size=enc.token_input_size, depth=enc.standin_depth,
+                               seed=seed)
+        logger.warning("%s token encoder: random-feature STAND-IN %s (depth %d, seed %d), not DINOv2 weights",
+                       role, model_id, enc.standin_depth, seed)
+        return cls(model, role=role, model_id=model_id, standin=True, input_size=enc.token_input_size,
+                   seed=seed, depth=enc.standin_depth, device=device)
+
+    @classmethod
+    def from_weights(cls, enc: EncodersConfig, role: str, uri: str, device: str | torch.device = "cpu") -> "TokenEncoder":
+        """Rebuild the encoder of ``from_config(enc, role)`` and load saved safetensors weights from ``uri``.
+
+        No hub access: the architecture comes from the config, the weights from the file.
+        """
+        from safetensors.torch import load as load_safetensors
+
+        if enc.pretrained:
+            model_id = enc.image_encoder if role == "image" else enc.pose_encoder
+            depth, seed, standin = None, None, False
+        else:
+            model_id = enc.standin_image_encoder if role == "image" else enc.standin_pose_encoder
+            depth, seed, standin = enc.standin_depth, enc.standin_seed + _ROLE_SEED_OFFSET[role], True
+        model = build_backbone(model_id, pretrained=False, img_size=enc.token_input_size, depth=depth, seed=seed or 0)
+        fs, path = filesystem(uri)
+        with fs.open(path, "rb") as f:
+            state = load_safetensors(f.read())
+        model.load_state_dict(state, strict=True)
+        return cls(model, role=role, model_id=model_id, standin=standin, input_size=enc.token_input_size,
+                   seed=seed, depth=depth, device=device)
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        """What produced the tokens: id, stand-in flag, seed, depth, input size, token shape."""
+        return {"id": self.model_id, "role": self.role, "standin": self.standin, "seed": self.seed,
+                "depth": self.depth, "input_size": self.input_size, "num_tokens": self.num_tokens, "dim": self.dim,
+                "label": "random-feature stand-in" if self.standin else "pretrained DINOv2"}
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Tokens of prepared inputs.
+
+        Args:
+            x: (N, 3, input_size, input_size), from :func:`prepare_image` / :func:`prepare_pose`.
+
+        Returns:
+            (N, S, D) float32: the normed ``[CLS; patches]`` of the last block.
+        """
+        if x.ndim != 4 or x.shape[1:] != (3, self.input_size, self.input_size):
+            raise ValueError(f"{self.model_id}: expected (N, 3, {self.input_size}, {self.input_size}) inputs, "
+                             f"got {tuple(x.shape)}; prepare them with prepare_image/prepare_pose")
+        x = x.to(self.device, torch.float32)
+        if self.device.type == "cuda":
+            with torch.autocast("cuda", dtype=torch.bfloat16):  # as the authors (bf16 DINO passes)
+                tokens = self.model.forward_features(x)
+        else:
+            tokens = self.model.forward_features(x)  # (N, S, D)
+        if tokens.shape[1] != self.num_tokens:
+            raise RuntimeError(f"{self.model_id}: got {tokens.shape[1]} tokens, expected {self.num_tokens}")
+        return tokens.float()
+
+    # ---- persistence ----
+    def state_bytes(self) -> bytes:
+        """The weights as safetensors bytes."""
+        from safetensors.torch import save as save_safetensors
+
+        state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        return save_safetensors(state, metadata={"model_id": self.model_id, "role": self.role,
+                                                 "standin": str(self.standin), "seed": str(self.seed)})
+
+    def save(self, uri: str) -> str:
+        """Write the weights to ``uri`` (safetensors; local path or URL). Returns ``uri``."""
+        fs, path = filesystem(uri)
+        parent = path.rsplit("/", 1)[0]
+        if parent:
+            fs.makedirs(parent, exist_ok=True)
+        with fs.open(path, "wb") as f:
+            f.write(self.state_bytes())
+        return uri
+
+    def fingerprint(self) -> str:
+        """sha256 of the weights (compare encoders across processes)."""
+        h = hashlib.sha256()
+        for k, v in sorted(self.model.state_dict().items()):
+            h.update(k.encode())
+            h.update(v.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()

@@ -1,0 +1,403 @@
+"""The `features` stage: frozen-encoder features of every image and its flip, cached as fp16 Parquet.
+
+Per validated image and per augmentation (identity, horizontal flip — keypoints mirrored with
+left/right swapped *before* the skeleton is rendered) the cache holds:
+
+- the VAE posterior ``latent_mean`` / ``latent_std`` (C, h, w), unscaled;
+- ``image_tokens`` (S, Dr) of the image encoder on the image;
+- ``pose_tokens`` (S, Dp) of the pose encoder on the image's own rendered skeleton;
+- the keypoints in the model's square frame (``image_size`` x ``image_size``, flipped for flips).
+
+Encoders run in a Ray Data actor pool (``encoders.num_actors`` actors, GPUs if
+``num_gpus_per_actor > 0``). Images are processed in fixed chunks of ``encoders.shard_images``
+(sorted by path), one shard ``data/part-00017.parquet`` per chunk, written to a temporary name and
+renamed; a rerun skips chunks whose shard exists and is readable, so an interrupted stage redoes
+only what is missing and never duplicates rows. Images that cannot be decoded are quarantined
+with the reason (``quarantine/part-00017.parquet``); counts add up: images in = cached + quarantined.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from xmdpt.config import EncodersConfig, XMDPTConfig
+from xmdpt.data import schema
+from xmdpt.storage import filesystem, join, manifest_key, read_manifest, stage_prefix
+
+logger = logging.getLogger(__name__)
+
+STAGE = "features"
+CHUNK = "chunk"  # internal column: the shard an image belongs to
+ERROR = "error"  # internal column: "" or why the image was quarantined
+TENSOR_DTYPE = np.dtype("<f2")  # fp16, little-endian raw bytes
+
+_OUT_SCHEMA = pa.schema([*schema.FEATURES_SCHEMA, pa.field(CHUNK, pa.int32()), pa.field(ERROR, pa.string())])
+
+
+def token_params(enc: EncodersConfig) -> dict[str, Any]:
+    """Encoder-config fields that change the cached tokens (hashed into the cache prefix)."""
+    keep = ("pretrained", "image_encoder", "pose_encoder", "standin_image_encoder", "standin_pose_encoder",
+            "standin_depth", "standin_seed", "token_input_size", "shard_images")
+    return {k: v for k, v in asdict(enc).items() if k in keep}
+
+
+def shard_name(chunk: int) -> str:
+    return f"part-{chunk:05d}.parquet"
+
+
+# --------------------------------------------------------------------------------------------
+# Encoding (pure functions + the Ray actor)
+# --------------------------------------------------------------------------------------------
+
+
+def augment(image: np.ndarray, keypoints: np.ndarray, size: int, flip: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Squash an image to the model square, optionally flip it, and render its skeleton.
+
+    Args:
+        image: uint8 (H, W, 3) as decoded.
+        keypoints: (18, 2) (x, y) in the image's own pixel frame, -1 missing.
+        size: ``data.image_size``.
+        flip: mirror horizontally (keypoints mirrored and left/right swapped before rendering).
+
+    Returns:
+        ``(image (size, size, 3) uint8, keypoints (18, 2) float32 in the square frame, skeleton
+        (size, size, 3) uint8)``.
+    """
+    from xmdpt.data.images import resize_square
+    from xmdpt.data.keypoints import flip_keypoints, render_skeleton, scale_keypoints
+
+    h, w = image.shape[:2]
+    img = resize_square(image, size)  # (size, size, 3)
+    kps = scale_keypoints(keypoints, (h, w), (size, size))  # (18, 2)
+    if flip:
+        img = np.ascontiguousarray(img[:, ::-1])
+        kps = flip_keypoints(kps, size)
+    skeleton = render_skeleton(kps, (size, size), (size, size))  # (size, size, 3)
+    return img, kps, skeleton
+
+
+def encode_arrays(codec, image_encoder, pose_encoder, images: np.ndarray, skeletons: np.ndarray,
+                  token_input_size: int) -> dict[str, np.ndarray]:
+    """Run the three encoders on a batch.
+
+    Args:
+        codec: :class:`xmdpt.encoders.vae.LatentCodec`.
+        image_encoder, pose_encoder: :class:`xmdpt.encoders.dino.TokenEncoder`.
+        images: uint8 (N, H, W, 3) model-square images.
+        skeletons: uint8 (N, H, W, 3) rendered skeletons.
+        token_input_size: DINO input side.
+
+    Returns:
+        float16 arrays: latent_mean/latent_std (N, C, h, w), image_tokens (N, S, Dr), pose_tokens (N, S, Dp).
+    """
+    import torch
+
+    from xmdpt.encoders.dino import prepare_image, prepare_pose, skeletons_to_tensor
+    from xmdpt.encoders.vae import from_uint8
+
+    x = from_uint8(images)  # (N, 3, H, W) in [-1, 1]
+    mean, std = codec.encode(x)  # (N, C, h, w) each
+    img_tokens = image_encoder(prepare_image(x, token_input_size))  # (N, S, Dr)
+    pose_tokens = pose_encoder(prepare_pose(skeletons_to_tensor(skeletons), token_input_size))  # (N, S, Dp)
+    to16 = lambda t: t.detach().float().cpu().numpy().astype(TENSOR_DTYPE)  # noqa: E731
+    with torch.no_grad():
+        return {schema.LATENT_MEAN: to16(mean), schema.LATENT_STD: to16(std),
+                schema.IMAGE_TOKENS: to16(img_tokens), schema.POSE_TOKENS: to16(pose_tokens)}
+
+
+class EncoderActor:
+    """Ray Data actor: loads the codec and token encoders once, encodes batches of image rows.
+
+    Input batch (pyarrow): image_path, split, keypoints, chunk. Output: two rows per input image
+    (flip False/True) with :data:`schema.FEATURES_SCHEMA` columns plus ``chunk`` and ``error``;
+    an undecodable image gives two rows with empty tensors and the reason in ``error``.
+    """
+
+    def __init__(self, config: dict[str, Any], vae_uri: str, encoder_weights: dict[str, Optional[str]]) -> None:
+        import torch
+
+        from xmdpt.encoders.dino import TokenEncoder
+        from xmdpt.encoders.vae import LatentCodec
+
+        cfg = XMDPTConfig.from_dict(config)
+        enc = cfg.encoders
+        self.cfg = cfg
+        use_gpu = enc.num_gpus_per_actor > 0 and torch.cuda.is_available()
+        device = "cuda" if use_gpu else "cpu"
+        if not use_gpu:
+            torch.set_num_threads(max(1, int(round(enc.num_cpus_per_actor))))
+        self.codec = LatentCodec.from_folder(vae_uri, device=device)
+        self.encoders = {}
+        for role in ("image", "pose"):
+            uri = encoder_weights.get(role)
+            self.encoders[role] = (TokenEncoder.from_weights(enc, role, uri, device=device) if uri
+                                   else TokenEncoder.from_config(enc, role, device=device))
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from xmdpt.data.images import ImageError, load_rgb
+        from xmdpt.encoders.inputs import read_image_bytes
+
+        cfg = self.cfg
+        size = cfg.data.image_size
+        d = batch.to_pydict()
+        ok_images, ok_skel, ok_rows, bad_rows = [], [], [], []
+        for i, path in enumerate(d[schema.IMAGE_PATH]):
+            meta = {schema.IMAGE_PATH: path, schema.SPLIT: d[schema.SPLIT][i], CHUNK: d[CHUNK][i]}
+            try:
+                image = load_rgb(read_image_bytes(cfg.paths.dataset_root, path), name=path)
+                kps = np.asarray(d[schema.KEYPOINTS][i], np.float32).reshape(schema.NUM_KEYPOINTS, 2)
+                for flip in (False, True):
+                    img, kps_sq, skel = augment(image, kps, size, flip)
+                    ok_images.append(img)
+                    ok_skel.append(skel)
+                    ok_rows.append({**meta, schema.FLIP: flip, schema.KEYPOINTS: kps_sq.reshape(-1).tolist(), ERROR: ""})
+            except (ImageError, OSError, ValueError) as e:
+                ok_rows = [r for r in ok_rows if r[schema.IMAGE_PATH] != path]
+                ok_images, ok_skel = ok_images[:len(ok_rows)], ok_skel[:len(ok_rows)]
+                for flip in (False, True):
+                    bad_rows.append({**meta, schema.FLIP: flip, schema.KEYPOINTS: [-1.0] * (2 * schema.NUM_KEYPOINTS),
+                                     ERROR: f"{path}: {e}"})
+        tensors = {name: [] for name in schema.FEATURE_TENSORS}
+        if ok_rows:
+            out = encode_arrays(self.codec, self.encoders["image"], self.encoders["pose"], np.stack(ok_images),
+                                np.stack(ok_skel), cfg.encoders.token_input_size)
+            for name in schema.FEATURE_TENSORS:
+                tensors[name] = [a.tobytes() for a in out[name]]
+        for name in schema.FEATURE_TENSORS:
+            tensors[name] += [b""] * len(bad_rows)
+        rows = ok_rows + bad_rows
+        cols = {f.name: [r[f.name] for r in rows] for f in _OUT_SCHEMA if f.name not in schema.FEATURE_TENSORS}
+        cols.update(tensors)
+        return pa.Table.from_pydict(cols, schema=_OUT_SCHEMA)
+
+
+# --------------------------------------------------------------------------------------------
+# Shards
+# --------------------------------------------------------------------------------------------
+
+
+def _readable_rows(fs, path: str) -> Optional[int]:
+    """Row count of a Parquet file, or None if it is missing or unreadable (e.g. truncated)."""
+    if not fs.exists(path):
+        return None
+    try:
+        with fs.open(path, "rb") as f:
+            return pq.ParquetFile(f).metadata.num_rows
+    except (OSError, pa.ArrowInvalid) as e:
+        logger.warning("shard %s is unreadable (%s); it will be redone", path, e)
+        return None
+
+
+def _write_atomic(fs, table: pa.Table, path: str) -> None:
+    tmp = f"{path}.tmp"
+    with fs.open(tmp, "wb") as f:
+        pq.write_table(table, f, compression="zstd")
+    fs.mv(tmp, path)
+
+
+def _chunk_done(fs, data_dir: str, quarantine_dir: str, chunk: int, n_images: int) -> bool:
+    """A chunk is done when its data shard and quarantine shard are readable and the counts add up."""
+    rows = _readable_rows(fs, f"{data_dir}/{shard_name(chunk)}")
+    bad = _readable_rows(fs, f"{quarantine_dir}/{shard_name(chunk)}")
+    return rows is not None and bad is not None and rows == 2 * (n_images - bad)
+
+
+def _write_chunk(fs, data_dir: str, quarantine_dir: str, chunk: int, out: pa.Table) -> tuple[int, int]:
+    """Split a chunk's actor output into the data shard and the quarantine shard. Returns (rows, bad images)."""
+    errors = out.column(ERROR).to_pylist()
+    ok_idx = [i for i, e in enumerate(errors) if not e]
+    bad = {}
+    for i, e in enumerate(errors):
+        if e:
+            bad.setdefault(out.column(schema.IMAGE_PATH)[i].as_py(), e)
+    data = out.take(pa.array(ok_idx, pa.int64())).select(schema.FEATURES_SCHEMA.names).cast(schema.FEATURES_SCHEMA)
+    data = data.sort_by([(schema.IMAGE_PATH, "ascending"), (schema.FLIP, "ascending")])
+    quarantine = pa.Table.from_pydict({schema.STAGE: [STAGE] * len(bad), schema.ROW_KEY: list(bad),
+                                       schema.REASON: list(bad.values())}, schema=schema.QUARANTINE_SCHEMA)
+    _write_atomic(fs, quarantine, f"{quarantine_dir}/{shard_name(chunk)}")
+    _write_atomic(fs, data, f"{data_dir}/{shard_name(chunk)}")  # last: its presence marks the chunk done
+    return data.num_rows, len(bad)
+
+
+# --------------------------------------------------------------------------------------------
+# The stage
+# --------------------------------------------------------------------------------------------
+
+
+def _standin_weights(enc: EncodersConfig, prefix: str) -> tuple[dict[str, Optional[str]], dict[str, dict]]:
+    """Save the stand-in encoders' weights under the cache prefix (or reference the hub ids)."""
+    from xmdpt.encoders.dino import TokenEncoder, token_spec
+
+    weights: dict[str, Optional[str]] = {}
+    specs: dict[str, dict] = {}
+    for role in ("image", "pose"):
+        if enc.pretrained:
+            specs[role] = token_spec(enc, role)
+            weights[role] = None  # actors load the hub weights themselves
+            continue
+        uri = join(prefix, "encoders", f"{role}.safetensors")
+        fs, path = filesystem(uri)
+        encoder = TokenEncoder.from_config(enc, role)
+        if not fs.exists(path):
+            encoder.save(uri)
+        weights[role] = uri
+        specs[role] = {**encoder.spec, "sha256": encoder.fingerprint()}
+    return weights, specs
+
+
+def build_feature_cache(
+    cfg: XMDPTConfig,
+    *,
+    ae_manifest: Optional[dict[str, Any]] = None,
+    validate_manifest: Optional[dict[str, Any]] = None,
+    on_shard: Optional[Callable[[int], None]] = None,
+    validate: bool = True,
+) -> dict[str, Any]:
+    """Encode every validated image (and its flip) into fp16 Parquet shards; resumable.
+
+    Args:
+        cfg: the config (``encoders``, ``data.image_size``, ``paths``).
+        ae_manifest: the `autoencoder` manifest (default ``{artifacts_dir}/autoencoder/manifest.json``).
+        validate_manifest: the `validate` manifest (default ``{artifacts_dir}/validate/manifest.json``).
+        on_shard: called with the chunk index after each shard is written (progress / tests).
+        validate: run :func:`validate_feature_cache` at the end and raise if it fails.
+
+    Returns:
+        The stage manifest (see the module docstring and ``DESIGN.md``).
+
+    Raises:
+        FeatureCacheError: the finished cache fails its Great Expectations checks.
+    """
+    import ray
+
+    from xmdpt.encoders.cache_validation import FeatureCacheError, validate_feature_cache
+    from xmdpt.encoders.inputs import read_image_table, validate_manifest_path
+    from xmdpt.ray_utils import init_ray
+
+    enc, size = cfg.encoders, cfg.data.image_size
+    if validate_manifest is None:
+        validate_manifest = read_manifest(validate_manifest_path(cfg.paths.artifacts_dir))
+    if ae_manifest is None:
+        ae_manifest = read_manifest(Path(cfg.paths.artifacts_dir) / "autoencoder" / "manifest.json")
+    if ae_manifest.get("image_size") != size:
+        raise ValueError(f"autoencoder manifest image_size={ae_manifest.get('image_size')} != data.image_size={size}; "
+                         "rerun the autoencoder stage")
+    prefix = stage_prefix(cfg.paths.storage_root, STAGE, token_params(enc), size,
+                          manifest_key(validate_manifest), {"uri": ae_manifest["uri"],
+                                                            "latent_scale": ae_manifest["latent_scale"]})
+    data_uri, quarantine_uri = join(prefix, "data"), join(prefix, "quarantine")
+    fs, data_dir = filesystem(data_uri)
+    _, quarantine_dir = filesystem(quarantine_uri)
+    fs.makedirs(data_dir, exist_ok=True)
+    fs.makedirs(quarantine_dir, exist_ok=True)
+    for stale in fs.glob(f"{data_dir}/*.tmp") + fs.glob(f"{quarantine_dir}/*.tmp"):
+        fs.rm(stale)  # left by an interrupted run
+
+    table = read_image_table(validate_manifest)  # sorted by path: chunks are deterministic
+    n = table.num_rows
+    if n == 0:
+        raise ValueError("validate manifest lists no images; nothing to encode")
+    k = enc.shard_images
+    num_chunks = math.ceil(n / k)
+    chunk_ids = np.arange(n) // k
+    todo = [c for c in range(num_chunks) if not _chunk_done(fs, data_dir, quarantine_dir, c, min(k, n - c * k))]
+    weights, specs = _standin_weights(enc, prefix)
+    logger.info("feature cache %s: %d images in %d shards, %d to do (%s encoders)", prefix, n, num_chunks, len(todo),
+                "STAND-IN random-feature" if not enc.pretrained else "pretrained")
+
+    t0 = time.perf_counter()
+    if todo:
+        init_ray()
+        sel = np.isin(chunk_ids, todo)
+        rows = table.filter(pa.array(sel)).select([schema.IMAGE_PATH, schema.SPLIT, schema.KEYPOINTS])
+        rows = rows.append_column(CHUNK, pa.array(chunk_ids[sel], pa.int32()))
+        expected = {c: 2 * min(k, n - c * k) for c in todo}
+        blocks = [rows.slice(i, enc.batch_size) for i in range(0, rows.num_rows, enc.batch_size)]
+        ctx = ray.data.DataContext.get_current()
+        old_order = ctx.execution_options.preserve_order
+        ctx.execution_options.preserve_order = True  # chunks complete one after another
+        try:
+            ds = ray.data.from_arrow(blocks).map_batches(
+                EncoderActor,
+                fn_constructor_kwargs={"config": cfg.to_dict(), "vae_uri": ae_manifest["uri"],
+                                       "encoder_weights": weights},
+                compute=ray.data.ActorPoolStrategy(size=enc.num_actors),
+                num_gpus=enc.num_gpus_per_actor or None,
+                num_cpus=enc.num_cpus_per_actor,
+                batch_size=enc.batch_size,
+                batch_format="pyarrow",
+            )
+            pending: dict[int, list[pa.Table]] = {}
+            counts: dict[int, int] = {}
+            for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+                for c in sorted(set(batch.column(CHUNK).to_pylist())):
+                    part = batch.filter(pc.equal(batch.column(CHUNK), c))
+                    pending.setdefault(c, []).append(part)
+                    counts[c] = counts.get(c, 0) + part.num_rows
+                    if counts[c] == expected[c]:
+                        rows_c, bad_c = _write_chunk(fs, data_dir, quarantine_dir, c, pa.concat_tables(pending.pop(c)))
+                        logger.info("shard %s: %d rows, %d images quarantined", shard_name(c), rows_c, bad_c)
+                        if on_shard is not None:
+                            on_shard(c)
+        finally:
+            ctx.execution_options.preserve_order = old_order
+    seconds = time.perf_counter() - t0
+
+    missing = [c for c in range(num_chunks) if not _chunk_done(fs, data_dir, quarantine_dir, c, min(k, n - c * k))]
+    if missing:
+        raise RuntimeError(f"feature cache {prefix}: shards {[shard_name(c) for c in missing]} were not written")
+    rows_total = sum(_readable_rows(fs, f"{data_dir}/{shard_name(c)}") for c in range(num_chunks))
+    quarantined = sum(_readable_rows(fs, f"{quarantine_dir}/{shard_name(c)}") for c in range(num_chunks))
+    if rows_total != 2 * (n - quarantined):
+        raise RuntimeError(f"feature cache {prefix}: {rows_total} rows != 2 x ({n} images - {quarantined} quarantined)")
+    nbytes = sum(fs.size(f"{data_dir}/{shard_name(c)}") for c in range(num_chunks))
+    latent = [int(v) for v in ae_manifest["latent_shape"]]
+    manifest = {
+        "stage": STAGE,
+        "uri": prefix,
+        "tables": {
+            "features": {"uri": data_uri, "rows": rows_total, "shards": num_chunks},
+            "quarantine": {"uri": quarantine_uri, "rows": quarantined},
+        },
+        "images": {"total": n, "cached": n - quarantined, "quarantined": quarantined},
+        "augmentations": ["identity", "hflip"],
+        "tensors": {
+            schema.LATENT_MEAN: {"shape": latent, "dtype": "float16"},
+            schema.LATENT_STD: {"shape": latent, "dtype": "float16"},
+            schema.IMAGE_TOKENS: {"shape": [specs["image"]["num_tokens"], specs["image"]["dim"]], "dtype": "float16"},
+            schema.POSE_TOKENS: {"shape": [specs["pose"]["num_tokens"], specs["pose"]["dim"]], "dtype": "float16"},
+        },
+        "keypoints_frame": [size, size],
+        "latent_scale": float(ae_manifest["latent_scale"]),
+        "image_size": size,
+        "encoders": {
+            "vae": {"source": ae_manifest["source"], "uri": ae_manifest["uri"],
+                    "latent_scale": ae_manifest["latent_scale"]},
+            "image": specs["image"],
+            "pose": specs["pose"],
+        },
+        "standin": not enc.pretrained,
+        "encoder_weights": {r: weights[r] or f"hf-hub:timm/{specs[r]['id']}" for r in ("image", "pose")},
+        "vae_uri": ae_manifest["uri"],
+        "bytes": int(nbytes),
+        "bytes_per_image": int(nbytes / max(1, n - quarantined)),
+        "encode_seconds": round(seconds, 1),
+        "shards_encoded": len(todo),
+    }
+    if validate:
+        report = validate_feature_cache(manifest)
+        manifest["validation"] = {"success": report["success"], "evaluated": report["evaluated"],
+                                  "failures": report["failures"]}
+        if not report["success"]:
+            raise FeatureCacheError(report["text"])
+    return manifest
