@@ -35,9 +35,26 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:
+    deadline = time.time() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            pytest.fail(f"mlflow server did not start: {log.read_text()[-2000:]}")
+        time.sleep(0.5)
+
+
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
-    """A real tracking + registry server with proxied artifacts, in its own process."""
+    """A real tracking + registry server with proxied artifacts, in its own process.
+
+    Started here, awaited (``/health``) by the test, so that its start-up overlaps the fixtures after it.
+    """
     root = tmp_path_factory.mktemp("mlflow")
     port = _free_port()
     log = open(root / "server.log", "w")
@@ -46,25 +63,18 @@ def mlflow_server(tmp_path_factory):
          "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts")],
         stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            proc.kill()
-            pytest.fail(f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}")
-        time.sleep(0.5)
-    yield url
+    yield lambda: (_wait_healthy(url, proc, root / "server.log"), url)[1]
     proc.terminate()
     try:
         proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
         proc.kill()
     log.close()
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return build_tiny_pipeline_folder(tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture(scope="module")
@@ -78,39 +88,8 @@ def inputs(tmp_path_factory):
     return d
 
 
-def test_register_then_generate_from_champion_in_a_subprocess(mlflow_server, inputs, tmp_path):
-    from xmdpt.registry import log_and_register
-
-    folder = build_tiny_pipeline_folder(tmp_path / "m")
-    kw = dict(model_name="xmdpt", metric="synthetic_pose_iou", higher_is_better=True, tracking_uri=mlflow_server)
-    rec = log_and_register(folder, metrics={"synthetic_pose_iou": 0.3}, lineage={"git_commit": "test"}, **kw)
-    assert rec["aliases"] == ["candidate", "champion"]
-
-    out = tmp_path / "gen.png"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server, "XMDPT_CACHE_DIR": str(tmp_path / "cache")}
-    res = subprocess.run([str(BIN / "xmdpt"), "generate", "--model", "models:/xmdpt@champion", "--source",
-                          str(inputs / "src.jpg"), "--pose", str(inputs / "pose.json"), "--out", str(out),
-                          "--steps", "2", "--cfg-scale", "2.0", "--seed", "0", "--device", "cpu"],
-                         capture_output=True, text=True, env=env, timeout=300)
-    assert res.returncode == 0, res.stderr[-3000:]
-    img = Image.open(out)
-    assert img.format == "PNG" and img.size == (16, 16)
-    # the downloaded folder is the registered one
-    cached = list((tmp_path / "cache").glob("*/.complete"))
-    assert len(cached) == 1
-
-    # unknown model URI: clear error from the CLI (in process, same server)
-    os.environ["MLFLOW_TRACKING_URI"] = mlflow_server
-    try:
-        r = CliRunner().invoke(app, ["generate", "--model", "models:/xmdpt@nope", "--source", str(inputs / "src.jpg"),
-                                     "--pose", str(inputs / "pose.json"), "--out", str(tmp_path / "x.png")])
-    finally:
-        os.environ.pop("MLFLOW_TRACKING_URI")
-    assert r.exit_code == 2 and "unknown model URI 'models:/xmdpt@nope'" in r.output
-
-
-def test_cli_input_errors(inputs, tmp_path, pose_task_path):
-    folder = build_tiny_pipeline_folder(tmp_path / "m")
+def test_cli_input_errors(mlflow_server, folder, inputs, tmp_path, pose_task_path):
+    """Bad inputs fail fast with exit code 2 and a message naming the problem (the server boots meanwhile)."""
     runner = CliRunner()
 
     def run(source, pose, *extra):
@@ -128,3 +107,48 @@ def test_cli_input_errors(inputs, tmp_path, pose_task_path):
     r = runner.invoke(app, ["generate", "--model", str(tmp_path / "missing"), "--source", str(inputs / "src.jpg"),
                             "--pose", str(inputs / "pose.json"), "--out", str(tmp_path / "o.png")])
     assert r.exit_code == 2 and "no such folder" in r.output
+
+
+def test_register_then_generate_from_champion_in_a_subprocess(mlflow_server, folder, inputs, tmp_path):
+    from xmdpt.registry import log_and_register
+
+    server = mlflow_server()  # waits for /health
+    kw = dict(model_name="xmdpt", metric="synthetic_pose_iou", higher_is_better=True, tracking_uri=server)
+    rec = log_and_register(folder, metrics={"synthetic_pose_iou": 0.3}, lineage={"git_commit": "test"}, **kw)
+    assert rec["aliases"] == ["candidate", "champion"]
+
+    out = tmp_path / "gen.png"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": server, "XMDPT_CACHE_DIR": str(tmp_path / "cache")}
+    res = subprocess.run([str(BIN / "xmdpt"), "generate", "--model", "models:/xmdpt@champion", "--source",
+                          str(inputs / "src.jpg"), "--pose", str(inputs / "pose.json"), "--out", str(out),
+                          "--steps", "2", "--cfg-scale", "2.0", "--seed", "0", "--device", "cpu"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    img = Image.open(out)
+    assert img.format == "PNG" and img.size == (16, 16)
+    # the downloaded folder is the registered one
+    cached = list((tmp_path / "cache").glob("*/.complete"))
+    assert len(cached) == 1
+
+    # the pyfunc flavour serves the same model: image bytes + pose JSON in, PNG bytes out
+    import io
+
+    import mlflow
+    import pandas as pd
+
+    mlflow.set_tracking_uri(server)
+    mlflow.set_registry_uri(server)
+    pyfunc = mlflow.pyfunc.load_model("models:/xmdpt@champion")
+    df = pd.DataFrame({"source_image": [(inputs / "src.jpg").read_bytes()], "pose": [json.dumps(POSE)]})
+    pred = pyfunc.predict(df, params={"num_steps": 2, "cfg_scale": 2.0, "seed": 0})
+    served = Image.open(io.BytesIO(pred["image"][0]))
+    assert served.format == "PNG" and np.array_equal(np.asarray(served), np.asarray(img))
+
+    # unknown model URI: clear error from the CLI (in process, same server)
+    os.environ["MLFLOW_TRACKING_URI"] = server
+    try:
+        r = CliRunner().invoke(app, ["generate", "--model", "models:/xmdpt@nope", "--source", str(inputs / "src.jpg"),
+                                     "--pose", str(inputs / "pose.json"), "--out", str(tmp_path / "x.png")])
+    finally:
+        os.environ.pop("MLFLOW_TRACKING_URI")
+    assert r.exit_code == 2 and "unknown model URI 'models:/xmdpt@nope'" in r.output
