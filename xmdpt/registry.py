@@ -15,8 +15,8 @@ Consumers resolve ``models:/name@alias``, ``models:/name/3``, ``runs:/…`` or `
 :func:`resolve_model_dir`: the model is downloaded once to a cache folder and the pipeline folder
 inside it is returned.
 
-The tracking URI is resolved here by :func:`resolve_tracking_uri` (configured value, else
-``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` in the working directory).
+The tracking URI is resolved by :func:`xmdpt.tracking.resolve_tracking_uri` (configured value,
+else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` in the working directory), as training does.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ import os
 import shutil
 from pathlib import Path
 from typing import Any, Mapping, Optional
+
+from xmdpt.tracking import lineage_tags, resolve_tracking_uri
 
 logger = logging.getLogger(__name__)
 
@@ -43,16 +45,6 @@ MODEL_URI_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/", "s3://", "gs://
 
 class ModelNotFoundError(LookupError):
     """A model URI does not name an existing model; the message says which part is unknown."""
-
-
-def resolve_tracking_uri(configured: str = "") -> str:
-    """``paths.mlflow_tracking_uri`` if set, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<cwd>/mlflow.db``."""
-    if configured:
-        return configured
-    env = os.environ.get("MLFLOW_TRACKING_URI")
-    if env:
-        return env
-    return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
 def _signature():
@@ -318,19 +310,6 @@ def resolve_model_dir(uri_or_dir: str | Path, *, tracking_uri: Optional[str] = N
 # ------------------------------------------------------------------------------------------------
 
 
-def git_commit(cwd: str | Path = ".") -> str:
-    """The checked-out commit (``+dirty`` when tracked files changed), or ``"unknown"`` outside git."""
-    import subprocess
-
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True,
-                               text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return sha + ("+dirty" if dirty else "")
-
-
 def register_stage(cfg) -> dict[str, Any]:
     """Run the `register` stage: log + register the evaluated pipeline folder; write ``registered.json``.
 
@@ -349,19 +328,22 @@ def register_stage(cfg) -> dict[str, Any]:
         raise FileNotFoundError(f"{metrics_path}: evaluation metrics not found; run `dvc repro evaluate`")
     metrics = json.loads(metrics_path.read_text())
     model_dir = ev.get("pipeline_local")
-    if not model_dir or not Path(model_dir).is_dir():
-        model_dir = resolve_model_dir(ev["pipeline_uri"]) if is_model_uri(ev["pipeline_uri"]) else ev["pipeline_uri"]
-    train = read_manifest(art / "train" / "manifest.json") if (art / "train" / "manifest.json").is_file() else {}
+    if not model_dir or not Path(model_dir).is_dir():  # evaluated elsewhere (cluster job): fetch the folder
+        from xmdpt.storage import filesystem
+
+        fs, path = filesystem(ev["pipeline_uri"])
+        model_dir = default_cache_dir() / "pipelines" / hashlib.sha256(ev["pipeline_uri"].encode()).hexdigest()[:16]
+        shutil.rmtree(model_dir, ignore_errors=True)
+        fs.get(path.rstrip("/") + "/", str(model_dir) + "/", recursive=True)
+    manifest_paths = {s: str(art / s / "manifest.json") for s in ("validate", "features", "train", "evaluate")}
+    manifests = {s: read_manifest(p) for s, p in manifest_paths.items() if Path(p).is_file()}
+    train = manifests.get("train", {})
     tracking_uri = resolve_tracking_uri(cfg.paths.mlflow_tracking_uri)
-    lineage = {
-        "git_commit": git_commit(),
-        "train_run_id": str(ev.get("lineage", {}).get("train_run_id") or ""),
-        "train_manifest": str(art / "train" / "manifest.json"),
-        "features_manifest": str(art / "features" / "manifest.json"),
-        "evaluate_manifest": str(art / "evaluate" / "manifest.json"),
-        "evaluate_prefix": str(ev.get("uri", "")),
-        "standin_encoders": str(ev.get("standin_encoders")),
-    }
+    lineage = lineage_tags(manifests, manifest_paths, extra={
+        "train_run_id": train.get("run_id") or ev.get("lineage", {}).get("train_run_id") or "",
+        "train_model_uri": train.get("model_uri", ""),
+        "standin_encoders": ev.get("standin_encoders"),
+    })
     record = log_and_register(
         model_dir,
         model_name=cfg.register.model_name,

@@ -15,6 +15,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sampling"))
 from tiny_pipeline_folder import build_tiny_pipeline_folder, tiny_config  # noqa: E402
 
+from xmdpt.config import XMDPTConfig  # noqa: E402
 from xmdpt.data import schema  # noqa: E402
 
 PEOPLE = (("MEN", "Denim", 3), ("WOMEN", "Dresses", 4))
@@ -49,37 +50,64 @@ def _write_split(root: Path) -> dict:
                        "poses": {"uri": str(root / "tables" / "poses.parquet")}}}
 
 
-def test_evaluate_generates_and_measures(tmp_path, ray_local):
+def test_evaluate_and_register_stages(tmp_path, ray_local, monkeypatch):
+    """`python -m pipelines.evaluate` then `pipelines.register` on upstream manifests shaped as the stages write them."""
+    import yaml
+
+    from pipelines import evaluate as evaluate_entry
+    from pipelines import register as register_entry
     from xmdpt.evaluation import evaluate
+    from xmdpt.storage import write_manifest
 
-    manifest = _write_split(tmp_path)
-    folder = build_tiny_pipeline_folder(tmp_path / "model")
-    cfg = tiny_config(paths={"dataset_root": str(tmp_path / "data")},
-                      evaluate={"max_pairs": 8, "batch_size": 4, "unguided_pairs": 2, "grid_rows": 3},
-                      sample={"num_steps": 2})
-    out = tmp_path / "artifacts" / "evaluate"
-    metrics = evaluate(cfg, str(folder), manifest, out_dir=out, images_uri=str(tmp_path / "store" / "images"))
+    validate = _write_split(tmp_path)
+    build_tiny_pipeline_folder(tmp_path / "up")  # writes up/autoencoder, up/encoders, up/model like the stages
+    art = tmp_path / "artifacts"
+    write_manifest(art / "validate" / "manifest.json", validate)
+    write_manifest(art / "features" / "manifest.json", {
+        "stage": "features", "vae_uri": str(tmp_path / "up" / "autoencoder"), "latent_scale": 1.0, "standin": True,
+        "encoder_weights": {r: str(tmp_path / "up" / "encoders" / f"{r}.safetensors") for r in ("image", "pose")},
+        "encoders": {"image": {"standin": True}, "pose": {"standin": True}}})
+    write_manifest(art / "train" / "manifest.json", {"stage": "train", "model_uri": str(tmp_path / "up" / "model"),
+                                                      "run_id": "not-in-this-store"})
+    params = tiny_config(
+        paths={"dataset_root": str(tmp_path / "data"), "storage_root": str(tmp_path / "store"),
+               "artifacts_dir": str(art), "mlflow_tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+        evaluate={"max_pairs": 8, "batch_size": 4, "unguided_pairs": 2, "grid_rows": 3},
+        sample={"num_steps": 2}).to_dict()
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)
 
+    manifest = evaluate_entry.main(["--params", str(tmp_path / "params.yaml"), "--no-submit"])
+    out = art / "evaluate"
+    metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["num_pairs"] == 8 and metrics["subset_size"] == 2
-    on_disk = json.loads((out / "metrics.json").read_text())
-    assert on_disk["num_pairs"] == 8
+    assert manifest["pipeline_local"].startswith(str(tmp_path / "store" / "evaluate"))
     # no backbone weights configured: reported unavailable, never a number
-    assert on_disk["fid"] is None and "Inception-v3" in on_disk["fid_unavailable"]
-    assert on_disk["lpips"] is None and "evaluate.lpips_weights" in on_disk["lpips_unavailable"]
+    assert metrics["fid"] is None and "Inception-v3" in metrics["fid_unavailable"]
+    assert metrics["lpips"] is None and "evaluate.lpips_weights" in metrics["lpips_unavailable"]
     for key in ("ssim", "ssim_256", "psnr", "synthetic_pose_iou", "synthetic_pose_iou_source_baseline",
                 "synthetic_colour_error_legs", "synthetic_colour_error_legs_other_identity_baseline",
                 "synthetic_consistency_pixel_l1", "synthetic_consistency_iou",
                 "subset_guided_ssim", "subset_cond_only_ssim", "subset_null_cond_ssim",
                 "synthetic_subset_null_cond_pose_iou"):
-        assert isinstance(on_disk[key], float) and np.isfinite(on_disk[key]), key
-    assert -1 <= on_disk["ssim"] <= 1 and 0 <= on_disk["synthetic_pose_iou"] <= 1
+        assert isinstance(metrics[key], float) and np.isfinite(metrics[key]), key
+    assert -1 <= metrics["ssim"] <= 1 and 0 <= metrics["synthetic_pose_iou"] <= 1
     # the source-image baseline is computed on real images: a person in another view overlaps the GT partly
-    assert 0.2 < on_disk["synthetic_pose_iou_source_baseline"] < 1.0
-    assert on_disk["synthetic_consistency_groups"] >= 1
+    assert 0.2 < metrics["synthetic_pose_iou_source_baseline"] < 1.0
+    assert metrics["synthetic_consistency_groups"] >= 1
     grid = Image.open(out / "grid.png")
     assert grid.size == (4 * 176, 3 * 256)
-    pngs = sorted((tmp_path / "store" / "images").glob("*.png"))
+    pngs = sorted(Path(manifest["uri"], "images").glob("*.png"))
     assert len(pngs) == 8 + 2 * 2
-    # seeded: a second run gives the same images
-    again = evaluate(cfg, str(folder), manifest, out_dir=tmp_path / "again")
+
+    record = register_entry.main(["--params", str(tmp_path / "params.yaml"), "--no-submit"])
+    on_disk = json.loads((art / "register" / "registered.json").read_text())
+    assert on_disk == json.loads(json.dumps(record, default=str))
+    assert record["version"] == 1 and record["aliases"] == ["candidate", "champion"]
+    assert record["metric"]["value"] == metrics["synthetic_pose_iou"]
+    assert record["lineage"]["manifest.train.path"].endswith("train/manifest.json")
+
+    # seeded: generating again gives the same images and numbers
+    again = evaluate(XMDPTConfig.from_dict(params), manifest["pipeline_local"], validate, out_dir=tmp_path / "again")
     assert again["ssim"] == metrics["ssim"] and again["synthetic_pose_iou"] == metrics["synthetic_pose_iou"]
+
