@@ -82,14 +82,25 @@ def load_square_image(dataset_root: str, rel_path: str, size: int) -> np.ndarray
     return np.asarray(resize_square(img, size), dtype=np.uint8)
 
 
-def load_square_images(dataset_root: str, rel_paths: Sequence[str], size: int, num_threads: int = 4) -> np.ndarray:
-    """Load many images (threads: decoding releases the GIL). Any bad file is an error naming it.
+def load_square_images(dataset_root: str, rel_paths: Sequence[str], size: int,
+                       num_threads: int = 4) -> tuple[np.ndarray, dict[str, str]]:
+    """Load many images (threads: decoding releases the GIL); undecodable ones are skipped.
 
     Returns:
-        uint8 array (N, size, size, 3).
+        ``(images uint8 (N, size, size, 3), skipped {path: reason})`` with the images in input order.
     """
-    if not rel_paths:
-        return np.zeros((0, size, size, 3), np.uint8)
+    from xmdpt.data.images import ImageError
+
+    def load(p: str):
+        try:
+            return load_square_image(dataset_root, p, size)
+        except (ImageError, OSError) as e:
+            return f"{p}: {e}"
+
     with ThreadPoolExecutor(max_workers=num_threads) as pool:
-        imgs = list(pool.map(lambda p: load_square_image(dataset_root, p, size), rel_paths))
-    return np.stack(imgs)  # (N, size, size, 3)
+        results = list(pool.map(load, rel_paths))
+    skipped = {p: r for p, r in zip(rel_paths, results) if isinstance(r, str)}
+    for reason in skipped.values():
+        logger.warning("skipping image: %s", reason)
+    imgs = [r for r in results if not isinstance(r, str)]
+    return (np.stack(imgs) if imgs else np.zeros((0, size, size, 3), np.uint8)), skipped  # (N, size, size, 3)

@@ -230,7 +230,8 @@ def reconstruction_metrics(originals: np.ndarray, recons: np.ndarray) -> dict[st
 
     if originals.shape != recons.shape or originals.ndim != 4:
         raise ValueError(f"shape mismatch: {originals.shape} vs {recons.shape}")
-    psnr = [peak_signal_noise_ratio(a, b, data_range=255) for a, b in zip(originals, recons)]
+    with np.errstate(divide="ignore"):  # identical images: inf, capped below
+        psnr = [peak_signal_noise_ratio(a, b, data_range=255) for a, b in zip(originals, recons)]
     ssim = [structural_similarity(a, b, data_range=255, channel_axis=-1) for a, b in zip(originals, recons)]
     psnr = [min(p, 100.0) for p in psnr]  # identical images give inf
     return {"psnr": float(np.mean(psnr)), "ssim": float(np.mean(ssim))}
@@ -355,8 +356,12 @@ def fit_autoencoder(cfg: XMDPTConfig, validate_manifest: Optional[dict[str, Any]
         logger.warning("no test-split images: reconstruction metrics are measured on train images")
         test_paths = train_paths[: min(64, len(train_paths))]
     t0 = time.perf_counter()
-    train_u8 = load_square_images(cfg.paths.dataset_root, train_paths, size)  # (N, size, size, 3)
-    test_u8 = load_square_images(cfg.paths.dataset_root, test_paths, size)
+    train_u8, skipped = load_square_images(cfg.paths.dataset_root, train_paths, size)  # (N, size, size, 3)
+    test_u8, skipped_test = load_square_images(cfg.paths.dataset_root, test_paths, size)
+    skipped.update(skipped_test)
+    if len(train_u8) == 0 or len(test_u8) == 0:
+        raise ValueError(f"no decodable {'train' if len(train_u8) == 0 else 'evaluation'} images "
+                         f"(skipped: {list(skipped.values())[:3]})")
     logger.info("loaded %d train / %d test images at %d px in %.1fs", len(train_u8), len(test_u8), size,
                 time.perf_counter() - t0)
 
@@ -393,6 +398,7 @@ def fit_autoencoder(cfg: XMDPTConfig, validate_manifest: Optional[dict[str, Any]
         **{f"heldout_{k}" if heldout else f"train_{k}": v for k, v in reconstruction_metrics(test_u8, recons).items()},
         "num_eval_images": len(test_u8),
         "num_train_images": len(train_u8),
+        "num_skipped_images": len(skipped),
         "train_steps": enc.vae_train_steps if trainable else 0,
         "fit_seconds": round(fit_seconds, 1),
         **{f"final_{k}": round(v, 6) for k, v in last.items()},
