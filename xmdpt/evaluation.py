@@ -29,7 +29,6 @@ import io
 import logging
 import math
 from collections import defaultdict
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -45,6 +44,8 @@ logger = logging.getLogger(__name__)
 STAGE = "evaluate"
 GUIDED, COND_ONLY, NULL_COND = "guided", "cond_only", "null_cond"
 VARIANT_SCALES = {COND_ONLY: 1.0, NULL_COND: 0.0}
+# sha256 prefixes in torchvision's published file names (inception_v3_google-0cc3c7bd.pth, alexnet-owt-7be5be79.pth)
+TORCHVISION_SHA256_PREFIX = {"inception_v3": "0cc3c7bd", "alexnet": "7be5be79"}
 PSNR_CAP = 100.0  # identical images give inf; capped so that means stay finite
 
 
@@ -97,13 +98,14 @@ def load_test_pairs(validate_manifest: dict[str, Any], max_pairs: Optional[int] 
 class PairGenerator:
     """Ray Data actor: holds a pipeline, turns a batch of pairs into uint8 ``(N, S, S, 3)`` images."""
 
-    def __init__(self, model_dir: str, dataset_root: str, sample: dict[str, Any]) -> None:
+    def __init__(self, model_dir: str, dataset_root: str, sample: dict[str, Any], num_cpus: float = 1.0) -> None:
         import torch
 
         from xmdpt.config import SampleConfig
         from xmdpt.sampling.pipeline import XMDPTPipeline
 
-        torch.set_num_threads(max(1, torch.get_num_threads()))
+        if not torch.cuda.is_available():
+            torch.set_num_threads(max(1, int(round(num_cpus))))  # as many threads as the actor's CPUs
         self.pipe = XMDPTPipeline.from_pretrained(model_dir)
         self.dataset_root = dataset_root
         self.sample = SampleConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in sample.items()})
@@ -157,7 +159,7 @@ def generate_pairs(cfg: XMDPTConfig, model_dir: str, pairs: Sequence[dict[str, A
         if i < cfg.evaluate.unguided_pairs:
             for variant, scale in VARIANT_SCALES.items():
                 items.append({**base, "variant": variant, "cfg_scale": scale})
-    for j, it in enumerate(items):
+    for it in items:
         it["pair_id"] = pairs[it["row"]]["pair_id"]
     gpus = _gpus_per_actor(cfg.evaluate.num_gpus_per_actor)
     logger.info("generating %d images (%d pairs) with %d actor(s), %s GPU each, %d DDIM steps, cfg %.2f",
@@ -166,7 +168,7 @@ def generate_pairs(cfg: XMDPTConfig, model_dir: str, pairs: Sequence[dict[str, A
     ds = ds.map_batches(
         PairGenerator,
         fn_constructor_kwargs={"model_dir": str(model_dir), "dataset_root": cfg.paths.dataset_root,
-                               "sample": cfg.to_dict()["sample"]},
+                               "sample": cfg.to_dict()["sample"], "num_cpus": cfg.evaluate.num_cpus_per_actor},
         batch_size=cfg.evaluate.batch_size,
         batch_format="numpy",
         compute=ActorPoolStrategy(size=cfg.evaluate.num_actors),
@@ -253,9 +255,8 @@ def _fid(cfg: XMDPTConfig, validate_manifest: dict[str, Any], gens: Sequence[np.
                 "FID is only reported with torchvision's ImageNet Inception-v3 weights"}
     import torch
 
-    from xmdpt.encoders.inputs import read_image_table
     from xmdpt.data.images import load_rgb
-    from xmdpt.encoders.inputs import read_image_bytes
+    from xmdpt.encoders.inputs import read_image_bytes, read_image_table
     from xmdpt.metrics.fid import InceptionFeatures, fid_from_features
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -272,7 +273,8 @@ def _fid(cfg: XMDPTConfig, validate_manifest: dict[str, Any], gens: Sequence[np.
     real_f = np.concatenate(real)
     if len(real_f) < 2 or len(fake) < 2:
         return {"fid": None, "fid_unavailable": f"too few images for FID ({len(real_f)} real, {len(fake)} generated)"}
-    return {"fid": fid_from_features(real_f, fake), "fid_real_images": len(real_f), "fid_generated_images": len(fake)}
+    return {"fid": fid_from_features(real_f, fake), "fid_real_images": len(real_f), "fid_generated_images": len(fake),
+            **_provenance("fid", cfg.evaluate.inception_weights, TORCHVISION_SHA256_PREFIX["inception_v3"])}
 
 
 def _lpips(cfg: XMDPTConfig, gens: np.ndarray, gts: np.ndarray) -> dict[str, Any]:
@@ -285,7 +287,20 @@ def _lpips(cfg: XMDPTConfig, gens: np.ndarray, gts: np.ndarray) -> dict[str, Any
     from xmdpt.metrics.lpips import LPIPS
 
     m = LPIPS.from_files(ev.alexnet_weights, ev.lpips_weights)
-    return {"lpips": float(m.distance_uint8(gens, gts).mean())}
+    return {"lpips": float(m.distance_uint8(gens, gts).mean()),
+            **_provenance("lpips", ev.alexnet_weights, TORCHVISION_SHA256_PREFIX["alexnet"])}
+
+
+def _provenance(metric: str, path: str, torchvision_prefix: str) -> dict[str, Any]:
+    """sha256 of the backbone file, and whether it is torchvision's published checkpoint (by hash prefix)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    digest = h.hexdigest()
+    return {f"{metric}_weights_sha256": digest, f"{metric}_weights_are_torchvision": digest.startswith(torchvision_prefix)}
 
 
 def compute_metrics(cfg: XMDPTConfig, validate_manifest: dict[str, Any], pairs: Sequence[dict[str, Any]],
