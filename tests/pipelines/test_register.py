@@ -65,6 +65,10 @@ def test_champion_moves_only_on_improvement(tmp_path, monkeypatch):
     assert json.loads((champ / "config.json").read_text())["tag"] == "three"
     v1 = resolve_model_dir("models:/xmdpt/1", cache_dir=cache)
     assert (v1 / "model.safetensors").read_bytes() == b"stub-one"
+    by_run = resolve_model_dir(f"runs:/{r2['run_id']}/xmdpt", cache_dir=cache)
+    assert json.loads((by_run / "config.json").read_text())["tag"] == "two"
+    by_id = resolve_model_dir(r1["logged_model_uri"], cache_dir=cache)
+    assert json.loads((by_id / "config.json").read_text())["tag"] == "one"
     with pytest.raises(ModelNotFoundError, match="unknown model URI 'models:/xmdpt@nope'"):
         resolve_model_dir("models:/xmdpt@nope", cache_dir=cache)
     with pytest.raises(ModelNotFoundError, match="unknown model URI 'models:/other/1'"):
