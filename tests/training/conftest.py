@@ -106,6 +106,17 @@ def _write_fixture_autoencoder(root: Path, latent_scale: float = 0.5) -> dict:
                           {"stage": "autoencoder", "uri": uri, "latent_scale": latent_scale})
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """One intra-op thread: on a shared 2-core machine, 2 spinning OpenMP threads are 10x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture()
 def fixture_cache(tmp_path: Path) -> dict:
     """Feature cache + pair table (+ autoencoder) under ``tmp_path``; ``root`` is ``tmp_path``."""

@@ -57,7 +57,8 @@ def unflatten_optimizer_state(tensors: Mapping[str, torch.Tensor], meta: Mapping
         state.setdefault(int(idx), {})[name] = value
     for idx, entry in meta.get("state", {}).items():
         state.setdefault(int(idx), {}).update(entry)
-    return {"state": state, "param_groups": meta["param_groups"]}
+    groups = [{k: tuple(v) if k == "betas" else v for k, v in g.items()} for g in meta["param_groups"]]  # JSON lists
+    return {"state": state, "param_groups": groups}
 
 
 def save_checkpoint(path: str | Path, *, model: torch.nn.Module, ema: Any, opt: torch.optim.Optimizer,

@@ -201,6 +201,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     spec = FeatureSpec.from_dict(meta["spec"])
     uri, run_id = meta["tracking_uri"], meta["run_id"]
 
+    if device.type == "cpu":  # one intra-op thread per reserved CPU: oversubscribed OpenMP threads spin
+        torch.set_num_threads(max(1, round(tc.cpus_per_worker)))
     torch.manual_seed(tc.seed)  # identical initial weights on every rank
     model = XMDPT(cfg.model).to(device)
     ema = EMA(model, tc.ema_decay)
