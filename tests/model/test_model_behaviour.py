@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from xmdpt_test_helpers import make_inputs, randomize, tiny_config
+from xmdpt_test_helpers import make_inputs, tiny_config
 
 from xmdpt.config import ModelConfig
 from xmdpt.model import XMDPT
