@@ -221,7 +221,7 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 def from_uint8(images: np.ndarray) -> torch.Tensor:
     """uint8 (N, H, W, 3) -> (N, 3, H, W) float in [-1, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return torch.from_numpy(np.array(images, dtype=np.uint8)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
 def reconstruction_metrics(originals: np.ndarray, recons: np.ndarray) -> dict[str, float]:
@@ -299,7 +299,7 @@ def _train_steps(vae, trainable, train_u8: np.ndarray, enc: EncodersConfig, *, e
         loss.backward()
         opt.step()
         sched.step()
-        last = {"loss": float(loss), "l1": float(l1), "mse": float(mse), "kl": float(kl)}
+        last = {"loss": loss.item(), "l1": l1.item(), "mse": mse.item(), "kl": kl.item()}
         if step % 25 == 0:
             bar.set_postfix(loss=f"{last['loss']:.4f}")
     vae.eval()

@@ -1,0 +1,100 @@
+"""`autoencoder` stage on a tiny image fixture: fit, held-out metrics, safetensors weights, reuse."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from xmdpt.config import XMDPTConfig
+from xmdpt.data import schema
+
+IMAGE_HW = (40, 28)  # the DeepFashion aspect (256 x 176), small
+
+
+def write_image_dataset(root: Path, n_train: int = 8, n_test: int = 4, corrupt: tuple[str, ...] = ()) -> dict:
+    """Images of coloured blocks + a validated poses table + a `validate`-style manifest.
+
+    ``corrupt``: relative paths written as garbage bytes (listed in the table as if valid).
+    Returns the validate manifest (dict) and writes it to ``root/artifacts/validate/manifest.json``.
+    """
+    rng = np.random.default_rng(0)
+    rows = {f.name: [] for f in schema.POSES_SCHEMA}
+    for i in range(n_train + n_test):
+        split = "train" if i < n_train else "test"
+        rel = f"img/MEN/Denim/id_{i:08d}/01_1_front.jpg"
+        path = root / "data" / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if rel in corrupt:
+            path.write_bytes(b"\xff\xd8 not really a jpeg")
+        else:
+            img = np.full((*IMAGE_HW, 3), rng.integers(150, 250, 3), np.uint8)
+            y0, x0 = rng.integers(0, 20), rng.integers(0, 14)
+            img[y0:y0 + 18, x0:x0 + 12] = rng.integers(0, 120, 3)
+            Image.fromarray(img).save(path, quality=95)
+        kps = np.stack([rng.uniform(0, IMAGE_HW[1] - 1, 18), rng.uniform(0, IMAGE_HW[0] - 1, 18)], 1)
+        kps[17] = -1
+        for k, v in ((schema.IMAGE_PATH, rel), (schema.SPLIT, split), (schema.HEIGHT, IMAGE_HW[0]),
+                     (schema.WIDTH, IMAGE_HW[1]), (schema.KEYPOINTS, kps.astype(np.float32).reshape(-1).tolist()),
+                     (schema.CONFIDENCE, [1.0] * 18), (schema.POSE_SOURCE, "annotation")):
+            rows[k].append(v)
+    poses_dir = root / "store" / "validate" / "fixture" / "poses"
+    poses_dir.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pydict(rows, schema=schema.POSES_SCHEMA), poses_dir / "part-0.parquet")
+    manifest = {"stage": "validate", "uri": str(root / "store" / "validate" / "fixture"),
+                "tables": {"poses": {"uri": str(poses_dir), "rows": n_train + n_test}}}
+    art = root / "artifacts" / "validate"
+    art.mkdir(parents=True, exist_ok=True)
+    (art / "manifest.json").write_text(json.dumps(manifest))
+    return manifest
+
+
+def tiny_config(root: Path, **encoders) -> XMDPTConfig:
+    return XMDPTConfig().replace(
+        paths={"dataset_root": str(root / "data"), "storage_root": str(root / "store"),
+               "artifacts_dir": str(root / "artifacts")},
+        data={"image_size": 32},
+        encoders={"vae_block_channels": [8, 16], "vae_train_steps": 3, "vae_batch_size": 4, "standin_depth": 1,
+                  "token_input_size": 28, "batch_size": 4, "shard_images": 4, "num_actors": 1,
+                  "num_cpus_per_actor": 1.0, **encoders},
+    )
+
+
+def test_autoencoder_stage_fits_measures_and_reuses(tmp_path):
+    from pipelines.autoencoder import run
+    from xmdpt.encoders.vae import LatentCodec
+
+    write_image_dataset(tmp_path, corrupt=("img/MEN/Denim/id_00000001/01_1_front.jpg",))
+    cfg = tiny_config(tmp_path)
+    m = run(cfg)
+    art = tmp_path / "artifacts" / "autoencoder"
+    assert json.loads((art / "manifest.json").read_text())["uri"] == m["uri"]
+    metrics = json.loads((art / "metrics.json").read_text())
+    assert metrics["num_eval_images"] == 4 and metrics["num_train_images"] == 7 and metrics["num_skipped_images"] == 1
+    assert 0 < metrics["heldout_psnr"] < 100 and -1 <= metrics["heldout_ssim"] <= 1
+    grid = np.asarray(Image.open(art / "recon.png"))
+    assert grid.shape == (2 * 32, 4 * 32, 3)  # originals over reconstructions
+    assert m["source"] == "fitted" and m["latent_shape"] == [4, 16, 16] and list(m["config"]["block_out_channels"]) == [8, 16]
+    assert np.isfinite(m["latent_scale"]) and m["latent_scale"] > 0  # 1 / std of posterior samples
+    assert (Path(m["vae_uri"]) / "diffusion_pytorch_model.safetensors").is_file()
+
+    codec = LatentCodec.from_manifest(art / "manifest.json")
+    assert codec.latent_scale == m["latent_scale"]
+    # same params + data -> same prefix, reused without refitting
+    again = run(cfg)
+    assert again["uri"] == m["uri"] and again["metrics"] == m["metrics"]
+    # an explicit scale is used as is and changes the prefix
+    fixed = run(tiny_config(tmp_path, latent_scale=0.25))
+    assert fixed["latent_scale"] == 0.25 and fixed["uri"] != m["uri"]
+
+
+def test_autoencoder_without_validated_images_is_a_clear_error(tmp_path):
+    from xmdpt.encoders.vae import fit_autoencoder
+
+    with pytest.raises(FileNotFoundError, match="validate/manifest.json"):
+        fit_autoencoder(tiny_config(tmp_path))
