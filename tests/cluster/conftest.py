@@ -167,14 +167,18 @@ def make_project():
 
 
 def _make_project(root: Path, params_update: dict) -> Path:
-    """Copy the code, dvc.yaml and params.yaml (updated section by section) under ``root``."""
+    """Copy the code, data specs, dvc.yaml and params.yaml (updated section by section) under ``root``."""
     root.mkdir(parents=True, exist_ok=True)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     shutil.copytree(REPO_ROOT / "xmdpt", root / "xmdpt", ignore=ignore)
     shutil.copytree(REPO_ROOT / "pipelines", root / "pipelines", ignore=ignore)
+    shutil.copytree(REPO_ROOT / "data_specs", root / "data_specs", ignore=ignore)
     shutil.copy(REPO_ROOT / "dvc.yaml", root / "dvc.yaml")
-    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    # every key written out: DVC wants each `params:` entry of dvc.yaml present in params.yaml
+    from xmdpt.config import load_config
+
+    params = load_config(REPO_ROOT / "params.yaml").to_dict()
     for section, values in params_update.items():
-        params.setdefault(section, {}).update(values)
+        params[section].update(values)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return root
