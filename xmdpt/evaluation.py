@@ -111,24 +111,38 @@ class PairGenerator:
         self.sample = SampleConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in sample.items()})
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from xmdpt.data.images import load_rgb
+        """Batch columns: row, pair_id, variant, cfg_scale, source_path, keypoints (36,), height, width.
+
+        Returns ``row, variant, image`` (uint8 ``(N, S, S, 3)``, zeros for failed rows) and ``error``
+        ("" or the reason naming the image).
+        """
+        from xmdpt.data.images import ImageError, load_rgb
         from xmdpt.encoders.inputs import read_image_bytes
         from xmdpt.sampling.inputs import Pose, prepare_source
 
         n = len(batch["pair_id"])
         S = self.pipe.image_size
         out = np.zeros((n, S, S, 3), np.uint8)
+        errors = [""] * n
+        sources: dict[int, np.ndarray] = {}
+        for i in range(n):
+            path = str(batch["source_path"][i])
+            try:
+                sources[i] = prepare_source(load_rgb(read_image_bytes(self.dataset_root, path), name=path), S)
+            except (ImageError, OSError) as e:
+                errors[i] = f"{batch['pair_id'][i]}: source {e}"
         for scale in sorted(set(float(s) for s in batch["cfg_scale"])):
-            idx = [i for i in range(n) if float(batch["cfg_scale"][i]) == scale]
-            sources = np.stack([prepare_source(load_rgb(read_image_bytes(self.dataset_root, str(batch["source_path"][i])),
-                                                        name=str(batch["source_path"][i])), S) for i in idx])
+            idx = [i for i in range(n) if float(batch["cfg_scale"][i]) == scale and i in sources]
+            if not idx:
+                continue
             poses = [Pose(np.asarray(batch["keypoints"][i], np.float32).reshape(-1, 2),
                           (int(batch["height"][i]), int(batch["width"][i]))) for i in idx]
-            # the seed depends on the pairs, not on which actor or batch they landed in
+            # seeded from the rows in the batch (fixed by the sorted pair order and the batch size)
             seed = (self.sample.seed * 1_000_003 + sum(int(batch["row"][i]) for i in idx)) % (2 ** 31)
-            out[idx] = self.pipe.generate_arrays(sources, poses, num_steps=self.sample.num_steps, cfg_scale=scale,
+            out[idx] = self.pipe.generate_arrays(np.stack([sources[i] for i in idx]), poses,
+                                                 num_steps=self.sample.num_steps, cfg_scale=scale,
                                                  cfg_power=self.sample.cfg_power, seed=seed)
-        return {"row": batch["row"], "variant": batch["variant"], "image": out}
+        return {"row": batch["row"], "variant": batch["variant"], "image": out, "error": np.array(errors, dtype=object)}
 
 
 def _gpus_per_actor(configured: Optional[float]) -> float:
@@ -139,11 +153,13 @@ def _gpus_per_actor(configured: Optional[float]) -> float:
     return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
 
 
-def generate_pairs(cfg: XMDPTConfig, model_dir: str, pairs: Sequence[dict[str, Any]]) -> dict[str, dict[int, np.ndarray]]:
+def generate_pairs(cfg: XMDPTConfig, model_dir: str, pairs: Sequence[dict[str, Any]]
+                   ) -> tuple[dict[str, dict[int, np.ndarray]], dict[int, str]]:
     """Generate every pair (guided) and the unguided subset with an actor pool.
 
     Returns:
-        ``{variant: {row index: uint8 (S, S, 3)}}`` for variants guided / cond_only / null_cond.
+        ``({variant: {row index: uint8 (S, S, 3)}}, {row index: reason})`` for variants guided /
+        cond_only / null_cond; rows whose source image cannot be read are quarantined with the reason.
     """
     import ray
     from ray.data import ActorPoolStrategy
@@ -176,13 +192,22 @@ def generate_pairs(cfg: XMDPTConfig, model_dir: str, pairs: Sequence[dict[str, A
         num_cpus=cfg.evaluate.num_cpus_per_actor,
     )
     out: dict[str, dict[int, np.ndarray]] = defaultdict(dict)
+    failed: dict[int, str] = {}
+    seen = 0
     for batch in ds.iter_batches(batch_size=256, batch_format="numpy"):
-        for row, variant, img in zip(batch["row"], batch["variant"], batch["image"]):
-            out[str(variant)][int(row)] = img
-    missing = len(pairs) - len(out[GUIDED])
-    if missing:
-        raise RuntimeError(f"generation returned {len(out[GUIDED])} of {len(pairs)} guided images")
-    return dict(out)
+        for row, variant, img, err in zip(batch["row"], batch["variant"], batch["image"], batch["error"]):
+            seen += 1
+            if err:
+                failed[int(row)] = str(err)
+            else:
+                out[str(variant)][int(row)] = img
+    if seen != len(items):
+        raise RuntimeError(f"generation returned {seen} of {len(items)} rows")
+    for r, reason in failed.items():
+        logger.warning("quarantined %s", reason)
+        for imgs in out.values():
+            imgs.pop(r, None)
+    return dict(out), failed
 
 
 # ------------------------------------------------------------------------------------------------
@@ -304,28 +329,43 @@ def _provenance(metric: str, path: str, torchvision_prefix: str) -> dict[str, An
 
 
 def compute_metrics(cfg: XMDPTConfig, validate_manifest: dict[str, Any], pairs: Sequence[dict[str, Any]],
-                    generated: dict[str, dict[int, np.ndarray]]) -> tuple[dict[str, Any], dict[str, Any]]:
+                    generated: dict[str, dict[int, np.ndarray]], quarantined: Optional[dict[int, str]] = None
+                    ) -> tuple[dict[str, Any], dict[str, Any]]:
     """All metrics, and the eval-size images used (for the grid).
+
+    Args:
+        quarantined: rows already quarantined during generation (row -> reason); updated in place
+            with pairs whose ground truth cannot be read.
 
     Returns:
         (metrics, {"gen": {row: img}, "gt": {row: img}, "src": {row: img}}) with uint8 (256, 176, 3) images.
     """
-    from xmdpt.data.images import load_rgb
+    from xmdpt.data.images import ImageError, load_rgb
     from xmdpt.encoders.inputs import read_image_bytes
 
     eval_hw = tuple(cfg.evaluate.eval_size)
     root = cfg.paths.dataset_root
+    quarantined = quarantined if quarantined is not None else {}
 
     def load(path: str) -> np.ndarray:
         return resize_for_eval(load_rgb(read_image_bytes(root, path), name=path), eval_hw)
 
-    rows = sorted(generated[GUIDED])
-    gts = {r: load(pairs[r]["target_path"]) for r in rows}
-    srcs = {r: load(pairs[r]["source_path"]) for r in rows}
+    gts, srcs = {}, {}
+    for r in sorted(generated[GUIDED]):
+        try:
+            gts[r], srcs[r] = load(pairs[r]["target_path"]), load(pairs[r]["source_path"])
+        except (ImageError, OSError) as e:
+            quarantined[r] = f"{pairs[r]['pair_id']}: ground truth {e}"
+            logger.warning("quarantined %s", quarantined[r])
+    rows = sorted(gts)
     gens = {r: resize_for_eval(generated[GUIDED][r], eval_hw) for r in rows}
     per_pair = [pixel_metrics(gens[r], gts[r]) for r in rows]
+    if not rows:
+        raise ValueError(f"no test pair could be evaluated ({len(quarantined)} quarantined, e.g. "
+                         f"{next(iter(quarantined.values()), '')})")
     metrics: dict[str, Any] = {
         "num_pairs": len(rows),
+        "num_pairs_quarantined": len(quarantined),
         "eval_size": list(eval_hw),
         "sampler": {"num_steps": cfg.sample.num_steps, "cfg_scale": cfg.sample.cfg_scale,
                     "cfg_power": cfg.sample.cfg_power, "respacing": cfg.sample.respacing, "seed": cfg.sample.seed},
@@ -340,7 +380,7 @@ def compute_metrics(cfg: XMDPTConfig, validate_manifest: dict[str, Any], pairs: 
     metrics["synthetic_metrics_note"] = ("synthetic_* metrics assume a light near-uniform background (the synthetic "
                                          "benchmark); they are meaningless on real photos")
     # guided vs unguided on the same subset
-    subset = sorted(set(generated.get(COND_ONLY, {})) & set(generated.get(NULL_COND, {})))
+    subset = sorted(set(generated.get(COND_ONLY, {})) & set(generated.get(NULL_COND, {})) & set(gts))
     metrics["subset_size"] = len(subset)
     for variant in (GUIDED, COND_ONLY, NULL_COND):
         if not subset:
@@ -400,8 +440,11 @@ def evaluate(cfg: XMDPTConfig, model_dir: str, validate_manifest: dict[str, Any]
     from xmdpt.storage import filesystem, join
 
     pairs = load_test_pairs(validate_manifest, cfg.evaluate.max_pairs)
-    generated = generate_pairs(cfg, model_dir, pairs)
-    metrics, images = compute_metrics(cfg, validate_manifest, pairs, generated)
+    generated, quarantined = generate_pairs(cfg, model_dir, pairs)
+    metrics, images = compute_metrics(cfg, validate_manifest, pairs, generated, quarantined)
+    if metrics["num_pairs"] + len(quarantined) != len(pairs):
+        raise RuntimeError(f"{metrics['num_pairs']} evaluated + {len(quarantined)} quarantined != {len(pairs)} pairs")
+    metrics["quarantine"] = [quarantined[r] for r in sorted(quarantined)][:50]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     grid = sample_grid(pairs, images, cfg.evaluate.grid_rows, tuple(cfg.evaluate.eval_size))
@@ -411,6 +454,8 @@ def evaluate(cfg: XMDPTConfig, model_dir: str, validate_manifest: dict[str, Any]
         fs.makedirs(base, exist_ok=True)
         for variant, imgs in generated.items():
             for r, img in imgs.items():
+                if r in quarantined:
+                    continue
                 name = pairs[r]["pair_id"].split(":", 1)[-1].replace("/", "_")
                 suffix = "" if variant == GUIDED else f"_{variant}"
                 with fs.open(f"{base.rstrip('/')}/{name}{suffix}_vis.png", "wb") as f:

@@ -60,6 +60,8 @@ def test_evaluate_and_register_stages(tmp_path, ray_local, monkeypatch):
     from xmdpt.storage import write_manifest
 
     validate = _write_split(tmp_path)
+    bad = tmp_path / "data" / "img/MEN/Denim/id_00000003/01_4_full.jpg"  # source of 2 pairs, target of 2
+    bad.write_bytes(bad.read_bytes()[:200])  # truncated JPEG
     build_tiny_pipeline_folder(tmp_path / "up")  # writes up/autoencoder, up/encoders, up/model like the stages
     art = tmp_path / "artifacts"
     write_manifest(art / "validate" / "manifest.json", validate)
@@ -72,7 +74,7 @@ def test_evaluate_and_register_stages(tmp_path, ray_local, monkeypatch):
     params = tiny_config(
         paths={"dataset_root": str(tmp_path / "data"), "storage_root": str(tmp_path / "store"),
                "artifacts_dir": str(art), "mlflow_tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
-        evaluate={"max_pairs": 8, "batch_size": 4, "unguided_pairs": 2, "grid_rows": 3},
+        evaluate={"max_pairs": 12, "batch_size": 4, "unguided_pairs": 3, "grid_rows": 3},
         sample={"num_steps": 2}).to_dict()
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)
@@ -80,7 +82,10 @@ def test_evaluate_and_register_stages(tmp_path, ray_local, monkeypatch):
     manifest = evaluate_entry.main(["--params", str(tmp_path / "params.yaml"), "--no-submit"])
     out = art / "evaluate"
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["num_pairs"] == 8 and metrics["subset_size"] == 2
+    # the 4 pairs touching the truncated image are quarantined with the reason; the rest is evaluated
+    assert metrics["num_pairs"] == 8 and metrics["num_pairs_quarantined"] == 4 and metrics["subset_size"] == 2
+    assert len(metrics["quarantine"]) == 4 and all("01_4_full.jpg" in q for q in metrics["quarantine"])
+    assert sum("source" in q for q in metrics["quarantine"]) == 2
     assert manifest["pipeline_local"].startswith(str(tmp_path / "store" / "evaluate"))
     # no backbone weights configured: reported unavailable, never a number
     assert metrics["fid"] is None and "Inception-v3" in metrics["fid_unavailable"]
