@@ -15,7 +15,6 @@ Steps (the same preprocessing as the dataset stages, see :mod:`xmdpt.sampling.in
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import replace
 from pathlib import Path
