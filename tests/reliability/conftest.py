@@ -1,0 +1,53 @@
+"""Fixtures for the reliability tests: the data stages' fixture builders, reused (not copied).
+
+The DeepFashion tree builders and the bad-input fixture live in ``tests/pipelines/conftest.py``;
+that module starts a local S3 server when imported, so it is imported at most once per session:
+the copy pytest already loaded is reused when the pipelines tests run in the same session.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+TESTS = Path(__file__).resolve().parents[1]
+
+
+def _module(path: Path, name: str) -> ModuleType:
+    for mod in list(sys.modules.values()):
+        if getattr(mod, "__file__", None) and Path(mod.__file__).resolve() == path:
+            return mod
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def data_fixtures() -> ModuleType:
+    """``tests/pipelines/conftest.py``: write_deepfashion, add_bad_inputs, stage_config, run_chain, ..."""
+    return _module(TESTS / "pipelines" / "conftest.py", "xmdpt_tests_pipelines_conftest")
+
+
+def image_fixtures() -> ModuleType:
+    """``tests/pipelines/test_autoencoder.py``: write_image_dataset, tiny_config."""
+    return _module(TESTS / "pipelines" / "test_autoencoder.py", "xmdpt_tests_pipelines_autoencoder")
+
+
+@pytest.fixture(scope="session")
+def dfx() -> ModuleType:
+    return data_fixtures()
+
+
+@pytest.fixture
+def pairs_run(ray_local, tmp_path, dfx):
+    """A clean 6-identity PIDM tree (every image annotated) through the `pairs` stage."""
+    from xmdpt.data.pairs import build_pairs
+
+    dfx.write_deepfashion(tmp_path / "ds", layouts=("pidm",))
+    cfg = dfx.stage_config(tmp_path, tmp_path / "ds", tmp_path / "no-estimator.task")
+    return cfg, build_pairs(cfg)
