@@ -149,7 +149,8 @@ def extract_poses(cfg: XMDPTConfig) -> dict:
 
     pairs_manifest = read_manifest(os.path.join(cfg.paths.artifacts_dir, PAIRS_STAGE, "manifest.json"))
     root, layout = resolve_root(cfg.paths.dataset_root), pairs_manifest["layout"]
-    images = read_table(pairs_manifest["tables"]["images"]["uri"]).to_pandas()
+    entry = pairs_manifest["tables"]["images"]
+    images = read_table(entry["uri"], rows=entry.get("rows")).to_pandas()
     params = {"layout": layout, "pose_model": _model_id(cfg.data.pose_model_path),
               "pose_min_visibility": cfg.data.pose_min_visibility}
     prefix = fresh_prefix(stage_prefix(cfg.paths.storage_root, STAGE_NAME, params,
