@@ -396,7 +396,7 @@ def train(cfg: XMDPTConfig) -> dict[str, Any]:
         "run_dir": run_dir, "run_name": run_name, "run_id": run_id, "tracking_uri": uri,
         "data_hash": table["data_hash"], "spec": spec.to_dict(), "latent_scale": spec.latent_scale,
         "image_size": int(manifests["features"].get("image_size") or cfg.data.image_size),
-        "keypoint_hw": manifests["features"].get("keypoint_hw"),
+        "keypoint_hw": manifests["features"].get("keypoints_frame"),  # (H, W) the keypoints are in
         "autoencoder_manifest": manifests.get("autoencoder"),
         "model_config": _model_config(cfg, manifests, spec, table["data_hash"], paths),
     }
