@@ -105,3 +105,11 @@ def test_every_dvc_param_exists_in_config(key):
     section, _, name = key.partition(".")
     assert hasattr(cfg, section), key
     assert name == "" or hasattr(getattr(cfg, section), name), key
+
+
+@pytest.mark.parametrize("key", [k for k in _dvc_params() if "." in k])
+def test_every_dvc_param_is_in_params_yaml(key):
+    """DVC refuses to run a stage whose declared params are missing from params.yaml."""
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    section, _, name = key.partition(".")
+    assert name in raw.get(section, {}), f"{key} is declared in dvc.yaml but missing from params.yaml"
