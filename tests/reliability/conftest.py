@@ -43,11 +43,32 @@ def dfx() -> ModuleType:
     return data_fixtures()
 
 
-@pytest.fixture
-def pairs_run(ray_local, tmp_path, dfx):
-    """A clean 6-identity PIDM tree (every image annotated) through the `pairs` stage."""
+@pytest.fixture(scope="session")
+def pairs_run(ray_local, tmp_path_factory, dfx):
+    """A clean 6-identity PIDM tree (every image annotated) through the `pairs` stage.
+
+    Shared by the session: a test that damages its files restores them (``keep_files``)."""
     from xmdpt.data.pairs import build_pairs
 
+    tmp_path = tmp_path_factory.mktemp("pairs_run")
     dfx.write_deepfashion(tmp_path / "ds", layouts=("pidm",))
     cfg = dfx.stage_config(tmp_path, tmp_path / "ds", tmp_path / "no-estimator.task")
     return cfg, build_pairs(cfg)
+
+
+
+@pytest.fixture
+def keep_files():
+    """``keep(*paths)``: the files' bytes are put back (or the files removed) after the test."""
+    saved: dict[Path, bytes | None] = {}
+
+    def keep(*paths) -> None:
+        for p in map(Path, paths):
+            saved.setdefault(p, p.read_bytes() if p.exists() else None)
+
+    yield keep
+    for p, data in saved.items():
+        if data is None:
+            p.unlink(missing_ok=True)
+        else:
+            p.write_bytes(data)

@@ -18,8 +18,8 @@ pytestmark = pytest.mark.ray
 def _zero_inside_a_page(path: Path, column: str) -> None:
     """Overwrite the last 8 bytes of ``column``'s first column chunk (inside a page body, not a header)."""
     meta = pq.ParquetFile(path).metadata
-    names = [meta.schema.column(i).name for i in range(meta.num_columns)]
-    chunk = meta.row_group(0).column(names.index(column))
+    top = [meta.row_group(0).column(i).path_in_schema.split(".")[0] for i in range(meta.num_columns)]
+    chunk = meta.row_group(0).column(top.index(column))
     start = chunk.dictionary_page_offset or chunk.data_page_offset
     end = start + chunk.total_compressed_size
     data = bytearray(path.read_bytes())
@@ -40,13 +40,14 @@ def _fewer_rows(path: Path) -> None:
 
 @pytest.mark.parametrize("damage", [_truncate, _zero_inside_a_page, _fewer_rows],
                          ids=["truncated", "zeroed-page-bytes", "row-lost"])
-def test_corrupt_pairs_shard_fails_the_poses_stage_naming_the_file(pairs_run, damage):
+def test_corrupt_pairs_shard_fails_the_poses_stage_naming_the_file(pairs_run, keep_files, damage):
     from xmdpt.data.poses import extract_poses
 
     cfg, manifest = pairs_run
     entry = manifest["tables"]["images"]
     shard = Path(entry["uri"]) / PART_NAME
     assert read_table(entry["uri"], rows=entry["rows"]).num_rows == entry["rows"] > 0
+    keep_files(shard)
     if damage is _zero_inside_a_page:
         damage(shard, schema.IMAGE_PATH)
     else:
@@ -55,7 +56,6 @@ def test_corrupt_pairs_shard_fails_the_poses_stage_naming_the_file(pairs_run, da
         extract_poses(cfg)
     named = str(shard) if damage is not _fewer_rows else entry["uri"]
     assert named in str(err.value) and "rerun the stage" in str(err.value)
-    assert not (Path(cfg.paths.artifacts_dir) / "poses" / "manifest.json").exists()
 
 
 def test_page_checksums_catch_what_a_plain_read_decodes_silently(tmp_path):
@@ -71,7 +71,7 @@ def test_page_checksums_catch_what_a_plain_read_decodes_silently(tmp_path):
         read_table(entry["uri"], rows=entry["rows"])
 
 
-def test_corrupt_validate_table_fails_the_validate_reader(pairs_run):
+def test_corrupt_validate_table_fails_the_validate_reader(pairs_run, keep_files):
     """`validate` reads the pairs/poses tables through read_table: a truncated poses shard is named."""
     from xmdpt.data.poses import extract_poses
     from xmdpt.data.validation import validate_dataset
@@ -79,21 +79,23 @@ def test_corrupt_validate_table_fails_the_validate_reader(pairs_run):
     cfg, _ = pairs_run
     poses = extract_poses(cfg)
     shard = Path(poses["tables"]["poses"]["uri"]) / PART_NAME
+    keep_files(shard)
     _truncate(shard)
     with pytest.raises(CorruptTableError, match=str(shard)):
         validate_dataset(cfg)
 
 
-@pytest.mark.xfail(strict=True, reason="xmdpt/encoders/inputs.py read_table reads with plain pyarrow.dataset: "
-                                       "no page-checksum verification, no row-count check against the manifest")
+@pytest.mark.xfail(strict=True, reason="xmdpt/encoders/inputs.py read_table/read_image_table read with plain "
+                                       "pyarrow.dataset: no row-count check against the manifest, no page checksums, "
+                                       "errors do not name the file")
 def test_corrupt_validated_poses_table_fails_the_features_reader(tmp_path):
     """The `features` (and `evaluate`) stages read the validated poses table via encoders.inputs."""
     from xmdpt.encoders.inputs import read_image_table
 
     validate = write_validated_poses(tmp_path)
     shard = Path(validate["tables"]["poses"]["uri"]) / PART_NAME
-    _zero_inside_a_page(shard, schema.IMAGE_PATH)
-    with pytest.raises(CorruptTableError, match=str(shard)):
+    _fewer_rows(shard)  # today: read as 63 images, no error, although the manifest says 64
+    with pytest.raises(CorruptTableError, match=validate["tables"]["poses"]["uri"]):
         read_image_table(validate)
 
 
