@@ -71,3 +71,18 @@ def test_pose_json_file_and_generate_function(pipe, tmp_path):
     out = generate(pipe.folder, src, pose_file, tmp_path / "out" / "gen.png", num_steps=2, seed=0, device="cpu")
     img = Image.open(out)
     assert img.format == "PNG" and img.size == (16, 16)
+
+
+def test_pose_from_a_photo(pipe, pose_task_path, tmp_path):
+    """A photo as the target pose: the estimator finds the astronaut's upper body; a cat has no pose."""
+    from skimage import data as skdata
+
+    photo = tmp_path / "astronaut.png"
+    Image.fromarray(skdata.astronaut()).save(photo)
+    pose = pipe.load_pose(photo, pose_model_path=str(pose_task_path))
+    assert pose.hw == (512, 512)
+    assert (pose.keypoints[[0, 2, 5]] >= 0).all()  # nose and both shoulders found
+    out = pipe(np.full((256, 176, 3), 230, np.uint8), pose, seed=0)
+    assert out[0].size == (16, 16)
+    with pytest.raises(PoseError, match="no person found"):
+        pipe.load_pose(Image.fromarray(skdata.chelsea()), pose_model_path=str(pose_task_path))
