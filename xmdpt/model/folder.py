@@ -88,7 +88,10 @@ def load_model_folder(path: str | Path, map_location: str | torch.device = "cpu"
         raise FileNotFoundError(f"{path}: not a model folder (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
     config = json.loads((path / CONFIG_FILE).read_text())
     model = XMDPT(_model_config(config, str(path / CONFIG_FILE)))
-    state_dict = load_file(str(path / WEIGHTS_FILE), device=str(map_location))
+    try:
+        state_dict = load_file(str(path / WEIGHTS_FILE), device=str(map_location))
+    except Exception as e:  # safetensors raises its own SafetensorError for a malformed file
+        raise ValueError(f"{path / WEIGHTS_FILE}: not a readable safetensors file ({e})") from e
     check_state_dict({k: tuple(v.shape) for k, v in model.state_dict().items()}, state_dict, str(path / WEIGHTS_FILE))
     model.load_state_dict(state_dict)
     return model.to(map_location).eval(), config

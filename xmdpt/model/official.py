@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import pickle  # only for its error type: nothing is unpickled beyond tensors
 from pathlib import Path
 from typing import Mapping
 
@@ -126,7 +127,12 @@ def import_official(ckpt_path: str | Path, preset: str, out_dir: str | Path) -> 
     """
     ckpt_path = Path(ckpt_path)
     cfg = ModelConfig.from_preset(preset)
-    sd = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    try:
+        sd = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:  # a pickled object other than tensors: never executed
+        why = [line.strip() for line in str(e).splitlines() if "Unsupported global" in line or "Unpickler error" in line]
+        raise ValueError(f"{ckpt_path}: not a plain tensor state dict; refusing to unpickle other objects"
+                         f"{' (' + why[0] + ')' if why else ''}") from e
     if not isinstance(sd, dict):
         raise ValueError(f"{ckpt_path}: expected a state dict, got {type(sd).__name__}")
     converted = convert_official_state_dict(sd, cfg)
