@@ -103,7 +103,7 @@ def start_run(uri: str, experiment: str, *, run_id: Optional[str] = None, run_na
     A new run gets ``params`` (flattened config) and ``tags``; a reopened run gets only the tags
     (MLflow params are immutable) and is set back to RUNNING.
     """
-    from mlflow.entities import Metric, Param, RunTag  # noqa: F401 (Metric used by log_metrics)
+    from mlflow.entities import Param
     from mlflow.exceptions import MlflowException
 
     client = _client(uri)

@@ -8,7 +8,6 @@ exactly ``schema.FEATURES_SCHEMA`` / ``schema.PAIRS_SCHEMA`` with manifests shap
 from __future__ import annotations
 
 import itertools
-import json
 from pathlib import Path
 
 import numpy as np
@@ -95,10 +94,9 @@ def _write_fixture_autoencoder(root: Path, latent_scale: float = 0.5) -> dict:
     from xmdpt.config import EncodersConfig
     from xmdpt.encoders.vae import LatentCodec, build_fitted_vae
 
-    torch_seed = 0
     import torch
 
-    torch.manual_seed(torch_seed)
+    torch.manual_seed(0)
     vae = build_fitted_vae(EncodersConfig(vae_block_channels=(8, 8, 8)), image_size=32)
     uri = str(root / "autoencoder")
     LatentCodec(vae, latent_scale, source="fitted").save(uri)

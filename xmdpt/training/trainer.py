@@ -358,7 +358,6 @@ def train(cfg: XMDPTConfig) -> dict[str, Any]:
         "history", "final", "reused", "start_step"}`` — ``history`` is the list of logged
         ``{"step", "loss", "loss_masked", "vb", ...}``; ``final`` the last logged metrics.
     """
-    import ray.train  # [ray]
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig  # [ray]
     from ray.train.torch import TorchTrainer  # [ray]
 
