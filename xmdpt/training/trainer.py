@@ -23,7 +23,7 @@ Storage layout under ``{storage_root}/train/``::
     data/{data hash}/                 the training table (Parquet) + _SUCCESS.json
     runs/{run name}/                  Ray Train's run folder: checkpoint_step*/ (model folders)
     runs/{run name}/xmdpt_run.json    MLflow tracking URI + run id (reused on resume)
-    runs/{run name}/workers/          rank_{r}.pid of the live training workers
+    runs/{run name}/workers/          rank_{r}.pid.json: pid of each live training worker
     runs/{run name}/final/            the final EMA model folder (config.json + model.safetensors)
     runs/{run name}/result.json       written last: the run is complete
 """
