@@ -44,6 +44,11 @@ def dfx() -> ModuleType:
 
 
 @pytest.fixture(scope="session")
+def image_mod() -> ModuleType:
+    return image_fixtures()
+
+
+@pytest.fixture(scope="session")
 def pairs_run(ray_local, tmp_path_factory, dfx):
     """A clean 6-identity PIDM tree (every image annotated) through the `pairs` stage.
 
