@@ -117,11 +117,17 @@ def one_torch_thread():
 
 @pytest.fixture()
 def fixture_cache(tmp_path: Path) -> dict:
-    """Feature cache + pair table (+ autoencoder) under ``tmp_path``; ``root`` is ``tmp_path``."""
+    """Feature cache + pair table under ``tmp_path``; ``root`` is ``tmp_path``."""
     out = _write_fixture_cache(tmp_path)
-    out["autoencoder"] = _write_fixture_autoencoder(tmp_path)
     out["root"] = tmp_path
     return out
+
+
+@pytest.fixture()
+def fixture_cache_with_vae(fixture_cache: dict) -> dict:
+    """:func:`fixture_cache` plus an `autoencoder` stage output, so sample grids are VAE-decoded."""
+    fixture_cache["autoencoder"] = _write_fixture_autoencoder(fixture_cache["root"])
+    return fixture_cache
 
 
 @pytest.fixture()

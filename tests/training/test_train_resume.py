@@ -19,8 +19,8 @@ from xmdpt.training.trainer import run_train_stage
 pytestmark = pytest.mark.ray
 
 
-def test_train_stage_outputs_and_relaunch(ray_local, fixture_cache, make_config):
-    root = fixture_cache["root"]
+def test_train_stage_outputs_and_relaunch(ray_local, fixture_cache_with_vae, make_config):
+    root = fixture_cache_with_vae["root"]
     cfg = make_config(root, max_steps=6, checkpoint_every=3, sample_every=3, log_every=2)
     out = run_train_stage(cfg)
     assert out["steps"] == 6 and not out["reused"] and out["start_step"] == 0
@@ -41,6 +41,7 @@ def test_train_stage_outputs_and_relaunch(ray_local, fixture_cache, make_config)
     info = tracking.run_info(manifest["tracking_uri"], out["run_id"])
     assert info["status"] == "FINISHED" and info["params"]["train.max_steps"] == "6"
     assert {"samples/step_00000003.png", "samples/step_00000006.png"} <= set(info["artifacts"])
+    assert config["autoencoder"]["uri"] == fixture_cache_with_vae["autoencoder"]["uri"]
     assert info["tags"]["git_commit"] and info["tags"]["manifest.features.uri"]
     assert [s for s, _ in tracking.metric_history(manifest["tracking_uri"], out["run_id"], "loss")] == [2, 4, 6]
     assert {"loss_masked", "vb", "lr", "samples_per_s", "step_time_s"} <= set(info["metrics"])
