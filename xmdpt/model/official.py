@@ -130,7 +130,8 @@ def import_official(ckpt_path: str | Path, preset: str, out_dir: str | Path) -> 
     try:
         sd = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:  # a pickled object other than tensors: never executed
-        why = [line.strip() for line in str(e).splitlines() if "Unsupported global" in line or "Unpickler error" in line]
+        why = [line.strip() for line in str(e).splitlines()
+               if "Unsupported global" in line or "Unpickler error" in line]
         raise ValueError(f"{ckpt_path}: not a plain tensor state dict; refusing to unpickle other objects"
                          f"{' (' + why[0] + ')' if why else ''}") from e
     if not isinstance(sd, dict):
