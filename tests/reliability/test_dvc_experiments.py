@@ -68,9 +68,9 @@ def test_parallel_experiments_do_not_mix_outputs(tmp_path):
     _sh(repo, "git", "add", "-A")
     _sh(repo, "git", "commit", "-qm", "pipeline")
 
-    runs = {seed: subprocess.Popen(["dvc", "exp", "run", "--temp", "-n", f"seed{seed}", "-S", f"data.synth_seed={seed}"],
-                                   cwd=repo, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            for seed in (1, 2)}
+    runs = {seed: subprocess.Popen(
+        ["dvc", "exp", "run", "--temp", "-n", f"seed{seed}", "-S", f"data.synth_seed={seed}"],
+        cwd=repo, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for seed in (1, 2)}
     for seed, proc in runs.items():
         out = proc.communicate(timeout=540)[0]
         assert proc.returncode == 0, out
