@@ -85,9 +85,6 @@ def test_corrupt_validate_table_fails_the_validate_reader(pairs_run, keep_files)
         validate_dataset(cfg)
 
 
-@pytest.mark.xfail(strict=True, reason="xmdpt/encoders/inputs.py read_table/read_image_table read with plain "
-                                       "pyarrow.dataset: no row-count check against the manifest, no page checksums, "
-                                       "errors do not name the file")
 def test_corrupt_validated_poses_table_fails_the_features_reader(tmp_path):
     """The `features` (and `evaluate`) stages read the validated poses table via encoders.inputs."""
     from xmdpt.encoders.inputs import read_image_table

@@ -14,7 +14,6 @@ from typing import Any, Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.dataset as pads
 
 from xmdpt.data import schema
 from xmdpt.storage import filesystem, read_manifest
@@ -28,10 +27,13 @@ def validate_manifest_path(artifacts_dir: str) -> Path:
     return Path(artifacts_dir) / "validate" / "manifest.json"
 
 
-def read_table(uri: str, columns: Sequence[str] | None = None) -> pa.Table:
-    """Read a Parquet table (a folder of shards or one file) from a local path or URL."""
-    fs, path = filesystem(uri)
-    return pads.dataset(path, filesystem=fs, format="parquet").to_table(columns=list(columns) if columns else None)
+def read_table(uri: str, columns: Sequence[str] | None = None, rows: int | None = None) -> pa.Table:
+    """Read a stage table from a local path or URL, file by file with page checksums, and check its
+    row count against the manifest's ``rows`` when given (a damaged file is named, never skipped)."""
+    from xmdpt.data.quarantine import read_table as read_stage_table
+
+    table = read_stage_table(uri, rows=rows)
+    return table.select(list(columns)) if columns else table
 
 
 def read_image_table(validate_manifest: dict[str, Any]) -> pa.Table:
@@ -45,12 +47,14 @@ def read_image_table(validate_manifest: dict[str, Any]) -> pa.Table:
     """
     try:
         uri = validate_manifest["tables"]["poses"]["uri"]
+        rows = validate_manifest["tables"]["poses"].get("rows")
     except (KeyError, TypeError):
         raise ValueError("validate manifest: missing tables.poses.uri; rerun `dvc repro validate`") from None
-    table = read_table(uri, IMAGE_COLUMNS)
+    table = read_table(uri, rows=rows)
     missing = [c for c in IMAGE_COLUMNS if c not in table.column_names]
     if missing:
         raise ValueError(f"{uri}: poses table lacks columns {missing}")
+    table = table.select(list(IMAGE_COLUMNS))
     table = table.sort_by(schema.IMAGE_PATH)
     paths = table.column(schema.IMAGE_PATH)
     if len(paths) != len(set(paths.to_pylist())):
