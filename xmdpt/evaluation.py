@@ -38,6 +38,7 @@ from xmdpt.config import XMDPTConfig
 from xmdpt.data import schema
 from xmdpt.metrics.image import psnr, resize_for_eval, ssim, ssim_256
 from xmdpt.metrics.synthetic import part_colour_error, silhouette_iou, view_consistency
+from xmdpt.storage import absolute
 
 logger = logging.getLogger(__name__)
 
@@ -145,13 +146,6 @@ class PairGenerator:
         return {"row": batch["row"], "variant": batch["variant"], "image": out, "error": np.array(errors, dtype=object)}
 
 
-def _absolute(path: str) -> str:
-    """Local relative paths made absolute for the actors (their working directory may differ); URLs/URIs as given."""
-    if "://" in path or path.startswith(("models:/", "runs:/")):
-        return path
-    return str(Path(path).resolve())
-
-
 def _gpus_per_actor(configured: Optional[float]) -> float:
     if configured is not None:
         return float(configured)
@@ -190,7 +184,7 @@ def generate_pairs(cfg: XMDPTConfig, model_dir: str, pairs: Sequence[dict[str, A
     ds = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / cfg.evaluate.batch_size)))
     ds = ds.map_batches(
         PairGenerator,
-        fn_constructor_kwargs={"model_dir": _absolute(str(model_dir)), "dataset_root": _absolute(cfg.paths.dataset_root),
+        fn_constructor_kwargs={"model_dir": absolute(str(model_dir)), "dataset_root": absolute(cfg.paths.dataset_root),
                                "sample": cfg.to_dict()["sample"], "num_cpus": cfg.evaluate.num_cpus_per_actor},
         batch_size=cfg.evaluate.batch_size,
         batch_format="numpy",

@@ -31,6 +31,15 @@ def is_url(path: str) -> bool:
     return "://" in str(path)
 
 
+def absolute(path: str) -> str:
+    """A local path made absolute (Ray workers and actors do not share the driver's working
+    directory); URLs and MLflow URIs are returned as given."""
+    path = str(path)
+    if is_url(path) or path.startswith(("models:/", "runs:/")):
+        return path
+    return os.path.abspath(path)
+
+
 def join(root: str, *parts: str) -> str:
     """Join path parts under a local folder or URL (always ``/``)."""
     root = str(root)
@@ -47,8 +56,12 @@ def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
 
 
 def stage_prefix(storage_root: str, stage: str, *inputs: Any) -> str:
-    """``{storage_root}/{stage}/{hash(inputs)}`` — the content-addressed home of a stage's output."""
-    return join(storage_root, stage, section_hash(*inputs))
+    """``{storage_root}/{stage}/{hash(inputs)}`` — the content-addressed home of a stage's output.
+
+    A local ``storage_root`` is made absolute, so the URIs recorded in manifests resolve from any
+    process (Ray workers, actors, a later stage) whatever its working directory.
+    """
+    return join(absolute(storage_root), stage, section_hash(*inputs))
 
 
 def write_manifest(path: str | Path, manifest: dict[str, Any]) -> dict[str, Any]:

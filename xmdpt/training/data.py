@@ -271,7 +271,7 @@ def build_train_table(cfg: XMDPTConfig, features_manifest: Mapping[str, Any],
         raise TrainDataError(f"manifest lacks tables.pairs.uri / tables.features.uri ({e})") from None
     add_reversed = cfg.train.swap_prob > 0
     dhash = data_hash(features_manifest, pairs_manifest, add_reversed)
-    out_uri = storage.join(_abs(cfg.paths.storage_root), "train", "data", dhash)
+    out_uri = storage.join(storage.absolute(cfg.paths.storage_root), "train", "data", dhash)
     fs, out_path = storage.filesystem(out_uri)
     marker = f"{out_path.rstrip('/')}/{_SUCCESS}"
     if fs.exists(marker):
@@ -316,12 +316,6 @@ def read_train_table(uri: str):
     fs, path = _arrow_fs(uri)
     return ray.data.read_parquet(path, filesystem=fs, shuffle="files")
 
-
-def _abs(root: str) -> str:
-    """Local storage roots are made absolute (Ray workers do not share the driver's cwd)."""
-    import os
-
-    return root if storage.is_url(root) else os.path.abspath(root)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -70,9 +70,6 @@ def run_name_for(cfg: XMDPTConfig, data_hash: str) -> str:
     return f"xmdpt-{section_hash(cfg.model, cfg.diffusion, train, data_hash)}"
 
 
-def _abs(root: str) -> str:
-    return root if storage.is_url(root) else os.path.abspath(root)
-
 
 def _read_json(uri: str) -> Optional[dict[str, Any]]:
     fs, path = storage.filesystem(uri)
@@ -371,7 +368,7 @@ def train(cfg: XMDPTConfig) -> dict[str, Any]:
     table = build_train_table(cfg, manifests["features"], manifests["validate"])
     spec: FeatureSpec = table["spec"]
     run_name = run_name_for(cfg, table["data_hash"])
-    runs_root = storage.join(_abs(cfg.paths.storage_root), "train", "runs")
+    runs_root = storage.join(storage.absolute(cfg.paths.storage_root), "train", "runs")
     run_dir = storage.join(runs_root, run_name)
     data_info = {k: table[k] for k in ("uri", "rows", "pairs", "dropped", "data_hash")}
 
