@@ -25,8 +25,8 @@ if not _bootstrap.exists():
     _bootstrap.write_text("provider: {type: local}\n")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_MODELS = REPO_ROOT.parent / "shared" / "models"
-POSE_TASK = Path(os.environ.get("XMDPT_POSE_TASK", SHARED_MODELS / "pose_landmarker_full.task"))
+# The MediaPipe PoseLandmarker bundle shipped in the repo (assets/models/README.md); XMDPT_POSE_TASK overrides.
+POSE_TASK = Path(os.environ.get("XMDPT_POSE_TASK", REPO_ROOT / "assets" / "models" / "pose_landmarker_full.task"))
 
 
 @pytest.fixture(scope="session")

@@ -80,7 +80,7 @@ class DataConfig:
     synth_seed: int = 0
     synth_test_fraction: float = 0.2  # share of identities held out (disjoint from train)
     image_size: int = 64  # square side the model sees (the authors squash 256x176 -> 256x256)
-    pose_model_path: str = "../shared/models/pose_landmarker_full.task"  # MediaPipe PoseLandmarker .task
+    pose_model_path: str = "assets/models/pose_landmarker_full.task"  # MediaPipe PoseLandmarker .task
     pose_min_visibility: float = 0.5  # landmarks below this visibility are reported missing
     num_cpus_per_task: float = 0.5  # Ray Data CPUs per read/transform task
     pose_num_actors: int = 1  # pose-estimator actor pool size (one MediaPipe graph per actor)

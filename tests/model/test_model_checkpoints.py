@@ -17,7 +17,7 @@ from xmdpt.model.folder import load_model_folder, save_model_folder
 from xmdpt.model.official import convert_official_state_dict, export_official_state_dict, import_official
 from xmdpt.training.ema import EMA
 
-AUTHORS_TXT = Path(__file__).resolve().parents[2].parent / "shared" / "docs" / "authors_state_dict_xmdpt_s2.txt"
+AUTHORS_TXT = Path(__file__).resolve().parents[1] / "assets" / "authors_state_dict_xmdpt_s2.txt"
 
 
 def _out(model, inputs, **kw):

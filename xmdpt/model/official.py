@@ -1,6 +1,6 @@
 """Import (and, for the parity test, export) the authors' released X-MDPT checkpoints.
 
-The authors' state dict (``/work/shared/docs/authors_state_dict_xmdpt_s2.txt``) has the same tensors
+The authors' state dict (``tests/assets/authors_state_dict_xmdpt_s2.txt``) has the same tensors
 as ours under other names, plus one ``relative_position_index`` buffer per attention layer (ours is
 one non-persistent buffer of the TDNet). Conversion renames keys, checks every key and shape, and
 checks that each index buffer equals ours, refusing anything else with a message naming the keys.
