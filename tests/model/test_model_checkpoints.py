@@ -55,7 +55,7 @@ def test_model_folder_needs_the_model_section(tmp_path, model):
 def test_ema_update_copy_and_state_dict():
     torch.manual_seed(0)
     model = XMDPT(tiny_config())
-    ema = EMA(model, decay=0.9)
+    ema = EMA(model, decay=0.9, warmup=False)  # the plain rule: shadow <- 0.9 shadow + 0.1 param
     start = {k: v.clone() for k, v in model.state_dict().items()}
     with torch.no_grad():
         for p in model.parameters():

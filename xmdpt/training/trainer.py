@@ -214,6 +214,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             raise RuntimeError(f"checkpoint {checkpoint.path} was trained on data {state.get('data_hash')}, "
                                f"this run uses {meta['data_hash']}")
         step, history = int(state["step"]), list(state.get("history", []))
+        ema.num_updates = step  # one EMA update per optimizer step: the warm-up resumes where it was
         logger.info("rank %d resumed from step %d (%s)", rank, step, checkpoint.path)
     start_step = step
     model = ray.train.torch.prepare_model(model)  # [ray] DDP (gloo on CPU, NCCL on GPU)
