@@ -64,10 +64,24 @@ _NON_RESULT_TRAIN_KEYS = ("log_every", "checkpoint_every", "keep_checkpoints", "
                           "sample_rows", "max_failures", "mlflow_experiment", "max_steps")
 
 
+def code_fingerprint() -> str:
+    """Hash of the source that defines what training computes (model, diffusion, training step),
+    so a code change starts a new run instead of reusing a finished one."""
+    import hashlib
+
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for sub in ("model", "diffusion", "training"):
+        for f in sorted((root / sub).glob("*.py")):
+            h.update(f.name.encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def run_name_for(cfg: XMDPTConfig, data_hash: str) -> str:
-    """Deterministic run name: hash of the model/diffusion/training params and the data hash."""
+    """Deterministic run name: hash of the model/diffusion/training params, the data hash and the
+    training code; a relaunch of the same experiment resumes (or reuses) the same run."""
     train = {k: v for k, v in dataclasses.asdict(cfg.train).items() if k not in _NON_RESULT_TRAIN_KEYS}
-    return f"xmdpt-{section_hash(cfg.model, cfg.diffusion, train, data_hash)}"
+    return f"xmdpt-{section_hash(cfg.model, cfg.diffusion, train, data_hash, code_fingerprint())}"
 
 
 
