@@ -40,6 +40,7 @@ from ray.data.collate_fn import NumpyBatchCollateFn
 from xmdpt import storage
 from xmdpt.config import ModelConfig, XMDPTConfig, section_hash
 from xmdpt.data import schema
+from xmdpt.encoders.inputs import read_table
 
 logger = logging.getLogger(__name__)
 
@@ -151,11 +152,6 @@ class FeatureSpec:
 # ---------------------------------------------------------------------------------------------
 
 
-def _read_table(uri: str, columns: list[str] | None = None) -> pa.Table:
-    fs, path = storage.filesystem(uri)
-    return pads.dataset(path, filesystem=fs, format="parquet").to_table(columns=columns)
-
-
 def train_examples(pairs_uri: str, *, add_reversed: bool) -> pa.Table:
     """Directed train examples ``(key, target_path, source_path, flip)``, two flips per pair.
 
@@ -166,7 +162,7 @@ def train_examples(pairs_uri: str, *, add_reversed: bool) -> pa.Table:
     Returns:
         A table with columns KEY, TARGET_PATH, SOURCE_PATH, FLIP (2 rows per directed pair).
     """
-    pairs = _read_table(pairs_uri, [schema.PAIR_ID, schema.SPLIT, schema.TARGET_PATH, schema.SOURCE_PATH])
+    pairs = read_table(pairs_uri, [schema.PAIR_ID, schema.SPLIT, schema.TARGET_PATH, schema.SOURCE_PATH])
     pairs = pairs.filter(pc.equal(pairs[schema.SPLIT], "train"))
     ids = pairs[schema.PAIR_ID].to_pylist()
     tgt = pairs[schema.TARGET_PATH].to_pylist()
