@@ -113,15 +113,17 @@ class EncodersConfig:
     vae_pretrained_id: str = "stabilityai/sd-vae-ft-mse"
     latent_scale: Optional[float] = None  # None -> computed from data (1 / std of latents); SD VAE: 0.18215
     latent_channels: int = 4
-    vae_block_channels: tuple[int, ...] = (32, 64, 64)  # fitted AE; len-1 downsamplings (factor 4 here)
-    vae_train_steps: int = 400  # fitting (or decoder fine-tuning) steps; ~3 min on 2 idle CPU cores at 64 px
+    vae_block_channels: tuple[int, ...] = (16, 32)  # fitted AE; len-1 downsamplings (factor 2 here: 64 px -> 32x32)
+    vae_train_steps: int = 2000  # fitting (or decoder fine-tuning) steps
     vae_lr: float = 2e-3  # AdamW peak (5% warm-up, cosine decay)
-    vae_batch_size: int = 8  # more, smaller steps fit faster on CPU
+    vae_batch_size: int = 16
     vae_kl_weight: float = 1e-6
     vae_finetune_decoder: bool = True  # pretrained only: fine-tune the decoder, encoder stays frozen
     vae_layers_per_block: int = 1  # fitted AE: ResNet blocks per resolution (diffusers `layers_per_block`)
-    vae_mid_attention: bool = False  # fitted AE: self-attention in the mid block (costly on CPU, little gain at 16x16)
+    vae_mid_attention: bool = False  # fitted AE: self-attention in the mid block (costly on CPU)
     vae_seed: int = 0  # init, batch order and posterior noise of the fit
+    vae_ema_decay: float = 0.999  # the saved weights are this EMA of the fit's (0: the last step's weights)
+    vae_crop_size: Optional[int] = 32  # fit on random square crops of this side (aligned to the downsampling); None: whole images
     # --- token encoders (DINOv2) ---
     pretrained: bool = False  # True: load DINOv2 weights from the hub; False: seeded random-feature stand-ins
     image_encoder: str = "vit_giant_patch14_dinov2.lvd142m"  # source image tokens (S x Dr)
@@ -145,6 +147,8 @@ class EncodersConfig:
         _check(len(self.vae_block_channels) >= 1, "encoders.vae_block_channels", "needs at least one block")
         _check(self.shard_images >= 1, "encoders.shard_images", "must be >= 1")
         _check(self.vae_layers_per_block >= 1, "encoders.vae_layers_per_block", "must be >= 1")
+        _check(0.0 <= self.vae_ema_decay < 1.0, "encoders.vae_ema_decay", "must be in [0, 1)")
+        _check(self.vae_crop_size is None or self.vae_crop_size >= 1, "encoders.vae_crop_size", "must be >= 1 or null")
         _check(self.token_input_size % 14 == 0, "encoders.token_input_size", "must be a multiple of the patch size 14")
 
 
@@ -159,8 +163,11 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
     "xmdpt-b/2": dict(depth=12, hidden_size=768, num_heads=12, patch_size=2, **_PAPER_ENCODERS),
     "xmdpt-l/2": dict(depth=24, hidden_size=1024, num_heads=16, patch_size=2, **_PAPER_ENCODERS),
     "xmdpt-xl/2": dict(depth=28, hidden_size=1152, num_heads=16, patch_size=2, **_PAPER_ENCODERS),
-    # CPU-sized: the embedded default (16x16 latents of a 64 px image, 384-wide stand-in tokens)
+    # CPU-sized, 384-wide stand-in tokens. tiny/4 is the embedded default: 32x32x4 latents of a 64 px
+    # image (a 2x autoencoder) in 4x4 patches -> 64 tokens; tiny/2 takes 16x16x4 latents (a 4x one).
     "xmdpt-tiny/2": dict(depth=4, hidden_size=128, num_heads=4, patch_size=2, input_size=16, in_channels=4,
+                         pose_num_tokens=65, pose_token_dim=384, ref_num_tokens=65, ref_token_dim=384),
+    "xmdpt-tiny/4": dict(depth=4, hidden_size=128, num_heads=4, patch_size=4, input_size=32, in_channels=4,
                          pose_num_tokens=65, pose_token_dim=384, ref_num_tokens=65, ref_token_dim=384),
 }
 
@@ -174,10 +181,10 @@ class ModelConfig:
     from here, never from literals in the model.
     """
 
-    preset: str = "xmdpt-tiny/2"  # a key of MODEL_PRESETS, or "" for a fully explicit config
-    input_size: int = 16  # latent side H = W
+    preset: str = "xmdpt-tiny/4"  # a key of MODEL_PRESETS, or "" for a fully explicit config
+    input_size: int = 32  # latent side H = W
     in_channels: int = 4  # latent channels C
-    patch_size: int = 2
+    patch_size: int = 4
     hidden_size: int = 128
     depth: int = 4
     num_heads: int = 4

@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 from PIL import Image
 
 from xmdpt.config import XMDPTConfig
@@ -98,3 +99,41 @@ def test_autoencoder_without_validated_images_is_a_clear_error(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="validate/manifest.json"):
         fit_autoencoder(tiny_config(tmp_path))
+
+
+def test_fit_on_crops_feeds_aligned_windows_and_rejects_misaligned_crops():
+    from xmdpt.config import EncodersConfig
+    from xmdpt.encoders.vae import _train_steps, build_fitted_vae
+
+    enc = EncodersConfig(vae_block_channels=(8, 16), vae_train_steps=4, vae_batch_size=2, vae_crop_size=8)
+    vae = build_fitted_vae(enc, 32)
+    train = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    seen = []
+    vae.encoder.register_forward_hook(lambda mod, args, out: seen.append(tuple(args[0].shape)))
+    last = _train_steps(vae, list(vae.parameters()), train, enc, encoder_frozen=False, seed=0)
+    assert seen == [(2, 3, 8, 8)] * 4 and np.isfinite(last["loss"])  # every step sees an 8x8 window
+    with pytest.raises(ValueError, match="vae_crop_size=7 is not a multiple"):
+        _train_steps(vae, list(vae.parameters()), train, enc.__class__(vae_block_channels=(8, 16), vae_crop_size=7),
+                     encoder_frozen=False, seed=0)
+
+
+def test_fit_keeps_the_ema_weights():
+    from xmdpt.config import EncodersConfig
+    from xmdpt.encoders.vae import _train_steps, build_fitted_vae
+    from xmdpt.training.ema import EMA
+
+    train = np.random.default_rng(0).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+    out = {}
+    for decay in (0.0, 0.9):
+        enc = EncodersConfig(vae_block_channels=(8, 16), vae_train_steps=6, vae_batch_size=2, vae_ema_decay=decay)
+        torch.manual_seed(0)
+        vae = build_fitted_vae(enc, 16)
+        init = {k: v.clone() for k, v in vae.state_dict().items()}
+        _train_steps(vae, list(vae.parameters()), train, enc, encoder_frozen=False, seed=0)
+        out[decay] = (init, vae.state_dict())
+    (init, raw), (init_b, averaged) = out[0.0], out[0.9]
+    w = "decoder.conv_out.weight"
+    assert torch.equal(init[w], init_b[w]) and not torch.equal(raw[w], averaged[w])
+    # the average lies between the start and the last step's weights, closer to the start than the raw fit
+    assert (averaged[w] - init[w]).norm() < (raw[w] - init[w]).norm()
+    assert EMA(vae, 0.9).current_decay() == min(0.9, 1 / 10)  # the warm-up the fit uses

@@ -7,8 +7,9 @@ Two sources (``encoders.vae``):
   encoder stays frozen, so cached latents stay valid. Needs the model hub.
 - ``fitted`` — the offline embedded default: a small ``AutoencoderKL`` built from
   ``encoders.vae_block_channels`` / ``latent_channels`` (downsampling ``2**(len(blocks) - 1)``:
-  64 px -> 16x16x4 by default) and fitted from scratch on the train split and its flips, with
-  loss ``L1 + MSE + kl_weight * KL``.
+  64 px -> 32x32x4 by default) and fitted from scratch on the train split and its flips, on random
+  ``encoders.vae_crop_size`` crops (the network is fully convolutional; crops make a step 4x cheaper
+  at 64 px), with loss ``L1 + MSE + kl_weight * KL``.
 
 Either way the stage measures reconstruction quality on held-out (test split) images — PSNR and
 SSIM of the decoded posterior mean — and saves the weights as safetensors
@@ -266,8 +267,15 @@ def vae_params(enc: EncodersConfig) -> dict[str, Any]:
 
 def _train_steps(vae, trainable, train_u8: np.ndarray, enc: EncodersConfig, *, encoder_frozen: bool,
                  seed: int) -> dict[str, float]:
-    """Minimise ``L1 + MSE + kl_weight * KL`` on random flipped crops of the train images."""
+    """Minimise ``L1 + MSE + kl_weight * KL`` on random flipped crops of the train images.
+
+    Runs on the device ``vae`` is on; ``train_u8`` stays uint8 on the host and only each batch is
+    converted. With ``encoders.vae_ema_decay > 0`` the weights left in ``vae`` at the end are the
+    exponential moving average (with the warm-up of :class:`xmdpt.training.ema.EMA`).
+    """
     from tqdm.auto import tqdm
+
+    from xmdpt.training.ema import EMA
 
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(trainable, lr=enc.vae_lr, weight_decay=0.0)
@@ -275,21 +283,32 @@ def _train_steps(vae, trainable, train_u8: np.ndarray, enc: EncodersConfig, *, e
     warmup = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
-    images = from_uint8(train_u8)  # (N, 3, H, W)
+    device = next(vae.parameters()).device
+    H, W = train_u8.shape[1:3]
+    crop = enc.vae_crop_size if enc.vae_crop_size and enc.vae_crop_size < min(H, W) else None
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    if crop and crop % factor:
+        raise ValueError(f"encoders.vae_crop_size={crop} is not a multiple of the autoencoder's downsampling factor {factor}")
+    ema = EMA(vae, enc.vae_ema_decay) if enc.vae_ema_decay > 0 else None
     vae.train()
     last = {}
     bar = tqdm(range(steps), desc=f"autoencoder ({'decoder' if encoder_frozen else 'fit'})", mininterval=2.0)
     for step in bar:
-        idx = torch.randint(len(images), (enc.vae_batch_size,), generator=gen)
-        x = images[idx]  # (B, 3, H, W)
+        idx = torch.randint(len(train_u8), (enc.vae_batch_size,), generator=gen)
+        x = from_uint8(train_u8[idx.numpy()])  # (B, 3, H, W)
         flip = torch.rand(len(x), generator=gen) < 0.5
         x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        if crop:  # one random window per step, on the latent grid (the codec is fully convolutional)
+            top = int(torch.randint((H - crop) // factor + 1, (1,), generator=gen)) * factor
+            left = int(torch.randint((W - crop) // factor + 1, (1,), generator=gen)) * factor
+            x = x[:, :, top:top + crop, left:left + crop]  # (B, 3, crop, crop)
+        x = x.to(device)
         if encoder_frozen:
             with torch.no_grad():
                 posterior = vae.encode(x).latent_dist
         else:
             posterior = vae.encode(x).latent_dist
-        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen)  # (B, C, h, w)
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen).to(device)  # (B, C, h, w)
         rec = vae.decode(z).sample  # (B, 3, H, W)
         l1 = (rec - x).abs().mean()
         mse = ((rec - x) ** 2).mean()
@@ -299,9 +318,13 @@ def _train_steps(vae, trainable, train_u8: np.ndarray, enc: EncodersConfig, *, e
         loss.backward()
         opt.step()
         sched.step()
+        if ema is not None:
+            ema.update(vae)
         last = {"loss": loss.item(), "l1": l1.item(), "mse": mse.item(), "kl": kl.item()}
         if step % 25 == 0:
             bar.set_postfix(loss=f"{last['loss']:.4f}")
+    if ema is not None:
+        ema.copy_to(vae)
     vae.eval()
     return last
 
@@ -313,7 +336,7 @@ def estimate_latent_scale(codec: LatentCodec, images_u8: np.ndarray, seed: int =
     samples = []
     for i in range(0, len(images_u8), batch_size):
         mean, std = codec.encode(from_uint8(images_u8[i:i + batch_size]))
-        samples.append((mean + std * torch.randn(mean.shape, generator=gen)).flatten())
+        samples.append((mean + std * torch.randn(mean.shape, generator=gen).to(mean.device)).flatten().cpu())
     z = torch.cat(samples)
     return float(1.0 / z.float().std())
 
@@ -377,8 +400,10 @@ def fit_autoencoder(cfg: XMDPTConfig, validate_manifest: Optional[dict[str, Any]
             vae.quant_conv.requires_grad_(False)
         trainable = [p for p in vae.parameters() if p.requires_grad] if enc.vae_finetune_decoder else []
         frozen_encoder = True
-    logger.info("autoencoder (%s): %.2fM parameters, %d trainable steps", enc.vae,
-                sum(p.numel() for p in vae.parameters()) / 1e6, enc.vae_train_steps if trainable else 0)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    vae.to(device)
+    logger.info("autoencoder (%s): %.2fM parameters, %d trainable steps on %s", enc.vae,
+                sum(p.numel() for p in vae.parameters()) / 1e6, enc.vae_train_steps if trainable else 0, device)
     t0 = time.perf_counter()
     last = {}
     if trainable and enc.vae_train_steps > 0:
@@ -390,8 +415,8 @@ def fit_autoencoder(cfg: XMDPTConfig, validate_manifest: Optional[dict[str, Any]
     elif enc.vae == "pretrained":
         scale = float(vae.config.scaling_factor)
     else:
-        scale = estimate_latent_scale(LatentCodec(vae, 1.0, source=enc.vae), train_u8, seed=enc.vae_seed)
-    codec = LatentCodec(vae, scale, source=enc.vae)
+        scale = estimate_latent_scale(LatentCodec(vae, 1.0, source=enc.vae, device=device), train_u8, seed=enc.vae_seed)
+    codec = LatentCodec(vae, scale, source=enc.vae, device=device)
 
     recons = reconstruct(codec, test_u8)
     metrics = {
