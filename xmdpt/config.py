@@ -76,7 +76,7 @@ class DataConfig:
     """Dataset layout, the synthetic generator and pose extraction."""
 
     layout: str = "auto"  # auto | gfla (PATN/GFLA csv) | pidm (PIDM/X-MDPT txt) | inshop (raw tree)
-    synth_identities: int = 40  # identities written by the `synth` stage
+    synth_identities: int = 80  # identities written by the `synth` stage
     synth_seed: int = 0
     synth_test_fraction: float = 0.2  # share of identities held out (disjoint from train)
     image_size: int = 64  # square side the model sees (the authors squash 256x176 -> 256x256)
@@ -290,7 +290,7 @@ class SampleConfig:
 class EvaluateConfig:
     """Evaluation (PIDM protocol where backbone weights exist, synthetic-benchmark metrics otherwise)."""
 
-    max_pairs: Optional[int] = None  # None: every test pair
+    max_pairs: Optional[int] = 160  # evenly spaced over the sorted test pairs; None: every test pair
     batch_size: int = 16
     num_actors: int = 1
     eval_size: tuple[int, int] = (256, 176)  # H, W the outputs are resized to before metrics

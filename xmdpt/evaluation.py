@@ -56,7 +56,7 @@ PSNR_CAP = 100.0  # identical images give inf; capped so that means stay finite
 
 
 def load_test_pairs(validate_manifest: dict[str, Any], max_pairs: Optional[int] = None) -> list[dict[str, Any]]:
-    """Test pairs joined with the target keypoints, sorted by pair id.
+    """Test pairs joined with the target keypoints, sorted by pair id; ``max_pairs`` of them evenly spaced.
 
     Returns:
         dicts with ``pair_id, person_id, source_path, target_path, keypoints (18, 2), height, width``
@@ -88,7 +88,10 @@ def load_test_pairs(validate_manifest: dict[str, Any], max_pairs: Optional[int] 
         logger.warning("%d test pairs skipped: source or target image not in the validated poses table", missing)
     if not rows:
         raise ValueError(f"{pairs_uri}: no test pairs with validated images")
-    return rows[:max_pairs] if max_pairs else rows
+    if not max_pairs or max_pairs >= len(rows):
+        return rows
+    # evenly spaced over the sorted pairs, so that a cap still covers every test identity
+    return [rows[(i * len(rows)) // max_pairs] for i in range(max_pairs)]
 
 
 # ------------------------------------------------------------------------------------------------
