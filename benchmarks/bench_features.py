@@ -1,7 +1,7 @@
 """Feature-cache throughput and size: `python benchmarks/bench_features.py [--images 64] [--actors 1 2]`.
 
 Encodes synthetic DeepFashion-layout images (``xmdpt.data.synth``) with the embedded default
-encoders (fitted-architecture VAE, 64 px -> 4x32x32 latents; random-feature stand-in tokens 65 x 384
+encoders (fitted-architecture VAE, 64 px -> 4x16x16 latents; random-feature stand-in tokens 65 x 384
 at 112 px) through the real `features` stage code (Ray Data actor pool), once per actor count, and
 prints images/s (wall time of the stage, actor start-up included), the bytes per image of the
 embedded and of the paper's configuration, and the projection for DeepFashion (~52.7k images).

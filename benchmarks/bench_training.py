@@ -122,7 +122,7 @@ def main() -> None:
     ap.add_argument("--ray-steps", type=int, default=60, help="training steps per worker count (part 2)")
     ap.add_argument("--skip-ray", action="store_true")
     args = ap.parse_args()
-    cfg = XMDPTConfig()  # the embedded default: xmdpt-tiny/4, 64 px, 32x32x4 latents (64 tokens), 65 condition tokens
+    cfg = XMDPTConfig()  # the embedded default: xmdpt-tiny/2, 64 px, 16x16x4 latents (64 tokens), 65 condition tokens
     batch = cfg.train.batch_size_per_worker
     torch.set_num_threads(1)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "

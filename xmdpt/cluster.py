@@ -314,6 +314,17 @@ def _failure_message(info: Any, max_lines: int = 25) -> str:
     return "\n".join(lines) or "no message"
 
 
+def entrypoint_resources(cfg: XMDPTConfig, stage: str) -> dict[str, Optional[float]]:
+    """``entrypoint_num_cpus`` / ``entrypoint_num_gpus`` of the stage's Ray job (None: nothing reserved).
+
+    Stage drivers only orchestrate (their Ray Data / Train work asks for its own resources), except
+    the autoencoder's, which fits the VAE in the driver: it gets ``cluster.autoencoder_num_gpus``.
+    """
+    gpus = cfg.cluster.autoencoder_num_gpus if stage == "autoencoder" and cfg.cluster.autoencoder_num_gpus \
+        else cfg.cluster.entrypoint_num_gpus
+    return {"entrypoint_num_cpus": cfg.cluster.entrypoint_num_cpus or None, "entrypoint_num_gpus": gpus or None}
+
+
 def submit_stage(
     stage: str,
     cfg: XMDPTConfig,
@@ -374,8 +385,7 @@ def submit_stage(
         submission_id=submission_id,
         runtime_env=runtime_env,
         metadata={"xmdpt_stage": stage},
-        entrypoint_num_cpus=cfg.cluster.entrypoint_num_cpus or None,
-        entrypoint_num_gpus=cfg.cluster.entrypoint_num_gpus or None,
+        **entrypoint_resources(cfg, stage),
     )
     timeout = cfg.cluster.timeout_s or None
     deadline = t0 + timeout if timeout else None

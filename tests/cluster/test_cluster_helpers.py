@@ -216,3 +216,14 @@ def test_unreachable_cluster_fails_the_stage_with_the_address(tmp_path, monkeypa
     assert e.value.code == 1
     assert f"stage 'adhoc': cannot reach the Ray Jobs API at http://127.0.0.1:{port}" in caplog.text
     assert not (tmp_path / "data").exists()  # nothing written before the cluster answered
+
+
+def test_only_the_autoencoder_driver_asks_for_its_own_gpus():
+    from xmdpt.cluster import entrypoint_resources
+
+    cfg = XMDPTConfig().replace(cluster={"entrypoint_num_cpus": 1.0, "autoencoder_num_gpus": 1.0})
+    assert entrypoint_resources(cfg, "autoencoder") == {"entrypoint_num_cpus": 1.0, "entrypoint_num_gpus": 1.0}
+    assert entrypoint_resources(cfg, "features") == {"entrypoint_num_cpus": 1.0, "entrypoint_num_gpus": None}
+    assert entrypoint_resources(XMDPTConfig(), "autoencoder") == {"entrypoint_num_cpus": None, "entrypoint_num_gpus": None}
+    profile = load_config(Path(__file__).resolve().parents[2] / "params" / "deepfashion.yaml")
+    assert entrypoint_resources(profile, "autoencoder")["entrypoint_num_gpus"] == 1.0

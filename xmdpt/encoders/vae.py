@@ -7,9 +7,10 @@ Two sources (``encoders.vae``):
   encoder stays frozen, so cached latents stay valid. Needs the model hub.
 - ``fitted`` — the offline embedded default: a small ``AutoencoderKL`` built from
   ``encoders.vae_block_channels`` / ``latent_channels`` (downsampling ``2**(len(blocks) - 1)``:
-  64 px -> 32x32x4 by default) and fitted from scratch on the train split and its flips, on random
+  64 px -> 16x16x4 by default) and fitted from scratch on the train split and its flips, on random
   ``encoders.vae_crop_size`` crops (the network is fully convolutional; crops make a step 4x cheaper
-  at 64 px), with loss ``L1 + MSE + kl_weight * KL``.
+  at 64 px), with loss ``MSE + l1_weight * L1 + kl_weight * KL`` (MSE alone by default: it is what
+  PSNR measures).
 
 Either way the stage measures reconstruction quality on held-out (test split) images — PSNR and
 SSIM of the decoded posterior mean — and saves the weights as safetensors
@@ -267,7 +268,7 @@ def vae_params(enc: EncodersConfig) -> dict[str, Any]:
 
 def _train_steps(vae, trainable, train_u8: np.ndarray, enc: EncodersConfig, *, encoder_frozen: bool,
                  seed: int) -> dict[str, float]:
-    """Minimise ``L1 + MSE + kl_weight * KL`` on random flipped crops of the train images.
+    """Minimise ``MSE + l1_weight * L1 + kl_weight * KL`` on random flipped crops of the train images.
 
     Runs on the device ``vae`` is on; ``train_u8`` stays uint8 on the host and only each batch is
     converted. With ``encoders.vae_ema_decay > 0`` the weights left in ``vae`` at the end are the
@@ -313,7 +314,7 @@ def _train_steps(vae, trainable, train_u8: np.ndarray, enc: EncodersConfig, *, e
         l1 = (rec - x).abs().mean()
         mse = ((rec - x) ** 2).mean()
         kl = posterior.kl().mean() / posterior.mean[0].numel()  # per latent element
-        loss = l1 + mse + (0.0 if encoder_frozen else enc.vae_kl_weight) * kl
+        loss = mse + enc.vae_l1_weight * l1 + (0.0 if encoder_frozen else enc.vae_kl_weight) * kl
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
