@@ -76,7 +76,7 @@ class DataConfig:
     """Dataset layout, the synthetic generator and pose extraction."""
 
     layout: str = "auto"  # auto | gfla (PATN/GFLA csv) | pidm (PIDM/X-MDPT txt) | inshop (raw tree)
-    synth_identities: int = 80  # identities written by the `synth` stage
+    synth_identities: int = 40  # identities written by the `synth` stage
     synth_seed: int = 0
     synth_test_fraction: float = 0.2  # share of identities held out (disjoint from train)
     image_size: int = 64  # square side the model sees (the authors squash 256x176 -> 256x256)
@@ -113,18 +113,18 @@ class EncodersConfig:
     vae_pretrained_id: str = "stabilityai/sd-vae-ft-mse"
     latent_scale: Optional[float] = None  # None -> computed from data (1 / std of latents); SD VAE: 0.18215
     latent_channels: int = 4
-    vae_block_channels: tuple[int, ...] = (16, 32, 64)  # fitted AE; len-1 downsamplings (factor 4 here: 64 px -> 16x16)
-    vae_train_steps: int = 1200  # fitting (or decoder fine-tuning) steps
+    vae_block_channels: tuple[int, ...] = (32, 64, 64)  # fitted AE; len-1 downsamplings (factor 4 here: 64 px -> 16x16)
+    vae_train_steps: int = 400  # fitting (or decoder fine-tuning) steps
     vae_lr: float = 2e-3  # AdamW peak (5% warm-up, cosine decay)
-    vae_batch_size: int = 16
+    vae_batch_size: int = 8
     vae_kl_weight: float = 1e-6
-    vae_l1_weight: float = 0.0  # loss = MSE + l1_weight * L1 + kl_weight * KL (MSE alone fits PSNR best: +1.3 dB at 2000 steps)
+    vae_l1_weight: float = 1.0  # loss = MSE + l1_weight * L1 + kl_weight * KL (0 fits PSNR best: +1.3 dB, see BENCHMARKS.md)
     vae_finetune_decoder: bool = True  # pretrained only: fine-tune the decoder, encoder stays frozen
     vae_layers_per_block: int = 1  # fitted AE: ResNet blocks per resolution (diffusers `layers_per_block`)
     vae_mid_attention: bool = False  # fitted AE: self-attention in the mid block (costly on CPU)
     vae_seed: int = 0  # init, batch order and posterior noise of the fit
-    vae_ema_decay: float = 0.999  # the saved weights are this EMA of the fit's (0: the last step's weights)
-    vae_crop_size: Optional[int] = 32  # fit on random square crops of this side (aligned to the downsampling); None: whole images
+    vae_ema_decay: float = 0.0  # > 0: the saved weights are this EMA of the fit's (0: the last step's weights)
+    vae_crop_size: Optional[int] = None  # fit on random square crops of this side (aligned to the downsampling); None: whole images
     # --- token encoders (DINOv2) ---
     pretrained: bool = False  # True: load DINOv2 weights from the hub; False: seeded random-feature stand-ins
     image_encoder: str = "vit_giant_patch14_dinov2.lvd142m"  # source image tokens (S x Dr)
@@ -294,7 +294,7 @@ class SampleConfig:
 class EvaluateConfig:
     """Evaluation (PIDM protocol where backbone weights exist, synthetic-benchmark metrics otherwise)."""
 
-    max_pairs: Optional[int] = 160  # evenly spaced over the sorted test pairs; None: every test pair
+    max_pairs: Optional[int] = None  # evenly spaced over the sorted test pairs; None: every test pair
     batch_size: int = 16
     num_actors: int = 1
     eval_size: tuple[int, int] = (256, 176)  # H, W the outputs are resized to before metrics

@@ -7,10 +7,10 @@ Two sources (``encoders.vae``):
   encoder stays frozen, so cached latents stay valid. Needs the model hub.
 - ``fitted`` — the offline embedded default: a small ``AutoencoderKL`` built from
   ``encoders.vae_block_channels`` / ``latent_channels`` (downsampling ``2**(len(blocks) - 1)``:
-  64 px -> 16x16x4 by default) and fitted from scratch on the train split and its flips, on random
-  ``encoders.vae_crop_size`` crops (the network is fully convolutional; crops make a step 4x cheaper
-  at 64 px), with loss ``MSE + l1_weight * L1 + kl_weight * KL`` (MSE alone by default: it is what
-  PSNR measures).
+  64 px -> 16x16x4 by default) and fitted from scratch on the train split and its flips (optionally
+  on random ``encoders.vae_crop_size`` crops: the network is fully convolutional, and 32 px crops
+  make a step 4x cheaper at 64 px), with loss ``MSE + l1_weight * L1 + kl_weight * KL``
+  (``l1_weight=0`` fits PSNR best; see ``benchmarks/bench_autoencoder.py``).
 
 Either way the stage measures reconstruction quality on held-out (test split) images — PSNR and
 SSIM of the decoded posterior mean — and saves the weights as safetensors
