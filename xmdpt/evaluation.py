@@ -88,10 +88,17 @@ def load_test_pairs(validate_manifest: dict[str, Any], max_pairs: Optional[int] 
         logger.warning("%d test pairs skipped: source or target image not in the validated poses table", missing)
     if not rows:
         raise ValueError(f"{pairs_uri}: no test pairs with validated images")
-    if not max_pairs or max_pairs >= len(rows):
-        return rows
-    # evenly spaced over the sorted pairs, so that a cap still covers every test identity
-    return [rows[(i * len(rows)) // max_pairs] for i in range(max_pairs)]
+    return evenly_spaced(rows, max_pairs)
+
+
+def evenly_spaced(rows: list, n: Optional[int]) -> list:
+    """``n`` of ``rows`` evenly spaced, first row included, order kept (all of them for ``n`` None or >= len).
+
+    Test pairs are sorted by id, so a cap taken this way still covers every test identity.
+    """
+    if not n or n >= len(rows):
+        return list(rows)
+    return [rows[(i * len(rows)) // n] for i in range(n)]
 
 
 # ------------------------------------------------------------------------------------------------

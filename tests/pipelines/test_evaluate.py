@@ -124,3 +124,13 @@ def test_evaluate_and_register_stages(tmp_path, ray_local, monkeypatch):
     assert np.array_equal(first["image"], second["image"]) and list(first["error"]) == ["", ""]
     other = PairGenerator(manifest["pipeline_local"], str(tmp_path / "data"), {**params["sample"], "seed": 1})(batch)
     assert not np.array_equal(first["image"], other["image"])
+
+
+def test_a_pair_cap_spreads_over_every_identity():
+    from xmdpt.evaluation import evenly_spaced
+
+    rows = [f"id{i // 20:02d}_pair{i % 20:02d}" for i in range(160)]  # 8 identities x 20 pairs, sorted
+    picked = evenly_spaced(rows, 16)
+    assert len(picked) == 16 and picked == sorted(picked) and picked[0] == rows[0]
+    assert {r[:4] for r in picked} == {r[:4] for r in rows}  # every identity, not the first one only
+    assert evenly_spaced(rows, None) == rows and evenly_spaced(rows, 500) == rows
