@@ -48,7 +48,8 @@ DF_IMAGES = 52_712
 DF_TRAIN_REAL = 48_674  # FID reference images (train.lst)
 
 PRESETS = ("xmdpt-s/2", "xmdpt-b/2", "xmdpt-l/2")
-SD_VAE = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4)
+# the sd-vae-ft-mse architecture in the fitted-autoencoder config fields (8x, mid-block attention)
+SD_VAE = dict(vae_block_channels=(128, 256, 512, 512), vae_layers_per_block=2, latent_channels=4, vae_mid_attention=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -110,21 +111,20 @@ def xmdpt_cfg_step_flops(preset: str, batch: int = 1, device: str = "meta") -> i
 
 
 def build_sd_vae(device: str):
-    """The sd-vae-ft-mse architecture (diffusers defaults + its block widths), random init."""
-    from diffusers import AutoencoderKL
+    """The sd-vae-ft-mse architecture, random init, built by the autoencoder stage's own builder."""
+    from xmdpt.config import EncodersConfig
+    from xmdpt.encoders.vae import build_fitted_vae
 
     with torch.device(device):
-        return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
-                             up_block_types=("UpDecoderBlock2D",) * 4, act_fn="silu", norm_num_groups=32,
-                             sample_size=256, **SD_VAE)
+        return build_fitted_vae(EncodersConfig(**SD_VAE), 256)
 
 
 def vae_flops(size: int = 256, device: str = "meta") -> dict[str, int]:
     """Per image at ``size`` px: encode, decode, and one decoder fine-tune sample (the autoencoder stage:
-    frozen encoder without grad, decoder forward + backward on L1 + MSE, as ``_train_steps``)."""
+    frozen encoder without grad, decoder forward + backward on the reconstruction loss, as ``_train_steps``)."""
     vae = build_sd_vae(device)
     x = torch.randn(1, 3, size, size, device=device)
-    z = torch.randn(1, SD_VAE["latent_channels"], size // 8, size // 8, device=device)
+    z = torch.randn(1, vae.config.latent_channels, size // 8, size // 8, device=device)
     with torch.no_grad():
         encode = count_flops(lambda: vae.encode(x).latent_dist.mean)
         decode = count_flops(lambda: vae.decode(z).sample)
