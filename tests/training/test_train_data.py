@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -86,3 +88,29 @@ def test_join_matches_feature_rows_and_counts_missing(ray_local, tmp_path, write
     batch["target_latent_mean"][3] = b"\x00" * 10
     with pytest.raises(TrainDataError, match=rf"{rows[3]['example_key']}.*target_latent_mean has 10 bytes"):
         Collate(spec)(batch)
+
+
+def test_join_refuses_a_feature_shard_with_damaged_page_bytes(fixture_cache):
+    """The features stage writes a CRC32 per page; zeroed tensor bytes fail the join with the shard
+    named, where a plain read would hand wrong latents to training."""
+    from xmdpt.encoders.features import _write_atomic
+    from xmdpt.storage import filesystem
+    from xmdpt.training.data import _JoinFeatures
+
+    uri = fixture_cache["features"]["tables"]["features"]["uri"]
+    shard = next(p for p in Path(uri).iterdir() if p.suffix == ".parquet")
+    table = pq.read_table(shard)
+    fs, _ = filesystem(str(shard))
+    _write_atomic(fs, table, str(shard))  # the stage's own writer
+    meta = pq.ParquetFile(shard).metadata
+    names = [meta.row_group(0).column(i).path_in_schema.split(".")[0] for i in range(meta.num_columns)]
+    chunk = meta.row_group(0).column(names.index(schema.LATENT_MEAN))
+    end = (chunk.dictionary_page_offset or chunk.data_page_offset) + chunk.total_compressed_size
+    data = bytearray(shard.read_bytes())
+    data[end - 8:end] = bytes(8)
+    shard.write_bytes(bytes(data))
+
+    examples = train_examples(fixture_cache["validate"]["tables"]["pairs"]["uri"], add_reversed=True)
+    with pytest.raises(TrainDataError, match=r"damaged feature shard") as err:
+        _JoinFeatures(uri)(examples)
+    assert uri in str(err.value) and "dvc repro -f features" in str(err.value)

@@ -201,7 +201,7 @@ def _readable_rows(fs, path: str) -> Optional[int]:
 def _write_atomic(fs, table: pa.Table, path: str) -> None:
     tmp = f"{path}.tmp"
     with fs.open(tmp, "wb") as f:
-        pq.write_table(table, f, compression="zstd")
+        pq.write_table(table, f, compression="zstd", write_page_checksum=True)  # a CRC32 per page, verified by the training join
     fs.mv(tmp, path)
 
 

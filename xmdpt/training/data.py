@@ -197,12 +197,20 @@ class _JoinFeatures:
 
     def __init__(self, features_uri: str):
         fs, path = storage.filesystem(features_uri)
-        self.features = pads.dataset(path, filesystem=fs, format="parquet")
+        # the shards carry a CRC32 per page: damaged bytes fail the read instead of becoming wrong tensors
+        fmt = pads.ParquetFileFormat(
+            default_fragment_scan_options=pads.ParquetFragmentScanOptions(page_checksum_verification=True))
+        self.features_uri = features_uri
+        self.features = pads.dataset(path, filesystem=fs, format=fmt)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         paths = sorted(set(batch[TARGET_PATH].to_pylist()) | set(batch[SOURCE_PATH].to_pylist()))
         cols = [schema.IMAGE_PATH, FLIP, *self._TARGET, schema.IMAGE_TOKENS]
-        feats = self.features.to_table(columns=cols, filter=pc.field(schema.IMAGE_PATH).isin(paths))
+        try:
+            feats = self.features.to_table(columns=cols, filter=pc.field(schema.IMAGE_PATH).isin(paths))
+        except (OSError, pa.ArrowInvalid) as e:  # a checksum mismatch or a truncated shard names its file
+            raise TrainDataError(f"{self.features_uri}: damaged feature shard ({e}); rerun the features "
+                                 "stage (`dvc repro -f features`)") from e
         index = {(p, bool(f)): i for i, (p, f) in enumerate(zip(feats[schema.IMAGE_PATH].to_pylist(),
                                                                 feats[FLIP].to_pylist()))}
         keep, t_idx, s_idx = [], [], []
