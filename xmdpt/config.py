@@ -125,6 +125,7 @@ class EncodersConfig:
     vae_seed: int = 0  # init, batch order and posterior noise of the fit
     vae_ema_decay: float = 0.0  # > 0: the saved weights are this EMA of the fit's (0: the last step's weights)
     vae_crop_size: Optional[int] = None  # fit on random square crops of this side (aligned to the downsampling); None: whole images
+    vae_standardize_latents: bool = True  # fitted AE: fold per-channel mean/std of the latents into its 1x1 convs (exact; see vae.standardize_latent_channels)
     # --- token encoders (DINOv2) ---
     pretrained: bool = False  # True: load DINOv2 weights from the hub; False: seeded random-feature stand-ins
     image_encoder: str = "vit_giant_patch14_dinov2.lvd142m"  # source image tokens (S x Dr)
@@ -242,6 +243,7 @@ class TrainConfig:
     warmup_steps: int = 50  # linear LR warm-up from 0 (the authors: none, constant LR)
     weight_decay: float = 0.0
     grad_clip_norm: Optional[float] = 1.0  # null: no clipping (as the authors); 1.0 keeps the high-lr default stable
+    min_snr_gamma: Optional[float] = None  # null: unweighted eps-MSE (the paper); gamma: Min-SNR-gamma weighting
     ema_decay: float = 0.995  # ~200-step horizon for a 400-step run (the authors: 0.9999 over 300k steps)
     cond_drop_prob: float = 0.1  # CFG dropout: share of samples trained with the null (zero) condition
     swap_prob: float = 0.5  # > 0: reversed pairs are rows of the training table (see xmdpt.training.data)
@@ -269,6 +271,7 @@ class TrainConfig:
         _check(self.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
         _check(self.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
         _check(self.grad_clip_norm is None or self.grad_clip_norm > 0, "train.grad_clip_norm", "must be > 0 or null")
+        _check(self.min_snr_gamma is None or self.min_snr_gamma > 0, "train.min_snr_gamma", "must be > 0 or null")
 
 
 @dataclass(frozen=True)

@@ -148,3 +148,31 @@ def test_flip_augmentation_swaps_left_and_right_before_rendering():
     assert (k1[0] == -1).all()
     # colours follow the body side: the mirrored skeleton is NOT the flipped skeleton image
     assert sk1.any() and not np.array_equal(sk1, sk0[:, ::-1])
+
+
+def test_standardize_latent_channels_is_exact_and_whitens_each_channel():
+    """Folding per-channel mean/std into the 1x1 convs changes the latent coordinates only:
+    reconstructions stay the same, each channel's posterior samples become mean 0 / std 1."""
+    from xmdpt.encoders.vae import from_uint8, standardize_latent_channels
+
+    torch.manual_seed(0)
+    vae = build_fitted_vae(EncodersConfig(vae_block_channels=(8, 16)), image_size=32).eval()
+    with torch.no_grad():  # a fitted-like posterior: small std, channel means far from 0 and unequal spreads
+        vae.quant_conv.bias[4:] = -6.0
+        vae.quant_conv.bias[:4] += torch.tensor([2.0, -1.0, 0.5, -3.0])
+        vae.quant_conv.weight[:4] *= torch.tensor([3.0, 0.5, 1.0, 2.0]).view(4, 1, 1, 1)
+    images = np.random.default_rng(0).integers(0, 256, (24, 32, 32, 3), dtype=np.uint8)
+    codec = LatentCodec(vae, 1.0, source="fitted")
+    mean0, std0 = codec.encode(from_uint8(images))
+    recon0 = codec.decode(mean0)
+    assert mean0.mean(dim=(0, 2, 3)).abs().max() > 0.5  # not already standardised
+
+    stats = standardize_latent_channels(vae, images)
+    mean1, std1 = codec.encode(from_uint8(images))
+    torch.testing.assert_close(codec.decode(mean1), recon0, atol=1e-4, rtol=0)
+    sd = torch.tensor(stats["std"]).view(1, 4, 1, 1)
+    torch.testing.assert_close(mean1 * sd + torch.tensor(stats["mean"]).view(1, 4, 1, 1), mean0, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(std1 * sd, std0, atol=1e-5, rtol=1e-4)
+    sample = mean1 + std1 * torch.randn(mean1.shape, generator=torch.Generator().manual_seed(0))
+    assert sample.mean(dim=(0, 2, 3)).abs().max() < 0.05
+    assert (sample.std(dim=(0, 2, 3)) - 1).abs().max() < 0.05

@@ -115,3 +115,25 @@ def test_sampling_passes_per_guidance_scale(model, inputs):
     guided_one = sample(model, diffusion, _cond(inputs), SampleConfig(num_steps=3, cfg_scale=1.0 + 1e-12),
                         generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(cond_only, guided_one, rtol=1e-4, atol=1e-4)
+
+
+def test_min_snr_weighting_scales_only_the_low_noise_eps_mse(model, cfg, inputs):
+    from xmdpt.diffusion.losses import min_snr_weight
+
+    diffusion = GaussianDiffusion.from_config(DiffusionConfig())
+    t = torch.arange(0, 1000, 37)
+    w = min_snr_weight(diffusion, t, 5.0)
+    snr = diffusion.alphas_cumprod[t] / (1 - diffusion.alphas_cumprod[t])
+    assert torch.all(w[snr <= 5] == 1) and torch.all(w[snr > 5] < 1)
+    torch.testing.assert_close(w[snr > 5].double(), 5 / snr[snr > 5], rtol=1e-6, atol=0)
+
+    def losses(gamma):
+        return training_losses(model, diffusion, inputs["x_t"], _cond(inputs), cond_drop_prob=0.0, mask_ratio=0.0,
+                               generator=torch.Generator().manual_seed(3), min_snr_gamma=gamma)
+
+    plain, weighted = losses(None), losses(5.0)
+    # same draws: the vb term is untouched, the eps-MSE is the plain one times w(t) per sample
+    torch.testing.assert_close(weighted["vb"], plain["vb"])
+    t_drawn = torch.randint(0, 1000, (2,), generator=torch.Generator().manual_seed(3))
+    assert weighted["mse"] < plain["mse"] if bool((min_snr_weight(diffusion, t_drawn, 5.0) < 1).any()) \
+        else torch.equal(weighted["mse"], plain["mse"])

@@ -81,7 +81,10 @@ def test_autoencoder_stage_fits_measures_and_reuses(tmp_path):
     grid = np.asarray(Image.open(art / "recon.png"))
     assert grid.shape == (2 * 32, 4 * 32, 3)  # originals over reconstructions
     assert m["source"] == "fitted" and m["latent_shape"] == [4, 16, 16] and list(m["config"]["block_out_channels"]) == [8, 16]
-    assert np.isfinite(m["latent_scale"]) and m["latent_scale"] > 0  # 1 / std of posterior samples
+    # channels standardised by default (exact re-parametrisation), so 1 / std of the samples is ~1
+    assert np.isfinite(m["latent_scale"]) and abs(m["latent_scale"] - 1) < 0.05
+    codec_info = json.loads((Path(m["uri"]) / "codec.json").read_text())
+    assert len(codec_info["standardized_channels"]["mean"]) == 4 and min(codec_info["standardized_channels"]["std"]) > 0
     assert (Path(m["vae_uri"]) / "diffusion_pytorch_model.safetensors").is_file()
 
     codec = LatentCodec.from_manifest(art / "manifest.json")

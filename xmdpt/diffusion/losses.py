@@ -1,8 +1,11 @@
 """Training objective: eps-MSE + the learned-range variational bound, on an unmasked and a masked pass.
 
-Per pass and sample: ``mean((eps - eps_hat)^2) + vb``, where ``vb`` (bits/dim) is
+Per pass and sample: ``w(t) * mean((eps - eps_hat)^2) + vb``, where ``vb`` (bits/dim) is
 KL(q(x_{t-1}|x_t,x_0) || p(x_{t-1}|x_t)) for t > 0 and the discretised-Gaussian decoder NLL at t = 0,
 computed with eps_hat detached so that only the variance channels learn from it (IDDPM's hybrid loss).
+``w(t) = 1`` is the paper's objective; ``min_snr_gamma`` gives Min-SNR-gamma weighting
+(Hang et al., 2023) for eps prediction, ``w(t) = min(SNR(t), gamma) / SNR(t)``, which stops the
+many nearly-clean timesteps from dominating the gradient of a short run.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import torch
 
 from xmdpt.diffusion.gaussian import GaussianDiffusion
 
-__all__ = ["training_losses", "vb_terms", "normal_kl", "discretized_gaussian_log_likelihood"]
+__all__ = ["training_losses", "min_snr_weight", "vb_terms", "normal_kl", "discretized_gaussian_log_likelihood"]
 
 
 def _mean_flat(x: torch.Tensor) -> torch.Tensor:
@@ -60,9 +63,16 @@ def vb_terms(diffusion: GaussianDiffusion, model_output: torch.Tensor, x_0: torc
     return torch.where(t == 0, nll, kl)
 
 
+def min_snr_weight(diffusion: GaussianDiffusion, t: torch.Tensor, gamma: float) -> torch.Tensor:
+    """(N,) Min-SNR-gamma weight of the eps-MSE at timesteps ``t``: ``min(SNR, gamma) / SNR``."""
+    ab = diffusion.alphas_cumprod.to(t.device)[t]  # (N,) float64
+    snr = ab / (1.0 - ab)
+    return (snr.clamp(max=gamma) / snr).float()
+
+
 def _pass_losses(model, diffusion: GaussianDiffusion, x_0: torch.Tensor, t: torch.Tensor, cond: dict,
-                 cond_drop_prob: float, mask_ratio: float, generator: Optional[torch.Generator]
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+                 cond_drop_prob: float, mask_ratio: float, generator: Optional[torch.Generator],
+                 mse_weight: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
     N = x_0.shape[0]
     noise = torch.randn(x_0.shape, device=x_0.device, dtype=x_0.dtype, generator=generator)
     drop_cond = torch.rand(N, device=x_0.device, generator=generator) < cond_drop_prob  # (N,)
@@ -71,12 +81,15 @@ def _pass_losses(model, diffusion: GaussianDiffusion, x_0: torch.Tensor, t: torc
                 mask_ratio=mask_ratio, drop_cond=drop_cond, generator=generator)  # (N, 2C, H, W)
     eps, v = out.float().chunk(2, dim=1)
     mse = _mean_flat((noise.float() - eps) ** 2)  # (N,)
+    if mse_weight is not None:
+        mse = mse * mse_weight
     vb = vb_terms(diffusion, torch.cat([eps.detach(), v], dim=1), x_0.float(), x_t.float(), t)  # (N,)
     return mse.mean(), vb.mean()
 
 
 def training_losses(model, diffusion: GaussianDiffusion, x_0: torch.Tensor, cond: dict, *, cond_drop_prob: float,
-                    mask_ratio: float, generator: Optional[torch.Generator] = None) -> dict[str, torch.Tensor]:
+                    mask_ratio: float, generator: Optional[torch.Generator] = None,
+                    min_snr_gamma: Optional[float] = None) -> dict[str, torch.Tensor]:
     """Losses of one training step: the same t for both passes, independent noise and drop masks.
 
     Args:
@@ -87,6 +100,7 @@ def training_losses(model, diffusion: GaussianDiffusion, x_0: torch.Tensor, cond
         cond_drop_prob: share of samples given the null condition (CFG dropout), per pass.
         mask_ratio: masked pass ratio; 0 skips the masked pass (``loss_masked`` = 0).
         generator: drives t, noise, drop masks and token masks.
+        min_snr_gamma: None (the paper: unweighted eps-MSE) or gamma of the Min-SNR weighting.
     Returns:
         scalars ``loss`` (= loss_unmasked + loss_masked = mse + vb), ``loss_unmasked``, ``loss_masked``,
         ``mse`` and ``vb`` (each summed over the passes).
@@ -96,9 +110,10 @@ def training_losses(model, diffusion: GaussianDiffusion, x_0: torch.Tensor, cond
         raise ValueError(f"cond: missing keys {missing}")
     N = x_0.shape[0]
     t = torch.randint(0, diffusion.num_timesteps, (N,), device=x_0.device, generator=generator)  # (N,)
-    mse_u, vb_u = _pass_losses(model, diffusion, x_0, t, cond, cond_drop_prob, 0.0, generator)
+    w = None if min_snr_gamma is None else min_snr_weight(diffusion, t, min_snr_gamma)  # (N,)
+    mse_u, vb_u = _pass_losses(model, diffusion, x_0, t, cond, cond_drop_prob, 0.0, generator, w)
     if mask_ratio > 0:
-        mse_m, vb_m = _pass_losses(model, diffusion, x_0, t, cond, cond_drop_prob, mask_ratio, generator)
+        mse_m, vb_m = _pass_losses(model, diffusion, x_0, t, cond, cond_drop_prob, mask_ratio, generator, w)
     else:
         mse_m = vb_m = torch.zeros((), device=x_0.device)
     loss_u, loss_m = mse_u + vb_u, mse_m + vb_m

@@ -342,6 +342,50 @@ def estimate_latent_scale(codec: LatentCodec, images_u8: np.ndarray, seed: int =
     return float(1.0 / z.float().std())
 
 
+@torch.no_grad()
+def standardize_latent_channels(vae, images_u8: np.ndarray, seed: int = 0, batch_size: int = 64) -> dict[str, list[float]]:
+    """Re-parametrise a fitted VAE so that each latent channel's posterior samples have mean 0, std 1.
+
+    An exact change of coordinates ``z' = (z - mu_c) / sd_c`` folded into the 1x1 ``quant_conv``
+    (encoder side: the mean rows shift and scale, the log-variance rows shift by ``-2 log sd_c``) and
+    ``post_quant_conv`` (decoder side: ``z = sd_c z' + mu_c``), so reconstructions are unchanged
+    while the diffusion model sees zero-mean, unit-variance channels instead of channels whose means
+    sit near +-1 and whose spreads differ 2x (a single scalar latent scale cannot fix that).
+
+    Args:
+        vae: an ``AutoencoderKL`` with ``quant_conv`` and ``post_quant_conv`` (modified in place).
+        images_u8: (N, H, W, 3) uint8 images the statistics are taken over (the train split).
+    Returns:
+        ``{"mean": [mu_c], "std": [sd_c]}``, the statistics that were folded in (unscaled latents).
+    """
+    if vae.quant_conv is None or vae.post_quant_conv is None:
+        raise ValueError("standardize_latent_channels needs an AutoencoderKL with quant_conv and post_quant_conv")
+    device = next(vae.parameters()).device
+    gen = torch.Generator().manual_seed(seed)
+    samples = []
+    codec = LatentCodec(vae, 1.0, source="fitted", device=device)
+    for i in range(0, len(images_u8), batch_size):
+        mean, std = codec.encode(from_uint8(images_u8[i:i + batch_size]))
+        samples.append((mean + std * torch.randn(mean.shape, generator=gen).to(mean.device)).float().cpu())
+    z = torch.cat(samples)  # (N, C, h, w)
+    mu = z.mean(dim=(0, 2, 3)).double()  # (C,)
+    sd = z.std(dim=(0, 2, 3)).double().clamp_min(1e-6)  # (C,)
+    C = len(mu)
+    q, pq_ = vae.quant_conv, vae.post_quant_conv  # 1x1 convs: (2C, 2C_in) and (C_out, C)
+    w, b = q.weight.double(), q.bias.double()  # (2C, k, 1, 1), (2C,)
+    w[:C] /= sd.view(C, 1, 1, 1)
+    b[:C] = (b[:C] - mu) / sd
+    b[C:] -= 2.0 * torch.log(sd)  # log-variance rows: var' = var / sd^2
+    q.weight.copy_(w.to(q.weight.dtype))
+    q.bias.copy_(b.to(q.bias.dtype))
+    w2, b2 = pq_.weight.double(), pq_.bias.double()  # (C_out, C, 1, 1), (C_out,)
+    b2 += (w2[:, :, 0, 0] * mu.view(1, C)).sum(dim=1)
+    w2 *= sd.view(1, C, 1, 1)
+    pq_.weight.copy_(w2.to(pq_.weight.dtype))
+    pq_.bias.copy_(b2.to(pq_.bias.dtype))
+    return {"mean": [round(float(v), 6) for v in mu], "std": [round(float(v), 6) for v in sd]}
+
+
 def fit_autoencoder(cfg: XMDPTConfig, validate_manifest: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """The `autoencoder` stage: fit (or fine-tune the decoder of) the VAE and measure it.
 
@@ -410,6 +454,12 @@ def fit_autoencoder(cfg: XMDPTConfig, validate_manifest: Optional[dict[str, Any]
     if trainable and enc.vae_train_steps > 0:
         last = _train_steps(vae, trainable, train_u8, enc, encoder_frozen=frozen_encoder, seed=enc.vae_seed)
     fit_seconds = time.perf_counter() - t0
+    standardized = None
+    if enc.vae == "fitted" and enc.vae_standardize_latents:
+        vae.eval()
+        standardized = standardize_latent_channels(vae, train_u8, seed=enc.vae_seed)
+        logger.info("latent channels standardised (unscaled mean %s, std %s folded into the 1x1 convs)",
+                    standardized["mean"], standardized["std"])
 
     if enc.latent_scale is not None:
         scale = enc.latent_scale
@@ -431,7 +481,10 @@ def fit_autoencoder(cfg: XMDPTConfig, validate_manifest: Optional[dict[str, Any]
     }
     logger.info("autoencoder reconstruction: %s", {k: round(v, 4) if isinstance(v, float) else v
                                                    for k, v in metrics.items()})
-    codec.save(prefix, extra={"metrics": metrics, "image_size": size})
+    extra = {"metrics": metrics, "image_size": size}
+    if standardized is not None:
+        extra["standardized_channels"] = standardized
+    codec.save(prefix, extra=extra)
     _write_png(reconstruction_grid(test_u8, recons), join(prefix, RECON_FILE))
     return _manifest(codec, prefix, size, metrics)
 

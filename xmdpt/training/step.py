@@ -66,8 +66,8 @@ def _unwrap(model: nn.Module) -> nn.Module:
 def train_step(model: nn.Module, ema: Any, opt: torch.optim.Optimizer, batch: Mapping[str, torch.Tensor], *,
                diffusion: Any, latent_scale: float, cond_drop_prob: float, mask_ratio: float,
                accum_steps: int = 1, grad_clip_norm: Optional[float] = None, lr: Optional[float] = None,
-               amp_dtype: Optional[torch.dtype] = None, generator: Optional[torch.Generator] = None
-               ) -> dict[str, float]:
+               amp_dtype: Optional[torch.dtype] = None, generator: Optional[torch.Generator] = None,
+               min_snr_gamma: Optional[float] = None) -> dict[str, float]:
     """One optimizer step over ``batch`` (split into ``accum_steps`` micro-batches).
 
     Args:
@@ -84,6 +84,7 @@ def train_step(model: nn.Module, ema: Any, opt: torch.optim.Optimizer, batch: Ma
         grad_clip_norm: clip the global gradient norm to this (None: no clipping).
         amp_dtype: autocast dtype (``torch.bfloat16``) or None for fp32.
         generator: drives posterior samples, t, noise, condition drops and token masks.
+        min_snr_gamma: Min-SNR-gamma weighting of the eps-MSE (None: unweighted, as the paper).
 
     Returns:
         Floats: the loss terms averaged over micro-batches (``loss``, ``loss_unmasked``,
@@ -109,7 +110,8 @@ def train_step(model: nn.Module, ema: Any, opt: torch.optim.Optimizer, batch: Ma
                    else contextlib.nullcontext())
             with amp:
                 losses = training_losses(model, diffusion, x_0, cond, cond_drop_prob=cond_drop_prob,
-                                         mask_ratio=mask_ratio, generator=generator)
+                                         mask_ratio=mask_ratio, generator=generator,
+                                         min_snr_gamma=min_snr_gamma)
             (losses["loss"] / len(chunks)).backward()
         for k in LOSS_KEYS:
             totals[k] += float(losses[k].detach()) / len(chunks)
