@@ -216,6 +216,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         torch.set_num_threads(max(1, round(tc.cpus_per_worker)))
     torch.manual_seed(tc.seed)  # identical initial weights on every rank
     model = XMDPT(cfg.model).to(device)
+    if cfg.model.mask_ratio == 0:  # no masked pass: MIPNet gets no gradient, and DDP must not wait for one
+        model.mipnet.requires_grad_(False)
     ema = EMA(model, tc.ema_decay)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     diffusion = GaussianDiffusion.from_config(cfg.diffusion)
