@@ -167,9 +167,9 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
     "xmdpt-b/2": dict(depth=12, hidden_size=768, num_heads=12, patch_size=2, **_PAPER_ENCODERS),
     "xmdpt-l/2": dict(depth=24, hidden_size=1024, num_heads=16, patch_size=2, **_PAPER_ENCODERS),
     "xmdpt-xl/2": dict(depth=28, hidden_size=1152, num_heads=16, patch_size=2, **_PAPER_ENCODERS),
-    # CPU-sized, 384-wide stand-in tokens. tiny/2 is the embedded default: 16x16x4 latents of a 64 px
-    # image (a 4x autoencoder) in 2x2 patches -> 64 tokens; tiny/4 takes the 32x32x4 latents of a 2x
-    # autoencoder at the same cost (64 tokens).
+    # CPU-sized, 384-wide stand-in tokens. tiny/2: 16x16x4 latents of a 64 px image (a 4x autoencoder)
+    # in 2x2 patches -> 64 tokens; tiny/4 (the embedded default in params.yaml) takes the 32x32x4
+    # latents of a 2x autoencoder at the same token count.
     "xmdpt-tiny/2": dict(depth=4, hidden_size=128, num_heads=4, patch_size=2, input_size=16, in_channels=4,
                          pose_num_tokens=65, pose_token_dim=384, ref_num_tokens=65, ref_token_dim=384),
     "xmdpt-tiny/4": dict(depth=4, hidden_size=128, num_heads=4, patch_size=4, input_size=32, in_channels=4,
@@ -238,8 +238,8 @@ class TrainConfig:
     cpus_per_worker: float = 0.5
     batch_size_per_worker: int = 16  # rows per worker and micro-batch (x grad_accum_steps per optimizer step)
     grad_accum_steps: int = 1
-    max_steps: int = 400  # embedded default: ~6 min with 2 CPU workers (the paper: 300k-800k)
-    lr: float = 5e-4  # embedded default: the tiny model needs more than the paper's 1e-4 to learn in 400 steps
+    max_steps: int = 400  # params.yaml's embedded default: 800 (~4.5 min with 2 CPU workers); the paper: 300k-800k
+    lr: float = 5e-4  # params.yaml's embedded default: 4e-3 (the tiny model learns far faster than at the paper's 1e-4)
     warmup_steps: int = 50  # linear LR warm-up from 0 (the authors: none, constant LR)
     weight_decay: float = 0.0
     grad_clip_norm: Optional[float] = 1.0  # null: no clipping (as the authors); 1.0 keeps the high-lr default stable
