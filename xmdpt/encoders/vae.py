@@ -331,15 +331,19 @@ def _train_steps(vae, trainable, train_u8: np.ndarray, enc: EncodersConfig, *, e
 
 
 @torch.no_grad()
-def estimate_latent_scale(codec: LatentCodec, images_u8: np.ndarray, seed: int = 0, batch_size: int = 64) -> float:
-    """``1 / std`` of posterior samples ``z ~ N(mean, std^2)`` over the given images."""
+def posterior_samples(codec: LatentCodec, images_u8: np.ndarray, seed: int = 0, batch_size: int = 64) -> torch.Tensor:
+    """(N, C, h, w) float32 CPU samples ``z ~ N(mean, std^2)`` of the unscaled posteriors of the images."""
     gen = torch.Generator().manual_seed(seed)
     samples = []
     for i in range(0, len(images_u8), batch_size):
         mean, std = codec.encode(from_uint8(images_u8[i:i + batch_size]))
-        samples.append((mean + std * torch.randn(mean.shape, generator=gen).to(mean.device)).flatten().cpu())
-    z = torch.cat(samples)
-    return float(1.0 / z.float().std())
+        samples.append((mean + std * torch.randn(mean.shape, generator=gen).to(mean.device)).float().cpu())
+    return torch.cat(samples)
+
+
+def estimate_latent_scale(codec: LatentCodec, images_u8: np.ndarray, seed: int = 0, batch_size: int = 64) -> float:
+    """``1 / std`` of posterior samples ``z ~ N(mean, std^2)`` over the given images."""
+    return float(1.0 / posterior_samples(codec, images_u8, seed, batch_size).flatten().std())
 
 
 @torch.no_grad()
@@ -361,14 +365,8 @@ def standardize_latent_channels(vae, images_u8: np.ndarray, seed: int = 0, batch
     """
     if vae.quant_conv is None or vae.post_quant_conv is None:
         raise ValueError("standardize_latent_channels needs an AutoencoderKL with quant_conv and post_quant_conv")
-    device = next(vae.parameters()).device
-    gen = torch.Generator().manual_seed(seed)
-    samples = []
-    codec = LatentCodec(vae, 1.0, source="fitted", device=device)
-    for i in range(0, len(images_u8), batch_size):
-        mean, std = codec.encode(from_uint8(images_u8[i:i + batch_size]))
-        samples.append((mean + std * torch.randn(mean.shape, generator=gen).to(mean.device)).float().cpu())
-    z = torch.cat(samples)  # (N, C, h, w)
+    codec = LatentCodec(vae, 1.0, source="fitted", device=next(vae.parameters()).device)
+    z = posterior_samples(codec, images_u8, seed, batch_size)  # (N, C, h, w)
     mu = z.mean(dim=(0, 2, 3)).double()  # (C,)
     sd = z.std(dim=(0, 2, 3)).double().clamp_min(1e-6)  # (C,)
     C = len(mu)
