@@ -1,8 +1,8 @@
 """Feature-cache throughput and size: `python benchmarks/bench_features.py [--images 64] [--actors 1 2]`.
 
-Encodes synthetic DeepFashion-layout images (``xmdpt.data.synth``) with the embedded default
-encoders (fitted-architecture VAE, 64 px -> 4x16x16 latents; random-feature stand-in tokens 65 x 384
-at 112 px) through the real `features` stage code (Ray Data actor pool), once per actor count, and
+Encodes synthetic DeepFashion-layout images (``xmdpt.data.synth``) with the embedded default's
+encoders as ``params.yaml`` sets them (fitted-architecture VAE, 64 px -> 4x32x32 latents; random-
+feature stand-in tokens 65 x 384 at 112 px) through the real `features` stage code (Ray Data actor pool), once per actor count, and
 prints images/s (wall time of the stage, actor start-up included), the bytes per image of the
 embedded and of the paper's configuration, and the projection for DeepFashion (~52.7k images).
 """
@@ -22,9 +22,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from xmdpt.config import XMDPTConfig
+from xmdpt.config import load_config
 from xmdpt.data import schema
 
+REPO = Path(__file__).resolve().parents[1]
 DEEPFASHION_IMAGES = 52_712  # In-shop images used by the pose-transfer splits (~52.7k)
 FP16 = 2
 
@@ -71,7 +72,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         validate = make_fixture(root, args.images)
-        base = XMDPTConfig().replace(paths={"dataset_root": str(root / "data"), "storage_root": str(root / "store0"),
+        base = load_config(REPO / "params.yaml").replace(paths={"dataset_root": str(root / "data"), "storage_root": str(root / "store0"),
                                             "artifacts_dir": str(root / "artifacts")},
                                      encoders={"vae_train_steps": 1})  # weights do not change the encoding cost
         ae = fit_autoencoder(base, validate)
