@@ -32,7 +32,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 import torch  # noqa: E402
 
-from xmdpt.config import XMDPTConfig  # noqa: E402
+from xmdpt.config import XMDPTConfig, load_config  # noqa: E402
 
 
 def _timed_steps(fn, steps: int) -> float:
@@ -122,7 +122,8 @@ def main() -> None:
     ap.add_argument("--ray-steps", type=int, default=60, help="training steps per worker count (part 2)")
     ap.add_argument("--skip-ray", action="store_true")
     args = ap.parse_args()
-    cfg = XMDPTConfig()  # the embedded default: xmdpt-tiny/2, 64 px, 16x16x4 latents (64 tokens), 65 condition tokens
+    # the embedded default as params.yaml sets it (xmdpt-tiny/4 on 32x32x4 latents, 64 tokens, 65 condition tokens)
+    cfg = load_config(Path(__file__).resolve().parents[1] / "params.yaml")
     batch = cfg.train.batch_size_per_worker
     torch.set_num_threads(1)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
