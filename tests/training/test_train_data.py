@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from parquet_damage import zero_inside_a_page
 
 from xmdpt.config import ModelConfig
 from xmdpt.data import schema
@@ -102,13 +103,7 @@ def test_join_refuses_a_feature_shard_with_damaged_page_bytes(fixture_cache):
     table = pq.read_table(shard)
     fs, _ = filesystem(str(shard))
     _write_atomic(fs, table, str(shard))  # the stage's own writer
-    meta = pq.ParquetFile(shard).metadata
-    names = [meta.row_group(0).column(i).path_in_schema.split(".")[0] for i in range(meta.num_columns)]
-    chunk = meta.row_group(0).column(names.index(schema.LATENT_MEAN))
-    end = (chunk.dictionary_page_offset or chunk.data_page_offset) + chunk.total_compressed_size
-    data = bytearray(shard.read_bytes())
-    data[end - 8:end] = bytes(8)
-    shard.write_bytes(bytes(data))
+    zero_inside_a_page(shard, schema.LATENT_MEAN)
 
     examples = train_examples(fixture_cache["validate"]["tables"]["pairs"]["uri"], add_reversed=True)
     with pytest.raises(TrainDataError, match=r"damaged feature shard") as err:
