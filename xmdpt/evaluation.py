@@ -37,7 +37,7 @@ import numpy as np
 from xmdpt.config import XMDPTConfig
 from xmdpt.data import schema
 from xmdpt.metrics.image import psnr, resize_for_eval, ssim, ssim_256
-from xmdpt.metrics.synthetic import part_colour_error, silhouette_iou, view_consistency
+from xmdpt.metrics.synthetic import part_colour_error, pose_match, silhouette_iou, view_consistency
 from xmdpt.storage import absolute
 
 logger = logging.getLogger(__name__)
@@ -243,9 +243,17 @@ def pixel_metrics(gen: np.ndarray, gt: np.ndarray) -> dict[str, float]:
 
 
 def synthetic_metrics(pairs: Sequence[dict[str, Any]], gens: dict[int, np.ndarray], gts: dict[int, np.ndarray],
-                      srcs: dict[int, np.ndarray], eval_hw: tuple[int, int]) -> dict[str, Any]:
-    """The ``synthetic_*`` metrics for the rows in ``gens`` (eval-size uint8 images)."""
+                      srcs: dict[int, np.ndarray], eval_hw: tuple[int, int],
+                      others: Optional[dict[int, list[np.ndarray]]] = None) -> dict[str, Any]:
+    """The ``synthetic_*`` metrics for the rows in ``gens`` (eval-size uint8 images).
+
+    Args:
+        others: row -> eval-size images of the same person in poses other than the pair's source
+            and target (for ``synthetic_pose_match``); None or empty lists: that metric is None.
+    """
+    others = others or {}
     iou, iou_src, err = [], [], defaultdict(list)
+    match, match_src = [], []
     err_other = defaultdict(list)
     rows = sorted(gens)
     for r in rows:
@@ -253,6 +261,8 @@ def synthetic_metrics(pairs: Sequence[dict[str, Any]], gens: dict[int, np.ndarra
         kps = _eval_keypoints(p, eval_hw)
         iou.append(silhouette_iou(gens[r], gts[r]))
         iou_src.append(silhouette_iou(srcs[r], gts[r]))
+        match.append(pose_match(gens[r], gts[r], others.get(r, [])))
+        match_src.append(pose_match(srcs[r], gts[r], others.get(r, [])))
         for part, v in part_colour_error(gens[r], kps, gts[r], kps).items():
             if v is not None:
                 err[part].append(v)
@@ -267,6 +277,9 @@ def synthetic_metrics(pairs: Sequence[dict[str, Any]], gens: dict[int, np.ndarra
     out: dict[str, Any] = {
         "synthetic_pose_iou": _mean(iou),
         "synthetic_pose_iou_source_baseline": _mean(iou_src),
+        # among the person's other poses, how often the target's silhouette is the closest (0.5: pose ignored)
+        "synthetic_pose_match": _mean(match),
+        "synthetic_pose_match_source_baseline": _mean(match_src),
     }
     for part in ("torso", "legs"):
         out[f"synthetic_colour_error_{part}"] = _mean(err[part])
@@ -339,6 +352,32 @@ def _provenance(metric: str, path: str, torchvision_prefix: str) -> dict[str, An
     return {f"{metric}_weights_sha256": digest, f"{metric}_weights_are_torchvision": digest.startswith(torchvision_prefix)}
 
 
+def _other_poses(pairs: Sequence[dict[str, Any]], rows: Sequence[int], load) -> dict[int, list[np.ndarray]]:
+    """Row -> the person's test images other than the pair's source and target (unreadable ones skipped)."""
+    from xmdpt.data.images import ImageError
+
+    by_person: dict[str, set[str]] = defaultdict(set)
+    for p in pairs:
+        by_person[p["person_id"]].update((p["source_path"], p["target_path"]))
+    cache: dict[str, Optional[np.ndarray]] = {}
+
+    def cached(path: str) -> Optional[np.ndarray]:
+        if path not in cache:
+            try:
+                cache[path] = load(path)
+            except (ImageError, OSError) as e:
+                logger.warning("pose-match candidate skipped: %s", e)
+                cache[path] = None
+        return cache[path]
+
+    out = {}
+    for r in rows:
+        p = pairs[r]
+        paths = sorted(by_person[p["person_id"]] - {p["source_path"], p["target_path"]})
+        out[r] = [img for img in (cached(q) for q in paths) if img is not None]
+    return out
+
+
 def compute_metrics(cfg: XMDPTConfig, validate_manifest: dict[str, Any], pairs: Sequence[dict[str, Any]],
                     generated: dict[str, dict[int, np.ndarray]], quarantined: Optional[dict[int, str]] = None
                     ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -370,6 +409,7 @@ def compute_metrics(cfg: XMDPTConfig, validate_manifest: dict[str, Any], pairs: 
             logger.warning("quarantined %s", quarantined[r])
     rows = sorted(gts)
     gens = {r: resize_for_eval(generated[GUIDED][r], eval_hw) for r in rows}
+    others = _other_poses(pairs, rows, load)
     per_pair = [pixel_metrics(gens[r], gts[r]) for r in rows]
     if not rows:
         raise ValueError(f"no test pair could be evaluated ({len(quarantined)} quarantined, e.g. "
@@ -387,7 +427,7 @@ def compute_metrics(cfg: XMDPTConfig, validate_manifest: dict[str, Any], pairs: 
     gen_arr, gt_arr = np.stack([gens[r] for r in rows]), np.stack([gts[r] for r in rows])
     metrics.update(_lpips(cfg, gen_arr, gt_arr))
     metrics.update(_fid(cfg, validate_manifest, gen_arr))
-    metrics.update(synthetic_metrics(pairs, gens, gts, srcs, eval_hw))
+    metrics.update(synthetic_metrics(pairs, gens, gts, srcs, eval_hw, others))
     metrics["synthetic_metrics_note"] = ("synthetic_* metrics assume a light near-uniform background (the synthetic "
                                          "benchmark); they are meaningless on real photos")
     # guided vs unguided on the same subset
@@ -401,6 +441,8 @@ def compute_metrics(cfg: XMDPTConfig, validate_manifest: dict[str, Any], pairs: 
         metrics[f"subset_{variant}_ssim"] = _mean([m["ssim"] for m in pm])
         metrics[f"subset_{variant}_psnr"] = _mean([m["psnr"] for m in pm])
         metrics[f"synthetic_subset_{variant}_pose_iou"] = _mean([silhouette_iou(imgs[r], gts[r]) for r in subset])
+        metrics[f"synthetic_subset_{variant}_pose_match"] = _mean([pose_match(imgs[r], gts[r], others.get(r, []))
+                                                                   for r in subset])
         errs = [part_colour_error(imgs[r], _eval_keypoints(pairs[r], eval_hw), gts[r],
                                   _eval_keypoints(pairs[r], eval_hw))["torso"] for r in subset]
         metrics[f"synthetic_subset_{variant}_colour_error_torso"] = _mean(errs)

@@ -14,6 +14,7 @@ from xmdpt.metrics.synthetic import (
     mask_iou,
     part_colour_error,
     part_masks,
+    pose_match,
     silhouette_iou,
     view_consistency,
 )
@@ -146,6 +147,21 @@ def test_foreground_and_iou():
     assert 0.0 < silhouette_iou(img, shifted) < 0.7
     far, _ = _figure(shift_x=70)
     assert silhouette_iou(img, far) == 0.0
+
+
+def test_pose_match_rewards_the_target_pose_not_an_average_body():
+    poses = [_figure(shift_x=dx)[0] for dx in (-40, -20, 0, 20, 40)]  # one person, five "poses"
+    target, others = poses[2], [poses[0], poses[1], poses[3], poses[4]]
+    assert pose_match(target, target, others) == 1.0  # the target pose itself
+    # another pose (as copying the source would): closer to itself and its neighbour than to the target
+    assert pose_match(poses[0], target, [poses[0], poses[1]]) == 0.0
+    # a wide average body overlapping every pose: high silhouette IoU with the target, but no
+    # better than with the poses on either side of it
+    blob = poses[2].copy()
+    blob[62:241, 88 - 45:88 + 45] = (120, 60, 90)
+    assert silhouette_iou(blob, target) > 0.35 > silhouette_iou(poses[0], target)
+    assert pose_match(blob, target, [poses[1], poses[3]]) == 0.5  # ties count half
+    assert pose_match(target, target, []) is None
 
 
 def test_part_colour_error():

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 from skimage.draw import polygon as draw_polygon
@@ -61,6 +61,22 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
 def silhouette_iou(img_a: np.ndarray, img_b: np.ndarray) -> float:
     """IoU of the foreground masks of two images."""
     return mask_iou(foreground_mask(img_a), foreground_mask(img_b))
+
+
+def pose_match(img: np.ndarray, target: np.ndarray, others: Sequence[np.ndarray]) -> Optional[float]:
+    """How well ``img`` picks out its target pose among other poses of the same person.
+
+    The share of ``others`` (images of the same person in other poses) whose silhouette overlaps
+    ``img`` less than the target's does (ties count half): 1.0 when ``img`` has the target's pose,
+    0.5 for a silhouette that ignores the pose (an average body scores high silhouette IoU with
+    every pose, but no higher with the target than with the rest). None without ``others``.
+    """
+    if not others:
+        return None
+    m = foreground_mask(img)
+    own = mask_iou(m, foreground_mask(target))
+    ious = np.array([mask_iou(m, foreground_mask(o)) for o in others])
+    return float(np.mean((ious < own) + 0.5 * (ious == own)))
 
 
 def _valid(kps: np.ndarray, idx: tuple[int, ...]) -> bool:
