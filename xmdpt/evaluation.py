@@ -248,8 +248,8 @@ def synthetic_metrics(pairs: Sequence[dict[str, Any]], gens: dict[int, np.ndarra
     """The ``synthetic_*`` metrics for the rows in ``gens`` (eval-size uint8 images).
 
     Args:
-        others: row -> eval-size images of the same person in poses other than the pair's source
-            and target (for ``synthetic_pose_match``); None or empty lists: that metric is None.
+        others: row -> eval-size images of the same person in the evaluated pairs, other than the
+            pair's source and target (for ``synthetic_pose_match``); None or empty lists: None.
     """
     others = others or {}
     iou, iou_src, err = [], [], defaultdict(list)
@@ -353,7 +353,8 @@ def _provenance(metric: str, path: str, torchvision_prefix: str) -> dict[str, An
 
 
 def _other_poses(pairs: Sequence[dict[str, Any]], rows: Sequence[int], load) -> dict[int, list[np.ndarray]]:
-    """Row -> the person's test images other than the pair's source and target (unreadable ones skipped)."""
+    """Row -> the person's images in ``pairs`` (as source or target) other than this pair's source and
+    target, read once each; unreadable ones are skipped with a warning."""
     from xmdpt.data.images import ImageError
 
     by_person: dict[str, set[str]] = defaultdict(set)
