@@ -37,7 +37,7 @@ import numpy as np
 from xmdpt.config import XMDPTConfig
 from xmdpt.data import schema
 from xmdpt.metrics.image import psnr, resize_for_eval, ssim, ssim_256
-from xmdpt.metrics.synthetic import part_colour_error, pose_match, silhouette_iou, view_consistency
+from xmdpt.metrics.synthetic import foreground_mask, part_colour_error, pose_match, silhouette_iou, view_consistency
 from xmdpt.storage import absolute
 
 logger = logging.getLogger(__name__)
@@ -248,8 +248,8 @@ def synthetic_metrics(pairs: Sequence[dict[str, Any]], gens: dict[int, np.ndarra
     """The ``synthetic_*`` metrics for the rows in ``gens`` (eval-size uint8 images).
 
     Args:
-        others: row -> eval-size images of the same person in the evaluated pairs, other than the
-            pair's source and target (for ``synthetic_pose_match``); None or empty lists: None.
+        others: row -> foreground masks of the same person's images in the evaluated pairs, other
+            than the pair's source and target (for ``synthetic_pose_match``); None or empty: None.
     """
     others = others or {}
     iou, iou_src, err = [], [], defaultdict(list)
@@ -261,8 +261,9 @@ def synthetic_metrics(pairs: Sequence[dict[str, Any]], gens: dict[int, np.ndarra
         kps = _eval_keypoints(p, eval_hw)
         iou.append(silhouette_iou(gens[r], gts[r]))
         iou_src.append(silhouette_iou(srcs[r], gts[r]))
-        match.append(pose_match(gens[r], gts[r], others.get(r, [])))
-        match_src.append(pose_match(srcs[r], gts[r], others.get(r, [])))
+        gt_mask = foreground_mask(gts[r])
+        match.append(pose_match(foreground_mask(gens[r]), gt_mask, others.get(r, [])))
+        match_src.append(pose_match(foreground_mask(srcs[r]), gt_mask, others.get(r, [])))
         for part, v in part_colour_error(gens[r], kps, gts[r], kps).items():
             if v is not None:
                 err[part].append(v)
@@ -353,8 +354,8 @@ def _provenance(metric: str, path: str, torchvision_prefix: str) -> dict[str, An
 
 
 def _other_poses(pairs: Sequence[dict[str, Any]], rows: Sequence[int], load) -> dict[int, list[np.ndarray]]:
-    """Row -> the person's images in ``pairs`` (as source or target) other than this pair's source and
-    target, read once each; unreadable ones are skipped with a warning."""
+    """Row -> foreground masks of the person's images in ``pairs`` (as source or target) other than
+    this pair's source and target, each read and masked once; unreadable ones are skipped with a warning."""
     from xmdpt.data.images import ImageError
 
     by_person: dict[str, set[str]] = defaultdict(set)
@@ -365,7 +366,7 @@ def _other_poses(pairs: Sequence[dict[str, Any]], rows: Sequence[int], load) -> 
     def cached(path: str) -> Optional[np.ndarray]:
         if path not in cache:
             try:
-                cache[path] = load(path)
+                cache[path] = foreground_mask(load(path))
             except (ImageError, OSError) as e:
                 logger.warning("pose-match candidate skipped: %s", e)
                 cache[path] = None
@@ -375,7 +376,7 @@ def _other_poses(pairs: Sequence[dict[str, Any]], rows: Sequence[int], load) -> 
     for r in rows:
         p = pairs[r]
         paths = sorted(by_person[p["person_id"]] - {p["source_path"], p["target_path"]})
-        out[r] = [img for img in (cached(q) for q in paths) if img is not None]
+        out[r] = [m for m in (cached(q) for q in paths) if m is not None]
     return out
 
 
@@ -442,8 +443,8 @@ def compute_metrics(cfg: XMDPTConfig, validate_manifest: dict[str, Any], pairs: 
         metrics[f"subset_{variant}_ssim"] = _mean([m["ssim"] for m in pm])
         metrics[f"subset_{variant}_psnr"] = _mean([m["psnr"] for m in pm])
         metrics[f"synthetic_subset_{variant}_pose_iou"] = _mean([silhouette_iou(imgs[r], gts[r]) for r in subset])
-        metrics[f"synthetic_subset_{variant}_pose_match"] = _mean([pose_match(imgs[r], gts[r], others.get(r, []))
-                                                                   for r in subset])
+        metrics[f"synthetic_subset_{variant}_pose_match"] = _mean(
+            [pose_match(foreground_mask(imgs[r]), foreground_mask(gts[r]), others.get(r, [])) for r in subset])
         errs = [part_colour_error(imgs[r], _eval_keypoints(pairs[r], eval_hw), gts[r],
                                   _eval_keypoints(pairs[r], eval_hw))["torso"] for r in subset]
         metrics[f"synthetic_subset_{variant}_colour_error_torso"] = _mean(errs)

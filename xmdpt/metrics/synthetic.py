@@ -63,19 +63,19 @@ def silhouette_iou(img_a: np.ndarray, img_b: np.ndarray) -> float:
     return mask_iou(foreground_mask(img_a), foreground_mask(img_b))
 
 
-def pose_match(img: np.ndarray, target: np.ndarray, others: Sequence[np.ndarray]) -> Optional[float]:
-    """How well ``img`` picks out its target pose among other poses of the same person.
+def pose_match(mask: np.ndarray, target: np.ndarray, others: Sequence[np.ndarray]) -> Optional[float]:
+    """How well a silhouette picks out its target pose among other poses of the same person.
 
-    The share of ``others`` (images of the same person in other poses) whose silhouette overlaps
-    ``img`` less than the target's does (ties count half): 1.0 when ``img`` has the target's pose,
-    0.5 for a silhouette that ignores the pose (an average body scores high silhouette IoU with
-    every pose, but no higher with the target than with the rest). None without ``others``.
+    The share of ``others`` (foreground masks of the same person in other poses) that overlap
+    ``mask`` less than the ``target`` mask does (ties count half): 1.0 for the target's pose, 0.5
+    for a silhouette that ignores the pose (an average body scores high silhouette IoU with every
+    pose, but no higher with the target than with the rest). None without ``others``. Masks come
+    from :func:`foreground_mask`.
     """
     if not others:
         return None
-    m = foreground_mask(img)
-    own = mask_iou(m, foreground_mask(target))
-    ious = np.array([mask_iou(m, foreground_mask(o)) for o in others])
+    own = mask_iou(mask, target)
+    ious = np.array([mask_iou(mask, o) for o in others])
     return float(np.mean((ious < own) + 0.5 * (ious == own)))
 
 
