@@ -37,7 +37,7 @@ import numpy as np
 from xmdpt.config import XMDPTConfig
 from xmdpt.data import schema
 from xmdpt.metrics.image import psnr, resize_for_eval, ssim, ssim_256
-from xmdpt.metrics.synthetic import foreground_mask, part_colour_error, pose_match, silhouette_iou, view_consistency
+from xmdpt.metrics.synthetic import foreground_mask, mask_iou, part_colour_error, pose_match, view_consistency
 from xmdpt.storage import absolute
 
 logger = logging.getLogger(__name__)
@@ -259,11 +259,11 @@ def synthetic_metrics(pairs: Sequence[dict[str, Any]], gens: dict[int, np.ndarra
     for r in rows:
         p = pairs[r]
         kps = _eval_keypoints(p, eval_hw)
-        iou.append(silhouette_iou(gens[r], gts[r]))
-        iou_src.append(silhouette_iou(srcs[r], gts[r]))
-        gt_mask = foreground_mask(gts[r])
-        match.append(pose_match(foreground_mask(gens[r]), gt_mask, others.get(r, [])))
-        match_src.append(pose_match(foreground_mask(srcs[r]), gt_mask, others.get(r, [])))
+        gen_mask, gt_mask, src_mask = foreground_mask(gens[r]), foreground_mask(gts[r]), foreground_mask(srcs[r])
+        iou.append(mask_iou(gen_mask, gt_mask))
+        iou_src.append(mask_iou(src_mask, gt_mask))
+        match.append(pose_match(gen_mask, gt_mask, others.get(r, [])))
+        match_src.append(pose_match(src_mask, gt_mask, others.get(r, [])))
         for part, v in part_colour_error(gens[r], kps, gts[r], kps).items():
             if v is not None:
                 err[part].append(v)
@@ -435,6 +435,7 @@ def compute_metrics(cfg: XMDPTConfig, validate_manifest: dict[str, Any], pairs: 
     # guided vs unguided on the same subset
     subset = sorted(set(generated.get(COND_ONLY, {})) & set(generated.get(NULL_COND, {})) & set(gts))
     metrics["subset_size"] = len(subset)
+    gt_masks = {r: foreground_mask(gts[r]) for r in subset}
     for variant in (GUIDED, COND_ONLY, NULL_COND):
         if not subset:
             break
@@ -442,9 +443,10 @@ def compute_metrics(cfg: XMDPTConfig, validate_manifest: dict[str, Any], pairs: 
         pm = [pixel_metrics(imgs[r], gts[r]) for r in subset]
         metrics[f"subset_{variant}_ssim"] = _mean([m["ssim"] for m in pm])
         metrics[f"subset_{variant}_psnr"] = _mean([m["psnr"] for m in pm])
-        metrics[f"synthetic_subset_{variant}_pose_iou"] = _mean([silhouette_iou(imgs[r], gts[r]) for r in subset])
+        masks = {r: foreground_mask(imgs[r]) for r in subset}
+        metrics[f"synthetic_subset_{variant}_pose_iou"] = _mean([mask_iou(masks[r], gt_masks[r]) for r in subset])
         metrics[f"synthetic_subset_{variant}_pose_match"] = _mean(
-            [pose_match(foreground_mask(imgs[r]), foreground_mask(gts[r]), others.get(r, [])) for r in subset])
+            [pose_match(masks[r], gt_masks[r], others.get(r, [])) for r in subset])
         errs = [part_colour_error(imgs[r], _eval_keypoints(pairs[r], eval_hw), gts[r],
                                   _eval_keypoints(pairs[r], eval_hw))["torso"] for r in subset]
         metrics[f"synthetic_subset_{variant}_colour_error_torso"] = _mean(errs)
