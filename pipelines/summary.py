@@ -10,6 +10,21 @@ from pathlib import Path
 from xmdpt.config import load_config
 
 
+def comparison_lines(metrics_path: Path) -> list[str]:
+    """One line per paired comparison in the evaluation metrics: mean difference, interval, verdict."""
+    if not metrics_path.exists():
+        return []
+    comps = json.loads(metrics_path.read_text()).get("comparisons") or {}
+    out = ["  paired comparisons (mean difference A - B, 95% bootstrap interval, the side it favours):"] if comps else []
+    for name, c in comps.items():
+        if c is None:
+            out.append(f"    {name:<46} n/a (fewer than 2 pairs with values)")
+        else:
+            out.append(f"    {name:<46} {c['diff']:+.3f} [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}] "
+                       f"n={c['n']:<3} -> {c['better']}")
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", default="params.yaml")
@@ -30,6 +45,7 @@ def main(argv: list[str] | None = None) -> None:
         p = art / rel
         if p.exists():
             lines.append(f"  {label:<38} {p}")
+    lines.extend(comparison_lines(art / "evaluate" / "metrics.json"))
     reg = art / "register" / "registered.json"
     if reg.exists():
         info = json.loads(reg.read_text())

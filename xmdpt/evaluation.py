@@ -16,7 +16,10 @@ Metrics (``metrics.json``, a DVC metric):
 - ``synthetic_*`` — valid only on the synthetic benchmark (see :mod:`xmdpt.metrics.synthetic`):
   silhouette IoU vs the source-image baseline, per-part colour error vs the other-identity
   baseline, cross-view consistency;
-- ``subset_*`` — guided vs conditional-only vs null condition on the same subset.
+- ``subset_*`` — guided vs conditional-only vs null condition on the same subset;
+- ``comparisons`` — the model against each baseline and guided against each unguided variant, pair
+  by pair: mean difference, 95 % bootstrap interval and which side the interval favours
+  (``undecided`` when it contains 0; see :mod:`xmdpt.metrics.stats`).
 
 Outputs: generated PNGs under ``{storage_root}/evaluate/{hash}/images/``, ``grid.png``
 (source | target skeleton | generated | ground truth) and ``metrics.json`` under
@@ -37,7 +40,9 @@ import numpy as np
 from xmdpt.config import XMDPTConfig
 from xmdpt.data import schema
 from xmdpt.metrics.image import psnr, resize_for_eval, ssim, ssim_256
-from xmdpt.metrics.synthetic import foreground_mask, mask_iou, part_colour_error, pose_match, view_consistency
+from xmdpt.metrics.stats import paired_comparison
+from xmdpt.metrics.synthetic import (foreground_mask, mask_iou, part_colour_error, part_masks, pose_match,
+                                     view_consistency)
 from xmdpt.storage import absolute
 
 logger = logging.getLogger(__name__)
@@ -242,6 +247,30 @@ def pixel_metrics(gen: np.ndarray, gt: np.ndarray) -> dict[str, float]:
     return {"ssim": ssim(gen, gt), "ssim_256": ssim_256(gen, gt), "psnr": min(psnr(gen, gt), PSNR_CAP)}
 
 
+def _other_identity_colour_error(pairs: Sequence[dict[str, Any]], gts: dict[int, np.ndarray], rows: list[int],
+                                 r: int, eval_hw: tuple[int, int]) -> dict[str, float]:
+    """The other-identity appearance baseline of row ``r``, per part: the colour error of another
+    person's ground truth (in its own target pose) against this row's ground truth.
+
+    For each part the other person is the first row after ``r`` (cyclically) of someone else whose
+    ground truth shows that part, so a part hidden in one view (a torso seen from the side) does not
+    drop the pair from the baseline. Parts not visible in row ``r`` itself are absent.
+    """
+    kps = _eval_keypoints(pairs[r], eval_hw)
+    visible = {part for part, m in part_masks(kps, eval_hw).items() if m is not None}
+    out: dict[str, float] = {}
+    i = rows.index(r)
+    for o in rows[i + 1:] + rows[:i]:
+        if not visible - set(out):
+            break
+        if pairs[o]["person_id"] == pairs[r]["person_id"]:
+            continue
+        for part, v in part_colour_error(gts[o], _eval_keypoints(pairs[o], eval_hw), gts[r], kps).items():
+            if v is not None and part not in out:
+                out[part] = v
+    return out
+
+
 def synthetic_metrics(pairs: Sequence[dict[str, Any]], gens: dict[int, np.ndarray], gts: dict[int, np.ndarray],
                       srcs: dict[int, np.ndarray], eval_hw: tuple[int, int],
                       others: Optional[dict[int, list[np.ndarray]]] = None) -> dict[str, Any]:
@@ -252,9 +281,10 @@ def synthetic_metrics(pairs: Sequence[dict[str, Any]], gens: dict[int, np.ndarra
             than the pair's source and target (for ``synthetic_pose_match``); None or empty: None.
     """
     others = others or {}
-    iou, iou_src, err = [], [], defaultdict(list)
+    iou, iou_src = [], []
     match, match_src = [], []
-    err_other = defaultdict(list)
+    err: dict[str, list] = {"torso": [], "legs": []}  # per row, None where the part is not visible
+    err_other: dict[str, list] = {"torso": [], "legs": []}
     rows = sorted(gens)
     for r in rows:
         p = pairs[r]
@@ -264,17 +294,11 @@ def synthetic_metrics(pairs: Sequence[dict[str, Any]], gens: dict[int, np.ndarra
         iou_src.append(mask_iou(src_mask, gt_mask))
         match.append(pose_match(gen_mask, gt_mask, others.get(r, [])))
         match_src.append(pose_match(src_mask, gt_mask, others.get(r, [])))
-        for part, v in part_colour_error(gens[r], kps, gts[r], kps).items():
-            if v is not None:
-                err[part].append(v)
-        # other-identity baseline: the next row (cyclic) of another person, its GT in its own target pose
-        other = next((o for o in rows[rows.index(r) + 1:] + rows[:rows.index(r)]
-                      if pairs[o]["person_id"] != p["person_id"]), None)
-        if other is not None:
-            okps = _eval_keypoints(pairs[other], eval_hw)
-            for part, v in part_colour_error(gts[other], okps, gts[r], kps).items():
-                if v is not None:
-                    err_other[part].append(v)
+        gen_err = part_colour_error(gens[r], kps, gts[r], kps)
+        other_err = _other_identity_colour_error(pairs, gts, rows, r, eval_hw)
+        for part in err:
+            err[part].append(gen_err.get(part))
+            err_other[part].append(other_err.get(part))
     out: dict[str, Any] = {
         "synthetic_pose_iou": _mean(iou),
         "synthetic_pose_iou_source_baseline": _mean(iou_src),
@@ -285,6 +309,16 @@ def synthetic_metrics(pairs: Sequence[dict[str, Any]], gens: dict[int, np.ndarra
     for part in ("torso", "legs"):
         out[f"synthetic_colour_error_{part}"] = _mean(err[part])
         out[f"synthetic_colour_error_{part}_other_identity_baseline"] = _mean(err_other[part])
+    # the same comparisons pair by pair, with bootstrap intervals (see xmdpt.metrics.stats)
+    out["comparisons"] = {
+        "pose_iou_model_vs_source_image": paired_comparison(
+            iou, iou_src, names=("model", "source_image"), higher_is_better=True),
+        "pose_match_model_vs_source_image": paired_comparison(
+            match, match_src, names=("model", "source_image"), higher_is_better=True),
+        **{f"colour_error_{part}_model_vs_other_identity": paired_comparison(
+            err[part], err_other[part], names=("model", "other_identity"), higher_is_better=False)
+           for part in ("torso", "legs")},
+    }
     # consistency: one target generated from several source views of the same person
     by_target: dict[str, list[int]] = defaultdict(list)
     for r in rows:
@@ -436,20 +470,29 @@ def compute_metrics(cfg: XMDPTConfig, validate_manifest: dict[str, Any], pairs: 
     subset = sorted(set(generated.get(COND_ONLY, {})) & set(generated.get(NULL_COND, {})) & set(gts))
     metrics["subset_size"] = len(subset)
     gt_masks = {r: foreground_mask(gts[r]) for r in subset}
+    per_row: dict[str, dict[str, list]] = {}  # variant -> metric -> values aligned with subset
     for variant in (GUIDED, COND_ONLY, NULL_COND):
         if not subset:
             break
         imgs = {r: (gens[r] if variant == GUIDED else resize_for_eval(generated[variant][r], eval_hw)) for r in subset}
         pm = [pixel_metrics(imgs[r], gts[r]) for r in subset]
-        metrics[f"subset_{variant}_ssim"] = _mean([m["ssim"] for m in pm])
-        metrics[f"subset_{variant}_psnr"] = _mean([m["psnr"] for m in pm])
         masks = {r: foreground_mask(imgs[r]) for r in subset}
-        metrics[f"synthetic_subset_{variant}_pose_iou"] = _mean([mask_iou(masks[r], gt_masks[r]) for r in subset])
-        metrics[f"synthetic_subset_{variant}_pose_match"] = _mean(
-            [pose_match(masks[r], gt_masks[r], others.get(r, [])) for r in subset])
-        errs = [part_colour_error(imgs[r], _eval_keypoints(pairs[r], eval_hw), gts[r],
-                                  _eval_keypoints(pairs[r], eval_hw))["torso"] for r in subset]
-        metrics[f"synthetic_subset_{variant}_colour_error_torso"] = _mean(errs)
+        v = per_row[variant] = {
+            "ssim": [m["ssim"] for m in pm],
+            "pose_iou": [mask_iou(masks[r], gt_masks[r]) for r in subset],
+            "pose_match": [pose_match(masks[r], gt_masks[r], others.get(r, [])) for r in subset],
+            "colour_error_torso": [part_colour_error(imgs[r], _eval_keypoints(pairs[r], eval_hw), gts[r],
+                                                     _eval_keypoints(pairs[r], eval_hw))["torso"] for r in subset],
+        }
+        metrics[f"subset_{variant}_ssim"] = _mean(v["ssim"])
+        metrics[f"subset_{variant}_psnr"] = _mean([m["psnr"] for m in pm])
+        for name in ("pose_iou", "pose_match", "colour_error_torso"):
+            metrics[f"synthetic_subset_{variant}_{name}"] = _mean(v[name])
+    for unguided in (COND_ONLY, NULL_COND):
+        for name, higher in (("ssim", True), ("pose_iou", True), ("pose_match", True), ("colour_error_torso", False)):
+            if per_row:
+                metrics["comparisons"][f"subset_{name}_{GUIDED}_vs_{unguided}"] = paired_comparison(
+                    per_row[GUIDED][name], per_row[unguided][name], names=(GUIDED, unguided), higher_is_better=higher)
     return metrics, {"gen": gens, "gt": gts, "src": srcs}
 
 

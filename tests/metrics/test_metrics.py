@@ -208,3 +208,38 @@ def test_foreground_mask_matches_synthetic_silhouettes():
     b = render_identity_views(1, "WOMEN", "Dresses", views=("1_front",))[0]
     assert part_colour_error(a.image, a.keypoints, a.image, a.keypoints)["torso"] == 0.0
     assert part_colour_error(b.image, b.keypoints, a.image, a.keypoints)["torso"] > 0.1
+
+
+def test_other_identity_baseline_skips_a_person_whose_view_hides_the_part():
+    """The next person's ground truth is a side view whose far shoulder is occluded (no torso region):
+    the torso baseline comes from the person after, instead of dropping the pair."""
+    from xmdpt.evaluation import synthetic_metrics
+
+    hw = (64, 48)
+
+    def kps(side: bool) -> np.ndarray:
+        k = np.full((18, 2), -1.0)
+        x0, x1 = 14, 34
+        k[2], k[5], k[8], k[11] = (x0, 16), (x1, 16), (x0, 40), (x1, 40)  # shoulders, hips
+        k[9], k[12], k[10], k[13] = (x0, 50), (x1, 50), (x0, 60), (x1, 60)  # knees, ankles
+        if side:
+            k[5] = -1  # the far shoulder is not visible
+        return k
+
+    def person(rgb) -> np.ndarray:
+        img = np.full(hw + (3,), 240, dtype=np.uint8)
+        img[10:62, 12:37] = rgb
+        return img
+
+    colours = {0: (200, 40, 40), 1: (40, 200, 40), 2: (40, 40, 200)}
+    pairs = [{"person_id": f"p{i}", "keypoints": kps(side=(i == 1)), "height": hw[0], "width": hw[1],
+              "source_path": f"s{i}", "target_path": f"t{i}"} for i in range(3)]
+    gts = {i: person(colours[i]) for i in range(3)}
+    gens = {i: person(colours[i]) for i in range(3)}  # a perfect model
+    out = synthetic_metrics(pairs, gens, gts, dict(gts), hw)
+    torso = out["comparisons"]["colour_error_torso_model_vs_other_identity"]
+    # rows 0 and 2 show a torso; row 0's next person (row 1) does not, so row 2 serves as its baseline
+    assert torso["n"] == 2 and torso["mean_model"] == pytest.approx(0.0, abs=1e-6)
+    red, blue = np.array(colours[0]) / 255.0, np.array(colours[2]) / 255.0
+    assert out["synthetic_colour_error_torso_other_identity_baseline"] == pytest.approx(np.linalg.norm(red - blue), rel=1e-3)
+    assert out["synthetic_colour_error_torso"] == pytest.approx(0.0, abs=1e-6)

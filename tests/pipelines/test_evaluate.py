@@ -101,6 +101,17 @@ def test_evaluate_and_register_stages(tmp_path, ray_local, monkeypatch):
     assert 0 <= metrics["synthetic_pose_match"] <= 1 and 0 <= metrics["synthetic_pose_match_source_baseline"] <= 1
     # the 2-pair subset's people have no third readable image here: reported as null, not as a number
     assert metrics["synthetic_subset_guided_pose_match"] is None
+    # every comparison is paired: the model and its baseline on the same 8 pairs, guided and unguided on the 2
+    comp = metrics["comparisons"]
+    iou = comp["pose_iou_model_vs_source_image"]
+    assert iou["n"] == 8 and iou["better"] in ("model", "source_image", "undecided")
+    assert iou["mean_model"] == pytest.approx(metrics["synthetic_pose_iou"])
+    assert iou["ci"][0] <= iou["diff"] <= iou["ci"][1]
+    assert comp["colour_error_torso_model_vs_other_identity"]["n"] >= 2
+    for unguided in ("cond_only", "null_cond"):
+        ssim_cmp = comp[f"subset_ssim_guided_vs_{unguided}"]
+        assert ssim_cmp["n"] == 2 and ssim_cmp["mean_guided"] == pytest.approx(metrics["subset_guided_ssim"])
+        assert comp[f"subset_pose_match_guided_vs_{unguided}"] is None  # null values: nothing to compare
     assert metrics["synthetic_consistency_groups"] >= 1
     grid = Image.open(out / "grid.png")
     assert grid.size == (4 * 176, 3 * 256)
