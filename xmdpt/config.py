@@ -284,10 +284,16 @@ class SampleConfig:
     eta: float = 0.0
     cfg_scale: float = 2.0
     cfg_power: float = 0.01  # power-cosine exponent p (authors' inference: 0.01 ~ constant scale)
+    # [lo, hi]: guide only at original timesteps lo <= t <= hi and take the conditional prediction at
+    # the others (one forward instead of two there); null: guide at every step (the authors)
+    guidance_interval: Optional[tuple[int, int]] = None
     seed: int = 0
 
     def __post_init__(self) -> None:
         _check(self.sampler in ("ddim",), "sample.sampler", f"unknown sampler {self.sampler!r}; expected one of ['ddim']")
+        if self.guidance_interval is not None:
+            lo, hi = self.guidance_interval
+            _check(0 <= lo <= hi, "sample.guidance_interval", f"expected 0 <= lo <= hi, got {list(self.guidance_interval)}")
         _check(self.respacing in ("authors", "ddim"), "sample.respacing",
                f"unknown respacing {self.respacing!r}; expected one of ['authors', 'ddim']")
         _check(self.num_steps >= 1, "sample.num_steps", "must be >= 1")

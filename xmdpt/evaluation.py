@@ -157,7 +157,8 @@ class PairGenerator:
             seed = (self.sample.seed * 1_000_003 + sum(int(batch["row"][i]) for i in idx)) % (2 ** 31)
             out[idx] = self.pipe.generate_arrays(np.stack([sources[i] for i in idx]), poses,
                                                  num_steps=self.sample.num_steps, cfg_scale=scale,
-                                                 cfg_power=self.sample.cfg_power, seed=seed)
+                                                 cfg_power=self.sample.cfg_power, seed=seed,
+                                                 guidance_interval=self.sample.guidance_interval)
         return {"row": batch["row"], "variant": batch["variant"], "image": out, "error": np.array(errors, dtype=object)}
 
 
@@ -455,7 +456,9 @@ def compute_metrics(cfg: XMDPTConfig, validate_manifest: dict[str, Any], pairs: 
         "num_pairs_quarantined": len(quarantined),
         "eval_size": list(eval_hw),
         "sampler": {"num_steps": cfg.sample.num_steps, "cfg_scale": cfg.sample.cfg_scale,
-                    "cfg_power": cfg.sample.cfg_power, "respacing": cfg.sample.respacing, "seed": cfg.sample.seed},
+                    "cfg_power": cfg.sample.cfg_power, "respacing": cfg.sample.respacing, "seed": cfg.sample.seed,
+                    "guidance_interval": (list(cfg.sample.guidance_interval)
+                                          if cfg.sample.guidance_interval is not None else None)},
         "ssim": _mean([m["ssim"] for m in per_pair]),
         "ssim_256": _mean([m["ssim_256"] for m in per_pair]),
         "psnr": _mean([m["psnr"] for m in per_pair]),

@@ -117,6 +117,48 @@ def test_sampling_passes_per_guidance_scale(model, inputs):
     torch.testing.assert_close(cond_only, guided_one, rtol=1e-4, atol=1e-4)
 
 
+def test_guidance_interval_guides_only_inside_it(model, inputs):
+    diffusion = GaussianDiffusion.from_config(DiffusionConfig())
+    seen = []
+
+    class Spy(torch.nn.Module):  # the real model; records which pass ran at which timestep
+        def forward(self, *args, **kw):
+            seen.append(("null" if kw.get("drop_cond") is not None else "cond", int(args[1][0])))
+            return model(*args, **kw)
+
+        def forward_with_cfg(self, *args, **kw):
+            seen.append(("cfg", int(args[1][0])))
+            return model.forward_with_cfg(*args, **kw)
+
+    def run(m, **kw):
+        return sample(m, diffusion, _cond(inputs), SampleConfig(num_steps=5, **kw),
+                      generator=torch.Generator().manual_seed(0))
+
+    run(Spy(), cfg_scale=2.0, guidance_interval=(0, 500))  # timesteps 999, 749, 500, 250, 0
+    assert seen == [("cond", 999), ("cond", 749), ("cfg", 500), ("cfg", 250), ("cfg", 0)]
+    seen.clear()
+    run(Spy(), cfg_scale=0.0, guidance_interval=(0, 500))  # the null-condition variant stays null throughout
+    assert [k for k, _ in seen] == ["null"] * 5
+    full = run(model, cfg_scale=2.0)
+    torch.testing.assert_close(run(model, cfg_scale=2.0, guidance_interval=(0, 999)), full, rtol=0, atol=0)
+    cond_only = run(model, cfg_scale=1.0)
+    torch.testing.assert_close(run(model, cfg_scale=2.0, guidance_interval=(1000, 1000)), cond_only, rtol=0, atol=0)
+    part = run(model, cfg_scale=2.0, guidance_interval=(0, 500))
+    assert not torch.allclose(part, full) and not torch.allclose(part, cond_only)
+
+
+def test_guidance_interval_is_validated():
+    import pytest
+
+    from xmdpt.config import ConfigError, XMDPTConfig
+
+    with pytest.raises(ConfigError, match="sample.guidance_interval"):
+        SampleConfig(guidance_interval=(600, 200))
+    with pytest.raises(ConfigError, match="sample.guidance_interval"):
+        XMDPTConfig.from_dict({"sample": {"guidance_interval": [0, 200, 400]}})
+    assert XMDPTConfig.from_dict({"sample": {"guidance_interval": [0, 500]}}).sample.guidance_interval == (0, 500)
+
+
 def test_min_snr_weighting_scales_only_the_low_noise_eps_mse(model, cfg, inputs):
     from xmdpt.diffusion.losses import min_snr_weight
 

@@ -21,7 +21,7 @@ from xmdpt.diffusion.gaussian import GaussianDiffusion
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["timesteps_for", "ddim_step", "sample", "RESPACINGS"]
+__all__ = ["timesteps_for", "ddim_step", "guided_at", "sample", "RESPACINGS"]
 
 RESPACINGS = {"authors": "linspace", "ddim": "leading"}
 
@@ -54,13 +54,20 @@ def ddim_step(diffusion: GaussianDiffusion, x_t: torch.Tensor, eps: torch.Tensor
     return x_prev
 
 
+def guided_at(t: int, interval: Optional[tuple[int, int]]) -> bool:
+    """Whether guidance applies at original timestep ``t`` (``interval`` None: always)."""
+    return interval is None or interval[0] <= t <= interval[1]
+
+
 @torch.no_grad()
 def sample(model, diffusion: GaussianDiffusion, cond: dict, sample_cfg: SampleConfig, *,
            generator: Optional[torch.Generator] = None, progress: bool = False) -> torch.Tensor:
     """Generate x_0 latents.
 
     ``cfg_scale == 1``: one conditional pass per step; ``cfg_scale == 0``: one unconditional pass;
-    otherwise ``model.forward_with_cfg`` (conditional and null condition batched in one forward).
+    otherwise ``model.forward_with_cfg`` (conditional and null condition batched in one forward) at
+    the steps inside ``sample_cfg.guidance_interval`` (every step when it is None) and one conditional
+    pass at the others.
 
     Args:
         model: ``XMDPT``; cond: ``pose_tokens`` (N, Sp, Dp), ``ref_tokens`` (N, Sr, Dr), ``ref_latent`` (N, C, H, W).
@@ -76,10 +83,10 @@ def sample(model, diffusion: GaussianDiffusion, cond: dict, sample_cfg: SampleCo
     for i, t in enumerate(tqdm(steps, disable=not progress, desc="ddim")):
         t_batch = torch.full((N,), t, dtype=torch.long, device=x.device)
         args = (x, t_batch, cond["pose_tokens"], cond["ref_tokens"], ref_latent)
-        if sample_cfg.cfg_scale == 1:
-            out = model(*args)
-        elif sample_cfg.cfg_scale == 0:
+        if sample_cfg.cfg_scale == 0:
             out = model(*args, drop_cond=drop_all)
+        elif sample_cfg.cfg_scale == 1 or not guided_at(t, sample_cfg.guidance_interval):
+            out = model(*args)
         else:
             out = model.forward_with_cfg(*args, sample_cfg.cfg_scale, sample_cfg.cfg_power,
                                          num_timesteps=diffusion.num_timesteps)

@@ -40,6 +40,8 @@ from xmdpt.sampling.inputs import (
 
 logger = logging.getLogger(__name__)
 
+KEEP: Any = object()  # an override left out: keep the model's own sample setting
+
 PoseLike = Union[Pose, dict, str, Path, np.ndarray, Image.Image, bytes]
 
 
@@ -153,21 +155,26 @@ class XMDPTPipeline:
                 "ref_latent": to(feats[schema.LATENT_MEAN]) * self.codec.latent_scale}  # (N, C, h, w)
 
     def sample_config(self, num_steps: Optional[int] = None, cfg_scale: Optional[float] = None,
-                      cfg_power: Optional[float] = None, seed: Optional[int] = None) -> SampleConfig:
+                      cfg_power: Optional[float] = None, seed: Optional[int] = None,
+                      guidance_interval: Any = KEEP) -> SampleConfig:
+        """The model's ``sample`` config with the given settings replaced (None / ``KEEP``: the model's)."""
         upd = {k: v for k, v in dict(num_steps=num_steps, cfg_scale=cfg_scale, cfg_power=cfg_power, seed=seed).items()
                if v is not None}
+        if guidance_interval is not KEEP:  # None is a value here: guide at every step
+            upd["guidance_interval"] = None if guidance_interval is None else tuple(guidance_interval)
         return replace(self.cfg.sample, **upd)
 
     @torch.no_grad()
     def generate_arrays(self, sources: np.ndarray, poses: Sequence[Pose], *, num_steps: Optional[int] = None,
                         cfg_scale: Optional[float] = None, cfg_power: Optional[float] = None,
-                        seed: Optional[int] = None) -> np.ndarray:
+                        seed: Optional[int] = None, guidance_interval: Any = KEEP) -> np.ndarray:
         """Batch generation on prepared inputs.
 
         Args:
             sources: uint8 ``(N, S, S, 3)`` already in the model's frame (see :func:`prepare_source`).
             poses: N target poses (any frame; padded and scaled here).
-            num_steps, cfg_scale, cfg_power, seed: override the model's ``sample`` config.
+            num_steps, cfg_scale, cfg_power, seed, guidance_interval: override the model's ``sample``
+                config (``guidance_interval=None`` guides at every step; leave it out for the model's).
 
         Returns:
             uint8 ``(N, S, S, 3)``.
@@ -177,7 +184,7 @@ class XMDPTPipeline:
 
         if len(sources) != len(poses):
             raise ValueError(f"{len(sources)} sources but {len(poses)} poses")
-        sc = self.sample_config(num_steps, cfg_scale, cfg_power, seed)
+        sc = self.sample_config(num_steps, cfg_scale, cfg_power, seed, guidance_interval)
         cond = self._encode(sources, poses)
         generator = torch.Generator(device=self.device).manual_seed(sc.seed)
         x_0 = sample(self.model, self.diffusion, cond, sc, generator=generator)  # (N, C, h, w) scaled
