@@ -86,3 +86,17 @@ def test_pose_from_a_photo(pipe, pose_task_path, tmp_path):
     assert out[0].size == (16, 16)
     with pytest.raises(PoseError, match="no person found"):
         pipe.load_pose(Image.fromarray(skdata.chelsea()), pose_model_path=str(pose_task_path))
+
+
+def test_guidance_interval_override(pipe):
+    """The model's own interval is kept unless overridden; an empty interval is conditional sampling."""
+    rng = np.random.default_rng(3)
+    src = rng.integers(0, 255, (64, 44, 3), dtype=np.uint8)
+    assert pipe.sample_config().guidance_interval == pipe.cfg.sample.guidance_interval
+    assert pipe.sample_config(guidance_interval=(200, 700)).guidance_interval == (200, 700)
+    assert pipe.sample_config(guidance_interval=None).guidance_interval is None
+    cond_only = np.asarray(pipe(src, POSE, seed=4, num_steps=3, cfg_scale=1.0)[0])
+    never = np.asarray(pipe(src, POSE, seed=4, num_steps=3, cfg_scale=3.0, guidance_interval=(1000, 1000))[0])
+    always = np.asarray(pipe(src, POSE, seed=4, num_steps=3, cfg_scale=3.0, guidance_interval=None)[0])
+    assert np.array_equal(cond_only, never)
+    assert not np.array_equal(always, never)

@@ -192,13 +192,15 @@ class XMDPTPipeline:
 
     def __call__(self, source_image: Any, target_pose: PoseLike, *, num_steps: Optional[int] = None,
                  cfg_scale: Optional[float] = None, cfg_power: Optional[float] = None, seed: int = 0,
-                 num_images: int = 1, output_size: Optional[tuple[int, int]] = None) -> list[Image.Image]:
+                 num_images: int = 1, output_size: Optional[tuple[int, int]] = None,
+                 guidance_interval: Any = KEEP) -> list[Image.Image]:
         """Generate ``num_images`` pictures of the source person in the target pose.
 
         Args:
             source_image: a path, bytes, PIL image or uint8 ``(H, W, 3)`` array — any photo.
             target_pose: a pose JSON path/dict, a :class:`Pose`, or a photo (path/PIL/array) to estimate it from.
             num_steps, cfg_scale, cfg_power: sampler settings (default: the model's ``sample`` config).
+            guidance_interval: ``(lo, hi)`` timesteps to guide at, None for every step (default: the model's).
             seed: seeds the initial noise.
             num_images: samples per call (different noise).
             output_size: ``(H, W)`` to resize to (e.g. ``(256, 176)`` to undo the square squash); default square.
@@ -209,7 +211,8 @@ class XMDPTPipeline:
         src = prepare_source(as_image_array(source_image, name=_name(source_image, "source image")), self.image_size)
         pose = self.load_pose(target_pose, name=_name(target_pose, "target pose"))
         out = self.generate_arrays(np.stack([src] * num_images), [pose] * num_images, num_steps=num_steps,
-                                   cfg_scale=cfg_scale, cfg_power=cfg_power, seed=seed)
+                                   cfg_scale=cfg_scale, cfg_power=cfg_power, seed=seed,
+                                   guidance_interval=guidance_interval)
         images = [Image.fromarray(a) for a in out]
         if output_size is not None:
             images = [im.resize((output_size[1], output_size[0]), Image.BICUBIC) for im in images]
