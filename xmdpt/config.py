@@ -244,6 +244,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip_norm: Optional[float] = 1.0  # null: no clipping (as the authors); 1.0 keeps the high-lr default stable
     min_snr_gamma: Optional[float] = None  # null: unweighted eps-MSE (the paper); gamma: Min-SNR-gamma weighting
+    timestep_logit_normal: Optional[tuple[float, float]] = None  # null: t uniform (the paper); (m, s): t = T * sigmoid(m + s * n), n ~ N(0, 1)
     ema_decay: float = 0.995  # ~200-step horizon for a 400-step run (the authors: 0.9999 over 300k steps)
     cond_drop_prob: float = 0.1  # CFG dropout: share of samples trained with the null (zero) condition
     swap_prob: float = 0.5  # > 0: reversed pairs are rows of the training table (see xmdpt.training.data)
@@ -272,6 +273,9 @@ class TrainConfig:
         _check(self.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
         _check(self.grad_clip_norm is None or self.grad_clip_norm > 0, "train.grad_clip_norm", "must be > 0 or null")
         _check(self.min_snr_gamma is None or self.min_snr_gamma > 0, "train.min_snr_gamma", "must be > 0 or null")
+        if self.timestep_logit_normal is not None:
+            _check(len(self.timestep_logit_normal) == 2 and self.timestep_logit_normal[1] > 0,
+                   "train.timestep_logit_normal", f"expected [mean, std > 0] or null, got {self.timestep_logit_normal}")
 
 
 @dataclass(frozen=True)

@@ -179,3 +179,24 @@ def test_min_snr_weighting_scales_only_the_low_noise_eps_mse(model, cfg, inputs)
     t_drawn = torch.randint(0, 1000, (2,), generator=torch.Generator().manual_seed(3))
     assert weighted["mse"] < plain["mse"] if bool((min_snr_weight(diffusion, t_drawn, 5.0) < 1).any()) \
         else torch.equal(weighted["mse"], plain["mse"])
+
+
+def test_logit_normal_timesteps_follow_their_distribution_and_default_to_uniform():
+    import math
+
+    import pytest
+
+    from xmdpt.config import ConfigError, XMDPTConfig
+    from xmdpt.diffusion.losses import sample_timesteps
+
+    # the default (None) is the paper's uniform draw, the same numbers as torch.randint
+    uniform = sample_timesteps(1000, 1000, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(uniform, torch.randint(0, 1000, (1000,), generator=torch.Generator().manual_seed(0)))
+    t = sample_timesteps(200_000, 1000, generator=torch.Generator().manual_seed(1), logit_normal=(0.5, 1.0))
+    assert t.dtype == torch.int64 and int(t.min()) >= 0 and int(t.max()) <= 999
+    # quantiles of T * sigmoid(0.5 + n): median T * sigmoid(0.5) = 622, P(t < T/2) = Phi(-0.5) = 0.309
+    assert abs(float(t.double().median()) - 1000 / (1 + math.exp(-0.5))) < 3
+    assert abs(float((t < 500).double().mean()) - 0.5 * (1 + math.erf(-0.5 / math.sqrt(2)))) < 0.005
+    with pytest.raises(ConfigError, match="train.timestep_logit_normal"):
+        XMDPTConfig.from_dict({"train": {"timestep_logit_normal": [0.5, 0.0]}})
+    assert XMDPTConfig.from_dict({"train": {"timestep_logit_normal": [0.5, 1]}}).train.timestep_logit_normal == (0.5, 1.0)

@@ -70,6 +70,22 @@ def min_snr_weight(diffusion: GaussianDiffusion, t: torch.Tensor, gamma: float) 
     return (snr.clamp(max=gamma) / snr).float()
 
 
+def sample_timesteps(n: int, num_timesteps: int, *, device: torch.device | str = "cpu",
+                     generator: Optional[torch.Generator] = None,
+                     logit_normal: Optional[tuple[float, float]] = None) -> torch.Tensor:
+    """(n,) int64 training timesteps in [0, T).
+
+    Uniform (the paper), or logit-normal (Esser et al. 2024): ``t = floor(T * sigmoid(m + s * n))``
+    with ``n ~ N(0, 1)``; ``m > 0`` moves the draws toward high noise, where the layout of the image
+    (and so the pose) is decided.
+    """
+    if logit_normal is None:
+        return torch.randint(0, num_timesteps, (n,), device=device, generator=generator)
+    m, s = logit_normal
+    u = torch.sigmoid(m + s * torch.randn(n, device=device, generator=generator))  # (n,) in (0, 1)
+    return (u * num_timesteps).long().clamp_(0, num_timesteps - 1)
+
+
 def _pass_losses(model, diffusion: GaussianDiffusion, x_0: torch.Tensor, t: torch.Tensor, cond: dict,
                  cond_drop_prob: float, mask_ratio: float, generator: Optional[torch.Generator],
                  mse_weight: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,7 +105,8 @@ def _pass_losses(model, diffusion: GaussianDiffusion, x_0: torch.Tensor, t: torc
 
 def training_losses(model, diffusion: GaussianDiffusion, x_0: torch.Tensor, cond: dict, *, cond_drop_prob: float,
                     mask_ratio: float, generator: Optional[torch.Generator] = None,
-                    min_snr_gamma: Optional[float] = None) -> dict[str, torch.Tensor]:
+                    min_snr_gamma: Optional[float] = None,
+                    timestep_logit_normal: Optional[tuple[float, float]] = None) -> dict[str, torch.Tensor]:
     """Losses of one training step: the same t for both passes, independent noise and drop masks.
 
     Args:
@@ -101,6 +118,7 @@ def training_losses(model, diffusion: GaussianDiffusion, x_0: torch.Tensor, cond
         mask_ratio: masked pass ratio; 0 skips the masked pass (``loss_masked`` = 0).
         generator: drives t, noise, drop masks and token masks.
         min_snr_gamma: None (the paper: unweighted eps-MSE) or gamma of the Min-SNR weighting.
+        timestep_logit_normal: None (the paper: t uniform) or (m, s) of :func:`sample_timesteps`.
     Returns:
         scalars ``loss`` (= loss_unmasked + loss_masked = mse + vb), ``loss_unmasked``, ``loss_masked``,
         ``mse`` and ``vb`` (each summed over the passes).
@@ -109,7 +127,8 @@ def training_losses(model, diffusion: GaussianDiffusion, x_0: torch.Tensor, cond
     if missing:
         raise ValueError(f"cond: missing keys {missing}")
     N = x_0.shape[0]
-    t = torch.randint(0, diffusion.num_timesteps, (N,), device=x_0.device, generator=generator)  # (N,)
+    t = sample_timesteps(N, diffusion.num_timesteps, device=x_0.device, generator=generator,
+                         logit_normal=timestep_logit_normal)  # (N,)
     w = None if min_snr_gamma is None else min_snr_weight(diffusion, t, min_snr_gamma)  # (N,)
     mse_u, vb_u = _pass_losses(model, diffusion, x_0, t, cond, cond_drop_prob, 0.0, generator, w)
     if mask_ratio > 0:

@@ -67,7 +67,8 @@ def train_step(model: nn.Module, ema: Any, opt: torch.optim.Optimizer, batch: Ma
                diffusion: Any, latent_scale: float, cond_drop_prob: float, mask_ratio: float,
                accum_steps: int = 1, grad_clip_norm: Optional[float] = None, lr: Optional[float] = None,
                amp_dtype: Optional[torch.dtype] = None, generator: Optional[torch.Generator] = None,
-               min_snr_gamma: Optional[float] = None) -> dict[str, float]:
+               min_snr_gamma: Optional[float] = None,
+               timestep_logit_normal: Optional[tuple[float, float]] = None) -> dict[str, float]:
     """One optimizer step over ``batch`` (split into ``accum_steps`` micro-batches).
 
     Args:
@@ -85,6 +86,7 @@ def train_step(model: nn.Module, ema: Any, opt: torch.optim.Optimizer, batch: Ma
         amp_dtype: autocast dtype (``torch.bfloat16``) or None for fp32.
         generator: drives posterior samples, t, noise, condition drops and token masks.
         min_snr_gamma: Min-SNR-gamma weighting of the eps-MSE (None: unweighted, as the paper).
+        timestep_logit_normal: (m, s) of logit-normal timestep draws (None: uniform, as the paper).
 
     Returns:
         Floats: the loss terms averaged over micro-batches (``loss``, ``loss_unmasked``,
@@ -111,7 +113,8 @@ def train_step(model: nn.Module, ema: Any, opt: torch.optim.Optimizer, batch: Ma
             with amp:
                 losses = training_losses(model, diffusion, x_0, cond, cond_drop_prob=cond_drop_prob,
                                          mask_ratio=mask_ratio, generator=generator,
-                                         min_snr_gamma=min_snr_gamma)
+                                         min_snr_gamma=min_snr_gamma,
+                                         timestep_logit_normal=timestep_logit_normal)
             (losses["loss"] / len(chunks)).backward()
         for k in LOSS_KEYS:
             totals[k] += float(losses[k].detach()) / len(chunks)

@@ -274,7 +274,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                            diffusion=diffusion, latent_scale=spec.latent_scale, cond_drop_prob=tc.cond_drop_prob,
                            mask_ratio=cfg.model.mask_ratio, accum_steps=tc.grad_accum_steps,
                            grad_clip_norm=tc.grad_clip_norm, lr=lr_at(step, tc.lr, tc.warmup_steps),
-                           amp_dtype=amp_dtype, generator=gen, min_snr_gamma=tc.min_snr_gamma)
+                           amp_dtype=amp_dtype, generator=gen, min_snr_gamma=tc.min_snr_gamma,
+                           timestep_logit_normal=tc.timestep_logit_normal)
             step += 1
             for k in LOSS_KEYS:
                 window[k] += m[k]
