@@ -243,3 +243,20 @@ def test_other_identity_baseline_skips_a_person_whose_view_hides_the_part():
     red, blue = np.array(colours[0]) / 255.0, np.array(colours[2]) / 255.0
     assert out["synthetic_colour_error_torso_other_identity_baseline"] == pytest.approx(np.linalg.norm(red - blue), rel=1e-3)
     assert out["synthetic_colour_error_torso"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_limb_capsule_matches_the_distance_to_the_segment_everywhere():
+    from xmdpt.metrics.synthetic import _capsule
+
+    rng = np.random.default_rng(0)
+    hw = (40, 30)
+    yy, xx = np.mgrid[0:hw[0], 0:hw[1]]
+    pts = np.stack([xx + 0.5, yy + 0.5], axis=-1).reshape(-1, 2)
+    for _ in range(50):  # segments inside, across and outside the frame, and single points
+        p = rng.uniform(-15, 50, 2)
+        q = p if rng.random() < 0.2 else p + rng.normal(0, 15, 2)
+        r = float(rng.uniform(0.5, 8))
+        d = q - p
+        t = np.clip((pts - p) @ d / max(float(d @ d), 1e-9), 0, 1)
+        want = (np.linalg.norm(pts - (p + t[:, None] * d), axis=1) <= r).reshape(hw)
+        assert np.array_equal(_capsule(hw, p, q, r), want)
