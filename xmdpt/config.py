@@ -235,7 +235,8 @@ class TrainConfig:
 
     num_workers: int = 2
     use_gpu: bool = False
-    cpus_per_worker: float = 0.5
+    cpus_per_worker: float = 0.5  # Ray's logical CPUs per worker (fractional: Ray Data keeps CPUs for its tasks)
+    threads_per_worker: Optional[int] = None  # intra-op threads of a CPU worker (null: cpus_per_worker rounded, >= 1)
     batch_size_per_worker: int = 16  # rows per worker and micro-batch (x grad_accum_steps per optimizer step)
     grad_accum_steps: int = 1
     max_steps: int = 400  # params.yaml's embedded default: 800 (~4.5 min with 2 CPU workers); the paper: 300k-800k
@@ -248,7 +249,7 @@ class TrainConfig:
     ema_decay: float = 0.995  # ~200-step horizon for a 400-step run (the authors: 0.9999 over 300k steps)
     cond_drop_prob: float = 0.1  # CFG dropout: share of samples trained with the null (zero) condition
     swap_prob: float = 0.5  # > 0: reversed pairs are rows of the training table (see xmdpt.training.data)
-    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
+    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16 (autocast, also on CPU)
     seed: int = 0
     log_every: int = 10
     checkpoint_every: int = 100
@@ -266,6 +267,8 @@ class TrainConfig:
         _check(0.0 <= self.cond_drop_prob < 1.0, "train.cond_drop_prob", "must be in [0, 1)")
         _check(0.0 <= self.ema_decay < 1.0, "train.ema_decay", "must be in [0, 1)")
         _check(self.num_workers >= 1, "train.num_workers", "must be >= 1")
+        _check(self.threads_per_worker is None or self.threads_per_worker >= 1, "train.threads_per_worker",
+               "must be >= 1 or null")
         _check(self.max_steps >= 1, "train.max_steps", "must be >= 1")
         _check(self.grad_accum_steps >= 1, "train.grad_accum_steps", "must be >= 1")
         _check(self.checkpoint_every >= 1, "train.checkpoint_every", "must be >= 1")

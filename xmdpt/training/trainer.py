@@ -212,8 +212,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     spec = FeatureSpec.from_dict(meta["spec"])
     uri, run_id = meta["tracking_uri"], meta["run_id"]
 
-    if device.type == "cpu":  # one intra-op thread per reserved CPU: oversubscribed OpenMP threads spin
-        torch.set_num_threads(max(1, round(tc.cpus_per_worker)))
+    if device.type == "cpu":  # one intra-op thread per reserved CPU unless set: oversubscribed OpenMP threads spin
+        torch.set_num_threads(tc.threads_per_worker or max(1, round(tc.cpus_per_worker)))
     torch.manual_seed(tc.seed)  # identical initial weights on every rank
     model = XMDPT(cfg.model).to(device)
     if cfg.model.mask_ratio == 0:  # no masked pass: MIPNet gets no gradient, and DDP must not wait for one
