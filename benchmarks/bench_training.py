@@ -1,4 +1,4 @@
-"""Training throughput: cached features vs encoding on the fly, and 1 vs 2 Ray Train workers.
+"""Training throughput: cached features vs encoding on the fly, and Ray Train worker layouts.
 
 Part 1 (plain PyTorch, one process): the same model, batch and step, fed either from the feature
 cache (posterior mean/std + tokens, as ``xmdpt.training``) or the authors' way, encoding every
@@ -8,8 +8,10 @@ Encoders are the embedded default's (fitted-VAE architecture, random-feature DIN
 their cost, not their weights, matters here.
 
 Part 2 (Ray Train V2): ``xmdpt.training.trainer.train`` on a synthetic feature cache in the
-embedded default's shapes, with 1 and then 2 CPU workers; samples/s is the steady-state
-throughput reported by the workers (the first logging window, with start-up, is left out).
+embedded default's shapes, one layout after the other at the same 32 rows per optimizer step:
+2 one-thread fp32 DDP workers of 16 rows (the layout before), 1 two-thread worker of 32 rows in fp32,
+and the same in bf16 autocast (the embedded default). samples/s is the steady-state throughput
+reported by the workers (the first logging window, with start-up, is left out).
 
 Run: ``.venv/bin/python benchmarks/bench_training.py [--steps 20] [--ray-steps 60] [--skip-ray]``
 """
@@ -92,7 +94,18 @@ def bench_cache_vs_online(cfg: XMDPTConfig, batch: int, steps: int) -> dict[str,
             "cache_step_s": t_cache, "online_step_s": t_online}
 
 
-def bench_workers(cfg: XMDPTConfig, steps: int, workers: tuple[int, ...]) -> dict[int, float]:
+# (label, train.* overrides): the same 32 rows per optimizer step in each layout
+LAYOUTS = (
+    ("2 workers x 1 thread, fp32, 16 rows each", dict(num_workers=2, cpus_per_worker=0.5, threads_per_worker=1,
+                                                       batch_size_per_worker=16, precision="fp32")),
+    ("1 worker x 2 threads, fp32, 32 rows", dict(num_workers=1, cpus_per_worker=1.0, threads_per_worker=2,
+                                                  batch_size_per_worker=32, precision="fp32")),
+    ("1 worker x 2 threads, bf16, 32 rows", dict(num_workers=1, cpus_per_worker=1.0, threads_per_worker=2,
+                                                  batch_size_per_worker=32, precision="bf16")),
+)
+
+
+def bench_layouts(cfg: XMDPTConfig, steps: int) -> dict[str, float]:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "training"))
     from conftest import _write_fixture_cache  # the test fixture writer: real schemas, random tensors
 
@@ -104,22 +117,22 @@ def bench_workers(cfg: XMDPTConfig, steps: int, workers: tuple[int, ...]) -> dic
         C, H = cfg.model.in_channels, cfg.model.input_size
         _write_fixture_cache(root, persons=9, views=5, latent=(C, H, H),
                              tokens=(cfg.model.pose_num_tokens, cfg.model.pose_token_dim))
-        for n in workers:
+        for i, (label, layout) in enumerate(LAYOUTS):
             run_cfg = cfg.replace(
                 paths={"storage_root": str(root / "store"), "artifacts_dir": str(root / "artifacts"),
                        "mlflow_tracking_uri": f"sqlite:///{root / 'mlflow.db'}"},
-                train={"num_workers": n, "max_steps": steps, "log_every": 10, "sample_every": 0,
-                       "checkpoint_every": steps, "seed": n})
+                train={**layout, "max_steps": steps, "log_every": 10, "sample_every": 0,
+                       "checkpoint_every": steps, "seed": i})
             summary = train(run_cfg)
             windows = [h["samples_per_s"] for h in summary["history"][1:]]
-            out[n] = statistics.median(windows)
+            out[label] = statistics.median(windows)
     return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=20, help="timed steps per variant (part 1)")
-    ap.add_argument("--ray-steps", type=int, default=60, help="training steps per worker count (part 2)")
+    ap.add_argument("--ray-steps", type=int, default=100, help="training steps per layout (part 2)")
     ap.add_argument("--skip-ray", action="store_true")
     args = ap.parse_args()
     # the embedded default as params.yaml sets it (xmdpt-tiny/4 on 32x32x4 latents, 64 tokens, 65 condition tokens)
@@ -133,9 +146,10 @@ def main() -> None:
           f"({r['cache_step_s'] * 1000:.0f} ms/step); on the fly {r['online_samples_per_s']:.1f} samples/s "
           f"({r['online_step_s'] * 1000:.0f} ms/step); speed-up x{r['cache_samples_per_s'] / r['online_samples_per_s']:.2f}")
     if not args.skip_ray:
-        w = bench_workers(cfg, args.ray_steps, (1, 2))
-        print(f"Ray Train, cache, batch {batch}/worker: 1 worker {w[1]:.1f} samples/s; 2 workers {w[2]:.1f} samples/s "
-              f"(x{w[2] / w[1]:.2f})")
+        w = bench_layouts(cfg, args.ray_steps)
+        base = next(iter(w.values()))
+        for label, sps in w.items():
+            print(f"Ray Train, cache, {label}: {sps:.1f} samples/s (x{sps / base:.2f}), {32 / sps * 1000:.0f} ms/step")
 
 
 if __name__ == "__main__":

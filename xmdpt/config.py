@@ -239,7 +239,7 @@ class TrainConfig:
     threads_per_worker: Optional[int] = None  # intra-op threads of a CPU worker (null: cpus_per_worker rounded, >= 1)
     batch_size_per_worker: int = 16  # rows per worker and micro-batch (x grad_accum_steps per optimizer step)
     grad_accum_steps: int = 1
-    max_steps: int = 400  # params.yaml's embedded default: 800 (~4.5 min with 2 CPU workers); the paper: 300k-800k
+    max_steps: int = 400  # params.yaml's embedded default: 2400 (~7.5 min on 2 cores); the paper: 300k-800k
     lr: float = 5e-4  # params.yaml's embedded default: 4e-3 (the tiny model learns far faster than at the paper's 1e-4)
     warmup_steps: int = 50  # linear LR warm-up from 0 (the authors: none, constant LR)
     weight_decay: float = 0.0
@@ -249,7 +249,7 @@ class TrainConfig:
     ema_decay: float = 0.995  # ~200-step horizon for a 400-step run (the authors: 0.9999 over 300k steps)
     cond_drop_prob: float = 0.1  # CFG dropout: share of samples trained with the null (zero) condition
     swap_prob: float = 0.5  # > 0: reversed pairs are rows of the training table (see xmdpt.training.data)
-    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16 (autocast, also on CPU)
+    precision: str = "auto"  # auto (bf16 autocast on CUDA and on CPUs with AVX512-BF16/AMX, else fp32) | fp32 | bf16
     seed: int = 0
     log_every: int = 10
     checkpoint_every: int = 100

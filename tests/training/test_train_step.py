@@ -15,7 +15,7 @@ from xmdpt.training.checkpoint import (
     unflatten_optimizer_state,
 )
 from xmdpt.training.ema import EMA
-from xmdpt.training.step import autocast_dtype, lr_at, sample_posterior, train_step
+from xmdpt.training.step import autocast_dtype, cpu_has_native_bf16, lr_at, sample_posterior, train_step
 
 
 def _setup(make_config, tmp_path, **train):
@@ -44,9 +44,20 @@ def test_posterior_is_sampled_and_scaled():
 def test_lr_warmup_and_precision():
     assert [lr_at(s, 1e-3, 4) for s in range(6)] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3])
     assert lr_at(0, 1e-4, 0) == 1e-4
-    assert autocast_dtype("auto", torch.device("cpu")) is None
     assert autocast_dtype("auto", torch.device("cuda")) is torch.bfloat16
     assert autocast_dtype("bf16", torch.device("cpu")) is torch.bfloat16
+    assert autocast_dtype("fp32", torch.device("cuda")) is None
+    with pytest.raises(ValueError, match="unknown precision 'fp16'"):
+        autocast_dtype("fp16", torch.device("cpu"))
+
+
+@pytest.mark.parametrize("avx512_bf16, amx, expected", [(False, False, None), (True, False, torch.bfloat16),
+                                                        (False, True, torch.bfloat16)])
+def test_auto_precision_follows_the_cpus_bf16_support(monkeypatch, avx512_bf16, amx, expected):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert cpu_has_native_bf16() is (avx512_bf16 or amx)
+    assert autocast_dtype("auto", torch.device("cpu")) is expected
 
 
 def test_overfitting_one_batch_lowers_the_loss(make_config, tmp_path):

@@ -21,7 +21,7 @@ from torch import nn
 
 from xmdpt.diffusion.losses import training_losses
 
-__all__ = ["sample_posterior", "lr_at", "autocast_dtype", "train_step", "LOSS_KEYS"]
+__all__ = ["sample_posterior", "lr_at", "cpu_has_native_bf16", "autocast_dtype", "train_step", "LOSS_KEYS"]
 
 LOSS_KEYS = ("loss", "loss_unmasked", "loss_masked", "mse", "vb")
 
@@ -47,14 +47,27 @@ def lr_at(step: int, base_lr: float, warmup_steps: int) -> float:
     return base_lr
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX): there bf16 autocast speeds
+    up a training step (x1.3 for the embedded default here); elsewhere oneDNN emulates it."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
+
+
 def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
-    """``train.precision`` -> the autocast dtype (None: fp32). ``auto`` is bf16 on CUDA, fp32 on CPU."""
+    """``train.precision`` -> the autocast dtype (None: fp32).
+
+    ``auto`` is bf16 on CUDA and on CPUs with native bf16 (:func:`cpu_has_native_bf16`), fp32 on
+    other CPUs; ``bf16`` and ``fp32`` force one.
+    """
     if precision == "fp32":
         return None
     if precision == "bf16":
         return torch.bfloat16
     if precision == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
+        if device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16()):
+            return torch.bfloat16
+        return None
     raise ValueError(f"unknown precision {precision!r}; expected one of ['auto', 'bf16', 'fp32']")
 
 
