@@ -13,7 +13,7 @@ embedded default's shapes, one layout after the other at the same 32 rows per op
 and the same in bf16 autocast (the embedded default). samples/s is the steady-state throughput
 reported by the workers (the first logging window, with start-up, is left out).
 
-Run: ``.venv/bin/python benchmarks/bench_training.py [--steps 20] [--ray-steps 60] [--skip-ray]``
+Run: ``.venv/bin/python benchmarks/bench_training.py [--steps 20] [--ray-steps 100] [--skip-ray]``
 """
 
 from __future__ import annotations
@@ -105,7 +105,8 @@ LAYOUTS = (
 )
 
 
-def bench_layouts(cfg: XMDPTConfig, steps: int) -> dict[str, float]:
+def bench_layouts(cfg: XMDPTConfig, steps: int) -> dict[str, tuple[float, int]]:
+    """label -> (median samples/s, rows per optimizer step) of each of :data:`LAYOUTS`."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "training"))
     from conftest import _write_fixture_cache  # the test fixture writer: real schemas, random tensors
 
@@ -125,7 +126,7 @@ def bench_layouts(cfg: XMDPTConfig, steps: int) -> dict[str, float]:
                        "checkpoint_every": steps, "seed": i})
             summary = train(run_cfg)
             windows = [h["samples_per_s"] for h in summary["history"][1:]]
-            out[label] = statistics.median(windows)
+            out[label] = (statistics.median(windows), layout["num_workers"] * layout["batch_size_per_worker"])
     return out
 
 
@@ -147,9 +148,9 @@ def main() -> None:
           f"({r['online_step_s'] * 1000:.0f} ms/step); speed-up x{r['cache_samples_per_s'] / r['online_samples_per_s']:.2f}")
     if not args.skip_ray:
         w = bench_layouts(cfg, args.ray_steps)
-        base = next(iter(w.values()))
-        for label, sps in w.items():
-            print(f"Ray Train, cache, {label}: {sps:.1f} samples/s (x{sps / base:.2f}), {32 / sps * 1000:.0f} ms/step")
+        base = next(iter(w.values()))[0]
+        for label, (sps, rows) in w.items():
+            print(f"Ray Train, cache, {label}: {sps:.1f} samples/s (x{sps / base:.2f}), {rows / sps * 1000:.0f} ms/step")
 
 
 if __name__ == "__main__":

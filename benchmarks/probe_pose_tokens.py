@@ -61,8 +61,11 @@ def load_rows(artifacts: str, dataset: str):
 
 
 def iou(pred: torch.Tensor, target: torch.Tensor) -> float:
-    a, b = pred > 0.5, target > 0.5
-    return float(((a & b).sum(1).float() / (a | b).sum(1).clamp(min=1).float()).mean())
+    """Mean over rows of :func:`xmdpt.metrics.synthetic.mask_iou` of (N, P) soft masks cut at 0.5."""
+    from xmdpt.metrics.synthetic import mask_iou
+
+    a, b = (pred > 0.5).numpy(), (target > 0.5).numpy()
+    return float(np.mean([mask_iou(x, y) for x, y in zip(a, b)]))
 
 
 def probe(tokens: torch.Tensor, sil: torch.Tensor, train: np.ndarray, steps: int, dim: int = 128) -> tuple[float, float]:
