@@ -49,7 +49,8 @@ def lr_at(step: int, base_lr: float, warmup_steps: int) -> float:
 
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX): there bf16 autocast speeds
-    up a training step (x1.3 for the embedded default here); elsewhere oneDNN emulates it."""
+    up a training step (x1.2-1.4 for the embedded default, BENCHMARKS.md section 5); elsewhere oneDNN
+    emulates it."""
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
 
