@@ -44,49 +44,101 @@ def synth(
     typer.echo(f"wrote {summary['images']} images of {summary['identities']} identities to {out}")
 
 
+def _read_overrides(path: Path) -> dict:
+    import yaml
+
+    if not path.is_file():
+        raise FileNotFoundError(f"--overrides {path}: file not found")
+    d = yaml.safe_load(path.read_text()) or {}
+    unknown = sorted(set(d) - {"model", "encoders", "data"}) if isinstance(d, dict) else ["(not a mapping)"]
+    if unknown:
+        raise ValueError(f"--overrides {path}: unknown sections {unknown}; expected model, encoders, data")
+    return d
+
+
 @app.command("import-official")
 def import_official(
-    ckpt: Path = typer.Argument(..., exists=True, dir_okay=False, help="The authors' released EMA checkpoint (.pt state dict)."),
-    preset: str = typer.Option("xmdpt-s/2", "--preset", help="Architecture the checkpoint was trained with (xmdpt-s/2, xmdpt-b/2, xmdpt-l/2)."),
-    out: Path = typer.Option(..., "--out", help="Model folder to write (config.json + model.safetensors)."),
+    ckpt: Path = typer.Argument(..., help="The authors' released EMA checkpoint, e.g. ema_0.9999_300000.pt (a plain state dict)."),
+    preset: str = typer.Option("xmdpt-s/2", "--preset", help="Architecture the checkpoint was trained with: xmdpt-s/2, xmdpt-b/2 or xmdpt-l/2."),
+    out: Path = typer.Option(..., "--out", help="Pipeline folder to write (what generate, serve and the registry read)."),
+    vae: Optional[str] = typer.Option(None, "--vae", help="The SD VAE the checkpoints were trained with: a local diffusers AutoencoderKL folder, or a hub id (default stabilityai/sd-vae-ft-mse)."),
+    vae_decoder: Optional[Path] = typer.Option(None, "--vae-decoder", help="The authors' fine-tuned decoder (their diffuser_finetune_vae folder); replaces the VAE's decoder."),
+    image_encoder: Optional[Path] = typer.Option(None, "--image-encoder", help="Local DINOv2 ViT-g/14 weights (timm model.safetensors or torch-hub dinov2_vitg14_pretrain.pth), copied into the folder. Default: timm's hub id, resolved when loading."),
+    pose_encoder: Optional[Path] = typer.Option(None, "--pose-encoder", help="Local DINOv2 ViT-B/14 weights (timm model.safetensors or torch-hub dinov2_vitb14_pretrain.pth)."),
+    register: Optional[str] = typer.Option(None, "--register", help="Also register the folder in MLflow as a new version of this model name."),
+    alias: Optional[str] = typer.Option(None, "--alias", help="Alias to set on the registered version (with --register)."),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow tracking/registry URI (default $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)."),
+    overrides: Optional[Path] = typer.Option(None, "--overrides", help="YAML/JSON with 'model', 'encoders', 'data' fields to replace (checkpoints trained with other sizes or encoders)."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
-    """Convert the authors' released checkpoints into our model folder format.
+    """Turn the authors' released checkpoint into a complete pipeline folder, optionally registered.
 
-    The checkpoint is read with ``torch.load(weights_only=True)`` (no pickle execution); keys and
-    shapes are checked against the preset and any mismatch is reported by name.
+    The checkpoint is read with ``torch.load(weights_only=True)`` (no pickle execution) and checked
+    against the preset; the folder conditions the model exactly as the authors' inference does
+    (hub DINOv2 position interpolation, sampled source latent, DDIM-50, CFG 2.0). Then
+    ``xmdpt generate --model DIR`` (or ``--model models:/NAME@ALIAS`` after ``--register``).
     """
     _logging(verbose)
+    if alias and not register:
+        typer.echo("error: --alias needs --register NAME", err=True)
+        raise typer.Exit(2)
+    from xmdpt.config import ConfigError
     from xmdpt.model.official import import_official as _import
 
-    _import(str(ckpt), preset, str(out))
-    typer.echo(f"wrote {out}")
+    try:
+        extra = _read_overrides(overrides) if overrides else {}
+        folder = _import(str(ckpt), preset, str(out), vae=vae, vae_decoder=vae_decoder,
+                         image_encoder_weights=image_encoder, pose_encoder_weights=pose_encoder,
+                         model_overrides=extra.get("model"), encoders=extra.get("encoders"), data=extra.get("data"))
+    except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"wrote pipeline folder {folder}")
+    if register:
+        import json
+
+        from xmdpt.registry import register_pipeline_folder
+
+        meta = json.loads((folder / "pipeline.json").read_text())
+        tags = {"source": "official", "preset": meta.get("preset", preset), "checkpoint": ckpt.name,
+                "checkpoint_sha256": meta.get("lineage", {}).get("sha256", ""), "decoder": meta.get("decoder", "")}
+        rec = register_pipeline_folder(folder, register, alias=alias, tags=tags, tracking_uri=tracking_uri)
+        typer.echo(f"registered {rec['name']} version {rec['version']}"
+                   + (f" as {rec['alias_uri']}" if rec["alias_uri"] else f" ({rec['model_uri']})")
+                   + f" in {rec['tracking_uri']}")
 
 
 @app.command()
 def generate(
     model: str = typer.Option(..., "--model", help="Pipeline folder or MLflow URI (models:/xmdpt@champion, models:/xmdpt/3, runs:/...); resolved with $MLFLOW_TRACKING_URI."),
     source: Path = typer.Option(..., "--source", help="Photo of the person (any size; padded to 176:256 with its background colour, then squashed to the model's square)."),
-    pose: Path = typer.Option(..., "--pose", help="Target pose: a pose JSON ({\"format\": \"coco18\", \"image_size\": [H, W], \"keypoints\": 18 points (x, y), (-1, -1) missing}) or a photo to take the pose from."),
+    pose: str = typer.Option(..., "--pose", help="Target pose: a pose JSON ({\"format\": \"coco18\", \"image_size\": [H, W], \"keypoints\": 18 points (x, y), (-1, -1) missing}), a PIDM pose/*.txt, a PATN/GFLA annotation csv row (FILE.csv::IMAGE_NAME), or a photo to take the pose from."),
     out: Path = typer.Option(..., "--out", help="PNG to write."),
     steps: Optional[int] = typer.Option(None, "--steps", help="DDIM steps (default: the model's sample.num_steps, 50)."),
     cfg_scale: Optional[float] = typer.Option(None, "--cfg-scale", help="Guidance scale (default: the model's sample.cfg_scale, 2.0; 1 = conditional only)."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
     pose_model: Optional[Path] = typer.Option(None, "--pose-model", help="MediaPipe .task for pose photos (default: the model config's data.pose_model_path)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda (default: cuda when available)."),
+    square: bool = typer.Option(False, "--square", help="Write the model's square frame (256x256) instead of restoring the source's aspect (176x256 for DeepFashion)."),
+    source_latent: Optional[str] = typer.Option(None, "--source-latent", help="mean | sample: the source's VAE posterior mean, or a seeded sample as the authors (default: the model's sample.source_latent)."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="auto | fp32 | bf16 for the denoiser and DINOv2 (default: the model's sample.precision; auto = bf16 on CUDA, fp32 on CPU)."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
-    """Generate the person in SOURCE in the pose of POSE with a trained model."""
+    """Generate the person in SOURCE in the pose of POSE with a trained or imported model."""
     _logging(verbose)
+    from xmdpt.config import ConfigError
     from xmdpt.data.images import ImageError
+    from xmdpt.precision import PrecisionError
     from xmdpt.registry import ModelNotFoundError
     from xmdpt.sampling.inputs import PoseError
     from xmdpt.sampling.pipeline import generate as _generate
 
     try:
         path = _generate(model, source, pose, out, num_steps=steps, cfg_scale=cfg_scale, seed=seed,
-                         pose_model_path=str(pose_model) if pose_model else None, device=device)
-    except (ModelNotFoundError, ImageError, PoseError, FileNotFoundError) as e:
+                         pose_model_path=str(pose_model) if pose_model else None, device=device, square=square,
+                         source_latent=source_latent, precision=precision)
+    except (ModelNotFoundError, ImageError, PoseError, FileNotFoundError, PrecisionError, ConfigError,
+            RuntimeError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
     typer.echo(f"wrote {path}")

@@ -110,7 +110,7 @@ class EncodersConfig:
 
     # --- autoencoder ---
     vae: str = "fitted"  # fitted (small AutoencoderKL trained here) | pretrained (diffusers hub id below)
-    vae_pretrained_id: str = "stabilityai/sd-vae-ft-mse"
+    vae_pretrained_id: str = "stabilityai/sd-vae-ft-mse"  # a hub id or a local diffusers AutoencoderKL folder
     latent_scale: Optional[float] = None  # None -> computed from data (1 / std of latents); SD VAE: 0.18215
     latent_channels: int = 4
     vae_block_channels: tuple[int, ...] = (32, 64, 64)  # fitted AE; len-1 downsamplings (factor 4 here: 64 px -> 16x16)
@@ -130,6 +130,10 @@ class EncodersConfig:
     pretrained: bool = False  # True: load DINOv2 weights from the hub; False: seeded random-feature stand-ins
     image_encoder: str = "vit_giant_patch14_dinov2.lvd142m"  # source image tokens (S x Dr)
     pose_encoder: str = "vit_base_patch14_dinov2.lvd142m"  # rendered target skeleton tokens (S x Dp)
+    # pretrained only: a local weights file instead of the hub (timm model.safetensors, or the torch-hub
+    # dinov2_vitg14_pretrain.pth / dinov2_vitb14_pretrain.pth layout); "" = timm's hub id above
+    image_encoder_weights: str = ""
+    pose_encoder_weights: str = ""
     standin_image_encoder: str = "vit_small_patch14_dinov2.lvd142m"  # architecture of the offline stand-in
     standin_pose_encoder: str = "vit_small_patch14_dinov2.lvd142m"
     standin_depth: int = 2  # stand-ins are shallow random-init ViTs of the same family
@@ -295,9 +299,19 @@ class SampleConfig:
     # the others (one forward instead of two there); null: guide at every step (the authors)
     guidance_interval: Optional[tuple[int, int]] = None
     seed: int = 0
+    # the source image's latent: the VAE posterior mean (our models' grids and evaluation) or a posterior
+    # sample drawn from `seed` (the authors' inference; imported checkpoints default to it)
+    source_latent: str = "mean"
+    # denoiser + DINOv2: auto (bf16 autocast on CUDA as the authors, fp32 on CPU) | fp32 | bf16 (CUDA with
+    # bf16 support, or a CPU with native bf16 — AVX512-BF16/AMX; refused elsewhere)
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         _check(self.sampler in ("ddim",), "sample.sampler", f"unknown sampler {self.sampler!r}; expected one of ['ddim']")
+        _check(self.source_latent in ("mean", "sample"), "sample.source_latent",
+               f"unknown source_latent {self.source_latent!r}; expected one of ['mean', 'sample']")
+        _check(self.precision in ("auto", "fp32", "bf16"), "sample.precision",
+               f"unknown precision {self.precision!r}; expected one of ['auto', 'bf16', 'fp32']")
         if self.guidance_interval is not None:
             lo, hi = self.guidance_interval
             _check(0 <= lo <= hi, "sample.guidance_interval", f"expected 0 <= lo <= hi, got {list(self.guidance_interval)}")

@@ -129,34 +129,9 @@ def log_and_register(
                if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))}
     lineage = {k: str(v) for k, v in (lineage or {}).items()}
 
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
+    info, run = log_pipeline_model(model_dir, tracking_uri=tracking_uri, tags=lineage, run_id=run_id,
+                                   experiment_name=experiment_name, params={"metric": metric}, metrics=numeric)
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-
-    run_kwargs: dict[str, Any] = {}
-    if run_id:
-        try:
-            client.get_run(run_id)
-            run_kwargs = {"run_id": run_id}
-        except MlflowException:
-            logger.warning("train run %s not found in %s; logging the model under a new run", run_id, tracking_uri)
-    if not run_kwargs:
-        mlflow.set_experiment(experiment_name)
-        run_kwargs = {"run_name": "register"}
-
-    with mlflow.start_run(**run_kwargs) as run:
-        info = mlflow.pyfunc.log_model(
-            name=LOGGED_MODEL_NAME,
-            python_model=str(MODEL_CODE),
-            artifacts={MODEL_DIR_ARTIFACT: str(model_dir)},
-            signature=_signature(),
-            pip_requirements=_pip_requirements(),
-            tags=lineage,
-            params={"metric": metric},
-        )
-        if numeric:
-            mlflow.log_metrics(numeric, model_id=info.model_id)
-    logger.info("logged model %s (%s) in run %s", info.model_id, info.model_uri, run.info.run_id)
 
     # the champion before this version (read before any alias moves)
     incumbent_version, incumbent_value = None, None
@@ -191,7 +166,7 @@ def log_and_register(
         "model_uri": f"models:/{model_name}/{mv.version}",
         "logged_model_uri": info.model_uri,
         "model_id": info.model_id,
-        "run_id": run.info.run_id,
+        "run_id": run,
         "tracking_uri": tracking_uri,
         "metric": {"name": metric, "value": value, "higher_is_better": higher_is_better,
                    "champion_before": {"version": int(incumbent_version) if incumbent_version else None,
@@ -200,6 +175,80 @@ def log_and_register(
         "metrics": dict(metrics),
         "lineage": lineage,
     }
+
+
+def log_pipeline_model(model_dir: str | Path, *, tracking_uri: str, tags: Mapping[str, str],
+                       run_id: Optional[str] = None, experiment_name: str = "xmdpt", run_name: str = "register",
+                       params: Optional[Mapping[str, Any]] = None, metrics: Optional[Mapping[str, float]] = None):
+    """Log a pipeline folder as a pyfunc LoggedModel (artifact ``model_dir``); returns ``(ModelInfo, run id)``.
+
+    Logged under ``run_id`` when that run exists in the store, else under a new run of ``experiment_name``.
+    """
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from xmdpt.sampling.folder import check_pipeline_folder
+
+    check_pipeline_folder(model_dir)
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    run_kwargs: dict[str, Any] = {}
+    if run_id:
+        try:
+            client.get_run(run_id)
+            run_kwargs = {"run_id": run_id}
+        except MlflowException:
+            logger.warning("run %s not found in %s; logging the model under a new run", run_id, tracking_uri)
+    if not run_kwargs:
+        mlflow.set_experiment(experiment_name)
+        run_kwargs = {"run_name": run_name}
+    with mlflow.start_run(**run_kwargs) as run:
+        info = mlflow.pyfunc.log_model(
+            name=LOGGED_MODEL_NAME,
+            python_model=str(MODEL_CODE),
+            artifacts={MODEL_DIR_ARTIFACT: str(model_dir)},
+            signature=_signature(),
+            pip_requirements=_pip_requirements(),
+            tags=dict(tags),
+            params=dict(params or {}),
+        )
+        if metrics:
+            mlflow.log_metrics(dict(metrics), model_id=info.model_id)
+    logger.info("logged model %s (%s) in run %s", info.model_id, info.model_uri, run.info.run_id)
+    return info, run.info.run_id
+
+
+def register_pipeline_folder(model_dir: str | Path, name: str, *, alias: Optional[str] = None,
+                             tags: Optional[Mapping[str, Any]] = None, tracking_uri: Optional[str] = None,
+                             experiment_name: str = "xmdpt-imports") -> dict[str, Any]:
+    """Log a pipeline folder (e.g. an imported checkpoint's) and register it as a new version of ``name``.
+
+    Args:
+        alias: set on the new version (moved if another version had it).
+        tags: put on the LoggedModel and the version (e.g. source=official, preset, checkpoint sha256, decoder).
+        tracking_uri: default ``$MLFLOW_TRACKING_URI`` (or ``sqlite:///mlflow.db``); an ``http://`` server works.
+
+    Returns:
+        ``{"name", "version", "aliases", "model_uri", "logged_model_uri", "run_id", "tracking_uri", "tags"}``.
+    """
+    import mlflow
+    from mlflow import MlflowClient
+
+    tracking_uri = resolve_tracking_uri(tracking_uri or "")
+    tags = {k: str(v) for k, v in (tags or {}).items()}
+    info, run_id = log_pipeline_model(model_dir, tracking_uri=tracking_uri, tags=tags,
+                                      experiment_name=experiment_name, run_name=f"import {name}")
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    mv = mlflow.register_model(info.model_uri, name, tags={**tags, "model_id": info.model_id})
+    if alias:
+        client.set_registered_model_alias(name, alias, mv.version)
+    aliases = sorted(client.get_model_version(name, mv.version).aliases)
+    logger.info("registered %s v%s%s", name, mv.version, f" @{alias}" if alias else "")
+    return {"name": name, "version": int(mv.version), "aliases": aliases, "model_uri": f"models:/{name}/{mv.version}",
+            "alias_uri": f"models:/{name}@{alias}" if alias else None, "logged_model_uri": info.model_uri,
+            "run_id": run_id, "tracking_uri": tracking_uri, "tags": tags}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -241,10 +290,13 @@ def _pin_uri(uri: str, tracking_uri: str) -> tuple[str, str]:
 
 def _find_pipeline_folder(root: Path) -> Path:
     """The pipeline folder inside a downloaded pyfunc model (or ``root`` itself)."""
-    from xmdpt.sampling.folder import is_pipeline_folder
+    from xmdpt.sampling.folder import is_pipeline_folder, not_a_pipeline_folder_reason
 
     if is_pipeline_folder(root):
         return root
+    reason = not_a_pipeline_folder_reason(root)
+    if reason:
+        raise ModelNotFoundError(reason)
     mlmodel = root / "MLmodel"
     if mlmodel.is_file():
         import yaml

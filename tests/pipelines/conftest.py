@@ -284,3 +284,60 @@ def dfx():
         ID0=ID0, ID1=ID1, CONVERTED=CONVERTED, UNANNOTATED=UNANNOTATED, OUT_OF_RANGE=OUT_OF_RANGE,
         MALFORMED_POSE=MALFORMED_POSE, IMAGE_HW=IMAGE_HW, LARGE=LARGE,
     )
+
+
+# ------------------------------------------------------------------------------------------------
+# A real MLflow tracking + registry server on 127.0.0.1 (for the registry consumers)
+# ------------------------------------------------------------------------------------------------
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import urllib.request  # noqa: E402
+
+BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:
+    deadline = time.time() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            pytest.fail(f"mlflow server did not start: {log.read_text()[-2000:]}")
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """A real tracking + registry server with proxied artifacts, in its own process.
+
+    Started here, awaited (``/health``) by the test, so that its start-up overlaps the fixtures after it.
+    """
+    root = tmp_path_factory.mktemp("mlflow")
+    port = _free_port()
+    log = open(root / "server.log", "w")
+    proc = subprocess.Popen(
+        [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts")],
+        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+    url = f"http://127.0.0.1:{port}"
+    yield lambda: (_wait_healthy(url, proc, root / "server.log"), url)[1]
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+

@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -27,49 +24,6 @@ POSE = {"format": "coco18", "image_size": [256, 176],
         "keypoints": [[88, 40], [88, 62], [68, 64], [60, 96], [58, 126], [108, 64], [116, 96], [118, 126],
                       [76, 132], [74, 182], [74, 228], [100, 132], [102, 182], [102, 228], [84, 36], [92, 36],
                       [80, 38], [96, 38]]}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:
-    deadline = time.time() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            pytest.fail(f"mlflow server did not start: {log.read_text()[-2000:]}")
-        time.sleep(0.5)
-
-
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
-    """A real tracking + registry server with proxied artifacts, in its own process.
-
-    Started here, awaited (``/health``) by the test, so that its start-up overlaps the fixtures after it.
-    """
-    root = tmp_path_factory.mktemp("mlflow")
-    port = _free_port()
-    log = open(root / "server.log", "w")
-    proc = subprocess.Popen(
-        [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts")],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
-    url = f"http://127.0.0.1:{port}"
-    yield lambda: (_wait_healthy(url, proc, root / "server.log"), url)[1]
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +79,10 @@ def test_register_then_generate_from_champion_in_a_subprocess(mlflow_server, fol
                          capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     img = Image.open(out)
-    assert img.format == "PNG" and img.size == (16, 16)
+    from xmdpt.sampling.inputs import restore_aspect
+
+    h, w = restore_aspect(np.zeros((16, 16, 3), np.uint8), (300, 180)).shape[:2]  # the source's aspect
+    assert img.format == "PNG" and img.size == (w, h) and h == 16 and w < 16
     # the downloaded folder is the registered one
     cached = list((tmp_path / "cache").glob("*/.complete"))
     assert len(cached) == 1

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from xmdpt.config import SampleConfig
 from xmdpt.diffusion.gaussian import GaussianDiffusion
+from xmdpt.precision import autocast_context
 
 logger = logging.getLogger(__name__)
 
@@ -83,13 +84,15 @@ def sample(model, diffusion: GaussianDiffusion, cond: dict, sample_cfg: SampleCo
     for i, t in enumerate(tqdm(steps, disable=not progress, desc="ddim")):
         t_batch = torch.full((N,), t, dtype=torch.long, device=x.device)
         args = (x, t_batch, cond["pose_tokens"], cond["ref_tokens"], ref_latent)
-        if sample_cfg.cfg_scale == 0:
-            out = model(*args, drop_cond=drop_all)
-        elif sample_cfg.cfg_scale == 1 or not guided_at(t, sample_cfg.guidance_interval):
-            out = model(*args)
-        else:
-            out = model.forward_with_cfg(*args, sample_cfg.cfg_scale, sample_cfg.cfg_power,
-                                         num_timesteps=diffusion.num_timesteps)
+        with autocast_context(x.device, sample_cfg.precision):  # bf16 as the authors on CUDA (auto)
+            if sample_cfg.cfg_scale == 0:
+                out = model(*args, drop_cond=drop_all)
+            elif sample_cfg.cfg_scale == 1 or not guided_at(t, sample_cfg.guidance_interval):
+                out = model(*args)
+            else:
+                out = model.forward_with_cfg(*args, sample_cfg.cfg_scale, sample_cfg.cfg_power,
+                                             num_timesteps=diffusion.num_timesteps)
+        out = out.float()
         t_prev = steps[i + 1] if i + 1 < len(steps) else -1
         x = ddim_step(diffusion, x, out[:, :C], t, t_prev, sample_cfg.eta, generator)
     return x

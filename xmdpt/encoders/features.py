@@ -87,7 +87,7 @@ def augment(image: np.ndarray, keypoints: np.ndarray, size: int, flip: bool) -> 
 
 
 def encode_arrays(codec, image_encoder, pose_encoder, images: np.ndarray, skeletons: np.ndarray,
-                  token_input_size: int) -> dict[str, np.ndarray]:
+                  token_input_size: int, dtype: Optional[np.dtype] = None) -> dict[str, np.ndarray]:
     """Run the three encoders on a batch.
 
     Args:
@@ -96,9 +96,10 @@ def encode_arrays(codec, image_encoder, pose_encoder, images: np.ndarray, skelet
         images: uint8 (N, H, W, 3) model-square images.
         skeletons: uint8 (N, H, W, 3) rendered skeletons.
         token_input_size: DINO input side.
+        dtype: of the outputs (default: the cache's fp16).
 
     Returns:
-        float16 arrays: latent_mean/latent_std (N, C, h, w), image_tokens (N, S, Dr), pose_tokens (N, S, Dp).
+        arrays of ``dtype``: latent_mean/latent_std (N, C, h, w), image_tokens (N, S, Dr), pose_tokens (N, S, Dp).
     """
     import torch
 
@@ -109,7 +110,7 @@ def encode_arrays(codec, image_encoder, pose_encoder, images: np.ndarray, skelet
     mean, std = codec.encode(x)  # (N, C, h, w) each
     img_tokens = image_encoder(prepare_image(x, token_input_size))  # (N, S, Dr)
     pose_tokens = pose_encoder(prepare_pose(skeletons_to_tensor(skeletons), token_input_size))  # (N, S, Dp)
-    to16 = lambda t: t.detach().float().cpu().numpy().astype(TENSOR_DTYPE)  # noqa: E731
+    to16 = lambda t: t.detach().float().cpu().numpy().astype(dtype or TENSOR_DTYPE)  # noqa: E731
     with torch.no_grad():
         return {schema.LATENT_MEAN: to16(mean), schema.LATENT_STD: to16(std),
                 schema.IMAGE_TOKENS: to16(img_tokens), schema.POSE_TOKENS: to16(pose_tokens)}

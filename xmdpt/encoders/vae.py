@@ -25,6 +25,7 @@ the train images (fitted) or the VAE's own ``scaling_factor`` (0.18215 for the S
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -87,20 +88,98 @@ def build_fitted_vae(enc: EncodersConfig, image_size: int):
 
 
 def load_pretrained_vae(model_id: str):
-    """``AutoencoderKL.from_pretrained(model_id)`` from the hub (or its local cache).
+    """``AutoencoderKL.from_pretrained(model_id)``: a hub id (or its local cache), or a local diffusers folder.
 
     Offline (``HF_HUB_OFFLINE=1``) without a cached copy this fails at once with an error naming
-    ``model_id`` and the config key to change.
+    ``model_id``, the cache folder looked in and the setting that points at a local copy.
     """
     from diffusers import AutoencoderKL
 
+    from xmdpt.encoders.dino import hf_cache_dir
+
+    if Path(model_id).is_dir():
+        check_diffusers_vae_folder(model_id)
     try:
-        return AutoencoderKL.from_pretrained(model_id, use_safetensors=True)
+        return AutoencoderKL.from_pretrained(model_id, use_safetensors=_has_safetensors(model_id))
     except (OSError, ValueError) as e:
         raise RuntimeError(
-            f"cannot load the pretrained autoencoder {model_id!r} (encoders.vae_pretrained_id): {e}. "
-            "It needs the Hugging Face hub or a cached copy; offline, set encoders.vae=fitted."
+            f"cannot load the pretrained autoencoder {model_id!r} (encoders.vae_pretrained_id): {e}. It needs the "
+            f"Hugging Face hub or a copy in the cache {hf_cache_dir()}; or point encoders.vae_pretrained_id "
+            "(`xmdpt import-official --vae DIR`) at a local diffusers AutoencoderKL folder; offline, "
+            "encoders.vae=fitted trains a small one."
         ) from e
+
+
+_VAE_WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+
+
+def _has_safetensors(model_id: str) -> Optional[bool]:
+    """True/False for a local folder (which weights file it has); None (diffusers decides) for a hub id."""
+    p = Path(model_id)
+    if not p.is_dir():
+        return True
+    return (p / _VAE_WEIGHT_FILES[0]).is_file()
+
+
+def check_diffusers_vae_folder(folder: str | Path) -> Path:
+    """Raise ``FileNotFoundError`` naming the missing file unless ``folder`` has a diffusers
+    ``AutoencoderKL`` layout (``config.json`` + ``diffusion_pytorch_model.safetensors`` or ``.bin``)."""
+    p = Path(folder)
+    if not p.is_dir():
+        raise FileNotFoundError(f"{p}: autoencoder folder not found")
+    if not (p / "config.json").is_file():
+        raise FileNotFoundError(f"{p}: not a diffusers AutoencoderKL folder: missing config.json")
+    if not any((p / f).is_file() for f in _VAE_WEIGHT_FILES):
+        raise FileNotFoundError(f"{p}: not a diffusers AutoencoderKL folder: missing {_VAE_WEIGHT_FILES[0]} "
+                                f"(or {_VAE_WEIGHT_FILES[1]})")
+    return p
+
+
+def read_vae_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:
+    """The weights of a diffusers ``AutoencoderKL`` folder, without pickle (safetensors, else
+    ``torch.load(weights_only=True)`` of the ``.bin``)."""
+    p = check_diffusers_vae_folder(folder)
+    if (p / _VAE_WEIGHT_FILES[0]).is_file():
+        from safetensors.torch import load_file
+
+        return load_file(str(p / _VAE_WEIGHT_FILES[0]))
+    sd = torch.load(p / _VAE_WEIGHT_FILES[1], map_location="cpu", weights_only=True)
+    if not isinstance(sd, dict):
+        raise ValueError(f"{p / _VAE_WEIGHT_FILES[1]}: expected a state dict, got {type(sd).__name__}")
+    return sd
+
+
+DECODER_PREFIXES = ("decoder.", "post_quant_conv.")
+
+
+def replace_decoder(vae, folder: str | Path) -> dict[str, Any]:
+    """Load the decoder (``decoder.*``, ``post_quant_conv.*``) of another ``AutoencoderKL`` folder into ``vae``.
+
+    This is how the authors' fine-tuned decoder (their ``diffuser_finetune_vae`` folder) replaces the
+    decoder of ``stabilityai/sd-vae-ft-mse`` while the encoder stays the one the checkpoints were
+    trained with.
+
+    Returns:
+        ``{"decoder": folder, "decoder_sha256": ..., "tensors": n}`` for ``pipeline.json``.
+    Raises:
+        FileNotFoundError: the folder lacks ``config.json`` or the weights file (named).
+        ValueError: decoder tensors missing or of other shapes than ``vae``'s (named).
+    """
+    sd = read_vae_state_dict(folder)
+    ours = {k: v for k, v in vae.state_dict().items() if k.startswith(DECODER_PREFIXES)}
+    theirs = {k: v for k, v in sd.items() if k.startswith(DECODER_PREFIXES)}
+    missing = sorted(set(ours) - set(theirs))
+    wrong = sorted(f"{k}: expected {tuple(ours[k].shape)}, got {tuple(theirs[k].shape)}"
+                   for k in set(ours) & set(theirs) if theirs[k].shape != ours[k].shape)
+    if missing or wrong:
+        raise ValueError(f"{folder}: decoder weights do not fit the autoencoder: missing {missing[:8]}"
+                         f"{'...' if len(missing) > 8 else ''}, shape mismatches {wrong[:8]}")
+    vae.load_state_dict({k: theirs[k] for k in ours}, strict=False)
+    h = hashlib.sha256()
+    for k in sorted(ours):
+        h.update(k.encode())
+        h.update(theirs[k].detach().cpu().contiguous().float().numpy().tobytes())
+    return {"decoder": str(folder), "decoder_sha256": h.hexdigest(), "tensors": len(ours)}
 
 
 class LatentCodec:

@@ -11,13 +11,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import math
 import pickle  # only for its error type: nothing is unpickled beyond tensors
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping, Optional
 
 import torch
 
-from xmdpt.config import DiffusionConfig, ModelConfig, SampleConfig
+from xmdpt.config import MODEL_PRESETS, ConfigError, DataConfig, DiffusionConfig, EncodersConfig, ModelConfig, SampleConfig
 from xmdpt.model.folder import check_state_dict, write_model_folder
 from xmdpt.model.layers import relative_position_index
 from xmdpt.model.xmdpt import XMDPT
@@ -25,7 +26,8 @@ from xmdpt.model.xmdpt import XMDPT
 logger = logging.getLogger(__name__)
 
 __all__ = ["convert_official_state_dict", "export_official_state_dict", "import_official", "official_key",
-           "OFFICIAL_ENCODERS"]
+           "OFFICIAL_ENCODERS", "official_config", "check_preset_fits", "describe_official_checkpoint",
+           "load_official_checkpoint"]
 
 # Authors' key prefix -> ours (first match wins), then renames inside a block.
 _PREFIXES: list[tuple[str, str]] = [
@@ -59,6 +61,7 @@ _INDEX = "attn.rel_pos_bias.relative_position_index"
 OFFICIAL_ENCODERS = {"vae": "pretrained", "vae_pretrained_id": "stabilityai/sd-vae-ft-mse", "latent_scale": 0.18215,
                      "pretrained": True, "image_encoder": "vit_giant_patch14_dinov2.lvd142m",
                      "pose_encoder": "vit_base_patch14_dinov2.lvd142m", "token_input_size": 224}
+OFFICIAL_IMAGE_SIZE = 256  # the squashed 256x256 frame of the 256x176 DeepFashion images
 
 
 def official_key(key: str) -> str:
@@ -115,18 +118,61 @@ def export_official_state_dict(model: XMDPT) -> dict[str, torch.Tensor]:
             for theirs, ours in _official_layout(model).items()}
 
 
-def import_official(ckpt_path: str | Path, preset: str, out_dir: str | Path) -> Path:
-    """Load an authors' ``.pt`` (``torch.load(weights_only=True)``), convert it and write a model folder.
+def describe_official_checkpoint(sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """The architecture an authors' state dict was trained with, read from its tensor shapes."""
+    info: dict[str, Any] = {}
+    blocks = {int(k.split(".")[1]) for k in sd if k.startswith("blocks.") and k.split(".")[1].isdigit()}
+    info["depth"] = max(blocks) + 1 if blocks else None
+    pe = sd.get("x_embedder.proj.weight")
+    if isinstance(pe, torch.Tensor) and pe.ndim == 4:
+        info["hidden_size"], info["in_channels"], info["patch_size"] = int(pe.shape[0]), int(pe.shape[1]), int(pe.shape[-1])
+    pos = sd.get("pos_embed")
+    if isinstance(pos, torch.Tensor) and pos.ndim == 3 and info.get("patch_size"):
+        info["input_size"] = int(round(math.sqrt(pos.shape[1]))) * info["patch_size"]
+    table = sd.get("blocks.0." + _TABLE)
+    if isinstance(table, torch.Tensor) and table.ndim == 2:
+        info["num_heads"] = int(table.shape[1])
+    for key, name in (("mlp_dino_pose.0.weight", "pose_token_dim"), ("mlp_dino_img.0.weight", "ref_token_dim")):
+        w = sd.get(key)
+        if isinstance(w, torch.Tensor) and w.ndim == 2:
+            info[name] = int(w.shape[1])
+    return info
 
-    Args:
-        ckpt_path: e.g. the released ``ema_0.9999_300000.pt`` (a plain state dict).
-        preset: ``xmdpt-s/2``, ``xmdpt-b/2``, ``xmdpt-l/2`` (or ``xmdpt-xl/2``).
-        out_dir: the model folder to write.
-    Returns:
-        ``out_dir`` as a Path.
+
+_ARCH_FIELDS = ("depth", "hidden_size", "num_heads", "patch_size", "in_channels", "input_size", "pose_token_dim",
+                "ref_token_dim")
+
+
+def _arch_text(d: Mapping[str, Any]) -> str:
+    return (f"depth {d.get('depth')}, hidden size {d.get('hidden_size')}, {d.get('num_heads')} heads, patch "
+            f"{d.get('patch_size')}, latent {d.get('in_channels')}x{d.get('input_size')}x{d.get('input_size')}, "
+            f"pose tokens x{d.get('pose_token_dim')}, image tokens x{d.get('ref_token_dim')}")
+
+
+def check_preset_fits(sd: Mapping[str, torch.Tensor], cfg: ModelConfig, what: str) -> None:
+    """Refuse a checkpoint of another architecture, in the presets' terms (before any key-level check).
+
+    Raises:
+        ValueError: "CKPT is not an xmdpt-s/2 checkpoint: the preset has depth 12, hidden size 384, … ;
+            the checkpoint has … — that is xmdpt-b/2 (--preset xmdpt-b/2)".
     """
+    found = describe_official_checkpoint(sd)
+    want = {k: getattr(cfg, k) for k in _ARCH_FIELDS}
+    if all(found.get(k) in (None, want[k]) for k in _ARCH_FIELDS):
+        return
+    match = [name for name, p in MODEL_PRESETS.items()
+             if all(found.get(k) is None or found.get(k) == ModelConfig.from_preset(name).__dict__[k] for k in _ARCH_FIELDS)]
+    hint = (f" — that is {match[0]} (pass --preset {match[0]})" if match
+            else " — no preset has this architecture")
+    raise ValueError(f"{what} is not an {cfg.preset or 'custom'} checkpoint: the preset expects {_arch_text(want)}; "
+                     f"the checkpoint has {_arch_text(found)}{hint}")
+
+
+def load_official_checkpoint(ckpt_path: str | Path) -> dict[str, torch.Tensor]:
+    """``torch.load(weights_only=True)`` of an authors' ``.pt``; refuses anything but a plain tensor dict."""
     ckpt_path = Path(ckpt_path)
-    cfg = ModelConfig.from_preset(preset)
+    if not ckpt_path.is_file():
+        raise FileNotFoundError(f"{ckpt_path}: checkpoint not found")
     try:
         sd = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:  # a pickled object other than tensors: never executed
@@ -134,19 +180,145 @@ def import_official(ckpt_path: str | Path, preset: str, out_dir: str | Path) -> 
                if "Unsupported global" in line or "Unpickler error" in line]
         raise ValueError(f"{ckpt_path}: not a plain tensor state dict; refusing to unpickle other objects"
                          f"{' (' + why[0] + ')' if why else ''}") from e
+    except RuntimeError as e:
+        raise ValueError(f"{ckpt_path}: not a readable PyTorch checkpoint ({e})") from e
     if not isinstance(sd, dict):
         raise ValueError(f"{ckpt_path}: expected a state dict, got {type(sd).__name__}")
-    converted = convert_official_state_dict(sd, cfg)
+    return sd
+
+
+def _sha256(path: Path) -> str:
     sha = hashlib.sha256()
-    with ckpt_path.open("rb") as f:
+    with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             sha.update(chunk)
-    config = {
-        "model": dataclasses.asdict(cfg),
-        "diffusion": dataclasses.asdict(DiffusionConfig()),
-        "sample": dataclasses.asdict(SampleConfig()),  # the authors' inference: 50 respaced DDIM steps, CFG 2.0, p=0.01
-        "encoders": dict(OFFICIAL_ENCODERS),
-        "source": {"official_checkpoint": ckpt_path.name, "sha256": sha.hexdigest()},
-    }
-    logger.info("converted %s (%d tensors) for %s", ckpt_path, len(converted), preset)
-    return write_model_folder(out_dir, converted, config)
+    return sha.hexdigest()
+
+
+def official_config(cfg: ModelConfig, *, encoders: Optional[Mapping[str, Any]] = None,
+                    data: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+    """The config an imported checkpoint runs with: the authors' inference (PAPER.md §1.7-1.8).
+
+    256-px squashed frame; SD-VAE latents x 0.18215; DINOv2 ViT-g/14 source tokens and ViT-B/14 pose
+    tokens at 224 px (hub position interpolation); 50 respaced DDIM steps incl. t=999, CFG 2.0 with
+    power 0.01 at every step; the source latent a seeded posterior sample; bf16 on CUDA (auto).
+    """
+    try:
+        enc = EncodersConfig(**{**OFFICIAL_ENCODERS, **dict(encoders or {})})
+        data_cfg = DataConfig(**{"image_size": OFFICIAL_IMAGE_SIZE, **dict(data or {})})
+    except TypeError as e:
+        raise ConfigError(f"encoders/data overrides: {e}") from None
+    sample = SampleConfig(num_steps=50, respacing="authors", eta=0.0, cfg_scale=2.0, cfg_power=0.01,
+                          guidance_interval=None, seed=0, source_latent="sample", precision="auto")
+    return {"model": dataclasses.asdict(cfg), "diffusion": dataclasses.asdict(DiffusionConfig()),
+            "sample": dataclasses.asdict(sample), "encoders": dataclasses.asdict(enc),
+            "data": dataclasses.asdict(data_cfg)}
+
+
+def import_official(ckpt_path: str | Path, preset: str, out_dir: str | Path, *,
+                    vae: Optional[str] = None, vae_decoder: Optional[str | Path] = None,
+                    image_encoder_weights: Optional[str | Path] = None,
+                    pose_encoder_weights: Optional[str | Path] = None,
+                    model_overrides: Optional[Mapping[str, Any]] = None,
+                    encoders: Optional[Mapping[str, Any]] = None,
+                    data: Optional[Mapping[str, Any]] = None) -> Path:
+    """The authors' released checkpoint -> a complete pipeline folder (what ``generate``, ``serve`` and
+    the registry read), conditioned as the authors' inference conditions it.
+
+    Every input is checked before the checkpoint is converted or a weight is copied: the checkpoint's
+    architecture against the preset (in the presets' terms), the decoder folder's layout, the encoder
+    weight files, and the reachability of hub weights offline.
+
+    Args:
+        ckpt_path: e.g. the released ``ema_0.9999_300000.pt`` (a plain state dict; ``weights_only`` load).
+        preset: ``xmdpt-s/2``, ``xmdpt-b/2``, ``xmdpt-l/2`` (or ``xmdpt-xl/2``).
+        out_dir: the pipeline folder to write (replaced).
+        vae: the SD VAE the checkpoints were trained with: a local diffusers folder, or a hub id
+            (default ``stabilityai/sd-vae-ft-mse``); its encoder encodes the source.
+        vae_decoder: the authors' fine-tuned decoder (their ``diffuser_finetune_vae`` folder); replaces
+            the VAE's decoder. Without it the VAE's own decoder decodes; ``pipeline.json`` says which.
+        image_encoder_weights / pose_encoder_weights: local DINOv2 ViT-g/14 / ViT-B/14 weights (timm
+            ``model.safetensors`` or the torch-hub ``dinov2_vit*14_pretrain.pth``), copied into
+            ``encoders/``; without them the folder references timm's hub ids, resolved when loading.
+        model_overrides, encoders, data: config fields replaced (small stand-ins in tests).
+
+    Returns:
+        ``out_dir`` as a Path.
+    """
+    import tempfile
+
+    from xmdpt.encoders.dino import TokenEncoder, token_spec
+    from xmdpt.encoders.vae import LatentCodec, check_diffusers_vae_folder, load_pretrained_vae, replace_decoder
+    from xmdpt.sampling.folder import write_pipeline_folder
+
+    ckpt_path, out_dir = Path(ckpt_path), Path(out_dir)
+    try:
+        cfg = ModelConfig.from_preset(preset, **dict(model_overrides or {}))
+    except TypeError as e:
+        raise ConfigError(f"model overrides: {e}") from None
+    enc_fields = dict(encoders or {})
+    if vae:
+        enc_fields["vae_pretrained_id"] = str(vae)
+    weights = {"image": image_encoder_weights, "pose": pose_encoder_weights}
+    for role, w in weights.items():
+        if w is not None:
+            if not Path(w).is_file():
+                raise FileNotFoundError(f"--{role}-encoder {w}: DINOv2 weights file not found")
+            enc_fields[f"{role}_encoder_weights"] = str(w)
+    if vae_decoder is not None:
+        check_diffusers_vae_folder(vae_decoder)
+    config = official_config(cfg, encoders=enc_fields, data=data)
+    enc_cfg = EncodersConfig(**config["encoders"])
+    for role in ("image", "pose"):  # copied into encoders/: the folder must not point at this machine's files
+        config["encoders"][f"{role}_encoder_weights"] = ""
+    sd = load_official_checkpoint(ckpt_path)
+    check_preset_fits(sd, cfg, str(ckpt_path))
+    for role in ("image", "pose"):  # fail now, not after the copies, when a hub encoder is unreachable
+        if not weights[role]:
+            from xmdpt.encoders.dino import _check_hub_reachable
+
+            _check_hub_reachable(enc_cfg.image_encoder if role == "image" else enc_cfg.pose_encoder, role)
+    vae_model = load_pretrained_vae(enc_cfg.vae_pretrained_id)  # fails fast offline, before the conversion
+    converted = convert_official_state_dict(sd, cfg)
+    sha = _sha256(ckpt_path)
+    logger.info("converted %s (%d tensors) for %s", ckpt_path, len(converted), cfg.preset)
+
+    decoder = {"decoder": f"{enc_cfg.vae_pretrained_id} (the VAE's own decoder)", "decoder_finetuned": False}
+    if vae_decoder is not None:
+        info = replace_decoder(vae_model, vae_decoder)
+        decoder = {"decoder": f"authors' fine-tuned decoder ({Path(vae_decoder).name})", "decoder_finetuned": True,
+                   "decoder_sha256": info["decoder_sha256"]}
+    codec = LatentCodec(vae_model, enc_cfg.latent_scale or OFFICIAL_ENCODERS["latent_scale"], source="pretrained")
+    vae_factor = 2 ** (len(vae_model.config.block_out_channels) - 1)
+    if config["data"]["image_size"] // vae_factor != cfg.input_size or codec.latent_channels != cfg.in_channels:
+        raise ValueError(f"{enc_cfg.vae_pretrained_id}: the autoencoder gives {codec.latent_channels}x"
+                         f"{config['data']['image_size'] // vae_factor}^2 latents at {config['data']['image_size']} px; "
+                         f"{cfg.preset} needs {cfg.in_channels}x{cfg.input_size}^2")
+
+    source = {"source": "official", "official_checkpoint": ckpt_path.name, "sha256": sha, "preset": cfg.preset,
+              **decoder}
+    config["source"] = source
+    with tempfile.TemporaryDirectory(prefix="xmdpt-import-") as tmp:
+        tmp = Path(tmp)
+        model_dir = write_model_folder(tmp / "model", converted, config)
+        codec.save(str(tmp / "autoencoder"), extra={k: v for k, v in decoder.items()})
+        encoder_files, specs = {}, {}
+        for role in ("image", "pose"):
+            if weights[role]:
+                te = TokenEncoder.from_config(enc_cfg, role)  # loads (and converts a hub layout), checks shapes
+                want = (cfg.ref_num_tokens, cfg.ref_token_dim) if role == "image" else (cfg.pose_num_tokens,
+                                                                                        cfg.pose_token_dim)
+                if (te.num_tokens, te.dim) != want:
+                    raise ValueError(f"{weights[role]}: the {role} encoder gives {te.num_tokens}x{te.dim} tokens; "
+                                     f"{cfg.preset} needs {want[0]}x{want[1]}")
+                encoder_files[role] = te.save(str(tmp / "encoders" / f"{role}.safetensors"))
+                specs[role] = {**te.spec, "source_file": Path(weights[role]).name}
+                del te
+            else:
+                specs[role] = {**token_spec(enc_cfg, role), "hub": True}
+        out = write_pipeline_folder(
+            out_dir, model_folder=model_dir, codec_uri=str(tmp / "autoencoder"), encoder_weights=encoder_files,
+            encoders=specs, standin=False, latent_scale=codec.latent_scale, lineage=source,
+            extra={"source": "official", "preset": cfg.preset, "features_dtype": "float32", **decoder})
+    logger.info("wrote pipeline folder %s from %s (%s)", out, ckpt_path, decoder["decoder"])
+    return out

@@ -44,11 +44,28 @@ def is_pipeline_folder(path: str | Path) -> bool:
     return all((p / f).is_file() for f in (PIPELINE_FILE, CONFIG_FILE, WEIGHTS_FILE))
 
 
+MAKE_ONE = ("make one with `xmdpt import-official CHECKPOINT --preset xmdpt-s/2 --out DIR` (the authors' released "
+            "checkpoints) or with the DVC pipeline's `register` stage (`dvc repro`), which writes artifacts/pipeline")
+
+
+def not_a_pipeline_folder_reason(path: str | Path) -> str:
+    """Why ``path`` is a *model* folder (weights + config only) and not a pipeline folder; "" otherwise."""
+    p = Path(path)
+    if p.is_dir() and (p / CONFIG_FILE).is_file() and (p / WEIGHTS_FILE).is_file() and not (p / PIPELINE_FILE).is_file():
+        return (f"{p} is a model folder ({CONFIG_FILE} + {WEIGHTS_FILE}: the denoiser alone), not a pipeline "
+                f"folder: generation also needs {PIPELINE_FILE}, the autoencoder ({CODEC_DIR}/) and the token "
+                f"encoders; {MAKE_ONE}")
+    return ""
+
+
 def check_pipeline_folder(path: str | Path) -> dict[str, Any]:
     """Raise ``FileNotFoundError``/``ValueError`` naming what is missing; return ``pipeline.json``."""
     p = Path(path)
     if not p.is_dir():
         raise FileNotFoundError(f"{p}: pipeline folder not found")
+    reason = not_a_pipeline_folder_reason(p)
+    if reason:
+        raise FileNotFoundError(reason)
     missing = [f for f in (PIPELINE_FILE, CONFIG_FILE, WEIGHTS_FILE) if not (p / f).is_file()]
     if missing:
         raise FileNotFoundError(f"{p}: not an xmdpt pipeline folder (missing {missing})")
@@ -93,6 +110,7 @@ def write_pipeline_folder(
     standin: bool,
     latent_scale: float,
     lineage: Optional[Mapping[str, Any]] = None,
+    extra: Optional[Mapping[str, Any]] = None,
 ) -> Path:
     """Assemble a pipeline folder.
 
@@ -105,6 +123,7 @@ def write_pipeline_folder(
         standin: True when the token encoders are random-feature stand-ins (offline default).
         latent_scale: the scale the model was trained with (checked against the codec's).
         lineage: where it came from (manifest URIs, run id, git commit).
+        extra: more ``pipeline.json`` entries (an imported checkpoint's source, decoder, features dtype).
     """
     out = Path(out)
     model_folder = Path(model_folder)
@@ -140,6 +159,7 @@ def write_pipeline_folder(
         "encoders": dict(encoders or {}),
         "standin": bool(standin),
         "lineage": dict(lineage or {}),
+        **dict(extra or {}),
     }
     (out / PIPELINE_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
     logger.info("wrote pipeline folder %s (standin encoders: %s)", out, standin)

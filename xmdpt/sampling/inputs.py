@@ -185,6 +185,102 @@ def is_pose_json(path: Union[str, Path]) -> bool:
     return Path(path).suffix.lower() in POSE_SUFFIXES
 
 
+ANNOTATION_SELECTOR = "::"  # `fasion-resize-annotation-test.csv::<fashion name>` picks one row
+
+
+def is_pose_annotation(pose: Union[str, Path]) -> bool:
+    """A PIDM ``pose/*.txt`` file, a PATN/GFLA annotation csv (``FILE.csv`` or ``FILE.csv::NAME``), or one
+    annotation row given as text (``name: [y0, ...]: [x0, ...]``)."""
+    s = str(pose)
+    if ANNOTATION_SELECTOR in s:
+        s = s.split(ANNOTATION_SELECTOR, 1)[0]
+    if s.count(":") >= 2 and "[" in s:
+        return True
+    return Path(s).suffix.lower() in (".txt", ".csv")
+
+
+def parse_annotation_row(row: str, *, name: str = "annotation row") -> Pose:
+    """One PATN/GFLA annotation row ``name: [y0..y17]: [x0..x17]`` (256x176 frame, -1 missing)."""
+    from xmdpt.data.keypoints import GFLA_FRAME_HW, gfla_lists_to_kps
+
+    parts = row.strip().split(":")
+    if len(parts) != 3:
+        raise PoseError(f"{name}: expected 'name: [y0, ..., y17]: [x0, ..., x17]' (3 ':'-separated fields), "
+                        f"got {len(parts)} fields")
+    try:
+        kps = gfla_lists_to_kps(parts[1], parts[2])
+    except ValueError as e:
+        raise PoseError(f"{name}: {e}") from None
+    return _checked_pose(kps, GFLA_FRAME_HW, name)
+
+
+def _checked_pose(kps: np.ndarray, hw: tuple[int, int], name: str) -> Pose:
+    obj = {"format": POSE_FORMAT, "image_size": list(hw),
+           "keypoints": [[float(x), float(y)] if x >= 0 and y >= 0 else [-1, -1] for x, y in kps]}
+    return parse_pose(obj, name=name)
+
+
+def load_pose_annotation(pose: Union[str, Path]) -> Pose:
+    """A pose from the public DeepFashion annotation layouts (PAPER.md §2.2-2.3).
+
+    - ``pose/…/NN_V_view.txt`` (PIDM / X-MDPT): 18 rows ``x y`` in the 256x256 frame with the 40-px
+      border, converted to the 256x176 image frame;
+    - ``fasion-resize-annotation-*.csv`` (PATN / GFLA): ``FILE.csv::NAME`` selects the row of image
+      NAME (a file with one data row needs no selector);
+    - a single annotation row as text.
+    """
+    from xmdpt.data.keypoints import GFLA_FRAME_HW, pidm_txt_to_image_frame
+
+    s = str(pose)
+    selector = None
+    if ANNOTATION_SELECTOR in s:
+        s, selector = s.split(ANNOTATION_SELECTOR, 1)
+    elif s.count(":") >= 2 and "[" in s and not Path(s).is_file():
+        return parse_annotation_row(s)
+    p = Path(s)
+    if not p.is_file():
+        raise PoseError(f"{p}: pose file not found")
+    if p.suffix.lower() == ".txt":
+        try:
+            arr = np.loadtxt(p, dtype=np.float32, ndmin=2)
+        except ValueError as e:
+            raise PoseError(f"{p}: not a PIDM pose txt (18 rows 'x y'): {e}") from None
+        if arr.shape != (NUM_KEYPOINTS, 2):
+            raise PoseError(f"{p}: expected {NUM_KEYPOINTS} rows of 'x y' (PIDM pose txt), got shape {arr.shape}")
+        return _checked_pose(pidm_txt_to_image_frame(arr), GFLA_FRAME_HW, str(p))
+    lines = [ln for ln in p.read_text().splitlines() if ln.strip()]
+    rows = [ln for ln in lines if not ln.replace(" ", "").startswith("name:keypoints_y:keypoints_x")]
+    if selector is not None:
+        hits = [ln for ln in rows if ln.split(":", 1)[0].strip() == selector]
+        if not hits:
+            raise PoseError(f"{p}: no annotation row for {selector!r}")
+        return parse_annotation_row(hits[0], name=f"{p}::{selector}")
+    if len(rows) != 1:
+        raise PoseError(f"{p}: {len(rows)} annotation rows; pick one with {p}{ANNOTATION_SELECTOR}<image name>")
+    return parse_annotation_row(rows[0], name=str(p))
+
+
+def restore_aspect(img: np.ndarray, source_hw: tuple[int, int], aspect_hw: tuple[int, int] = DATASET_HW) -> np.ndarray:
+    """Undo :func:`prepare_source` on a square generation: un-squash to the ``aspect_hw`` aspect (bicubic,
+    the PIDM protocol's 256x256 -> 256x176), then crop away the padding that was added to the source.
+
+    Args:
+        img: ``uint8 (S, S, 3)``.
+        source_hw: ``(H, W)`` of the source photo before padding.
+
+    Returns:
+        ``uint8 (S, W', 3)`` with the source's aspect (176x256 W x H at S = 256 for a DeepFashion source).
+    """
+    S = img.shape[0]
+    out_w = max(1, int(round(S * aspect_hw[1] / aspect_hw[0])))
+    unsquashed = np.asarray(Image.fromarray(img).resize((out_w, S), Image.BICUBIC))
+    top, bottom, left, right = pad_offsets(source_hw, aspect_hw)
+    ph, pw = source_hw[0] + top + bottom, source_hw[1] + left + right
+    y0, y1 = int(round(top * S / ph)), int(round((ph - bottom) * S / ph))
+    x0, x1 = int(round(left * out_w / pw)), int(round((pw - right) * out_w / pw))
+    return np.ascontiguousarray(unsquashed[y0:max(y1, y0 + 1), x0:max(x1, x0 + 1)])
+
+
 def as_image_array(source: Any, *, name: str) -> np.ndarray:
     """A path, encoded bytes, PIL image or ``uint8 (H, W, 3)`` array -> ``uint8 (H, W, 3)`` RGB."""
     from xmdpt.data.images import load_rgb

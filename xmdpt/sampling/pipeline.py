@@ -6,11 +6,17 @@
 Steps (the same preprocessing as the dataset stages, see :mod:`xmdpt.sampling.inputs`):
 
 1. source photo -> padded to 176:256 with its background colour -> squashed to the model's square
-   frame -> VAE posterior mean (scaled by ``latent_scale``) and image-encoder tokens, encoded
-   exactly as the `features` stage does;
-2. target pose (pose JSON, a ``Pose``, or a photo to estimate it from) -> padded the same way ->
-   skeleton image -> pose-encoder tokens;
-3. DDIM with classifier-free guidance (power-cosine schedule) -> decode -> PIL images.
+   frame -> VAE posterior (``sample.source_latent``: its mean, or a seeded sample as the authors'
+   inference) scaled by ``latent_scale``, and image-encoder tokens, encoded as the `features` stage does;
+2. target pose (pose JSON, a PIDM ``pose/*.txt`` or PATN/GFLA annotation row, a ``Pose``, or a photo
+   to estimate it from) -> padded the same way -> skeleton image drawn the authors' way -> pose tokens;
+3. DDIM with classifier-free guidance (power-cosine schedule), under ``sample.precision`` ->
+   decode -> the square image restored to the source's aspect (176x256 for DeepFashion; the PIDM
+   protocol's resize) unless ``square=True``.
+
+Folders made by ``xmdpt import-official`` carry ``"features_dtype": "float32"`` in ``pipeline.json``:
+their conditions are used at full precision, as the authors' inference computes them online; our
+own models' conditions are rounded to fp16 as the feature cache they were trained on stores them.
 """
 
 from __future__ import annotations
@@ -25,17 +31,21 @@ import torch
 from PIL import Image
 
 from xmdpt.config import SampleConfig, XMDPTConfig
+from xmdpt.precision import inference_dtype
 from xmdpt.sampling.folder import CODEC_DIR, check_pipeline_folder
 from xmdpt.sampling.inputs import (
     Pose,
     PoseError,
     as_image_array,
+    is_pose_annotation,
     is_pose_json,
+    load_pose_annotation,
     load_pose_json,
     pad_pose,
     parse_pose,
     pose_from_photo,
     prepare_source,
+    restore_aspect,
 )
 
 logger = logging.getLogger(__name__)
@@ -127,38 +137,56 @@ class XMDPTPipeline:
             return Pose(pose.astype(np.float32), (256, 176))
         if isinstance(pose, (str, Path)) and is_pose_json(pose):
             return load_pose_json(pose)
+        if isinstance(pose, (str, Path)) and is_pose_annotation(pose):
+            return load_pose_annotation(pose)
         img = as_image_array(pose, name=str(pose) if isinstance(pose, (str, Path)) else name)
         return pose_from_photo(img, pose_model_path or self.pose_model_path,
                                min_visibility=self.cfg.data.pose_min_visibility,
                                name=str(pose) if isinstance(pose, (str, Path)) else name)
 
-    def _encode(self, sources: np.ndarray, poses: Sequence[Pose]) -> dict[str, torch.Tensor]:
+    def _encode(self, sources: np.ndarray, poses: Sequence[Pose], sc: Optional[SampleConfig] = None
+                ) -> dict[str, torch.Tensor]:
         """Conditions for uint8 square sources ``(N, S, S, 3)`` and poses (any frame).
 
-        The encoders run exactly as in the `features` stage (same preprocessing, fp16 rounding);
-        the source latent is the posterior mean, scaled (deterministic, like the training grids).
+        The encoders run as in the `features` stage (same preprocessing; fp16 rounding for our own
+        models, full precision for imported checkpoints). The source latent is the posterior mean or,
+        with ``sample.source_latent: sample``, ``mean + std * eps`` with ``eps`` drawn from a generator
+        seeded by ``sample.seed`` (reproducible), scaled by ``latent_scale``.
         """
-        from xmdpt.data import schema
         from xmdpt.data.keypoints import render_skeleton
+        from xmdpt.data import schema
         from xmdpt.encoders.features import encode_arrays
 
+        sc = sc or self.cfg.sample
         S = self.image_size
         skeletons = []
         for p in poses:
             padded = pad_pose(p)
             skeletons.append(render_skeleton(padded.keypoints, padded.hw, (S, S)))  # (S, S, 3) uint8
+        for enc in (self.image_encoder, self.pose_encoder):
+            enc.precision = sc.precision
+        dtype = np.float32 if self.meta.get("features_dtype") == "float32" else None
         feats = encode_arrays(self.codec, self.image_encoder, self.pose_encoder, sources, np.stack(skeletons),
-                              self.cfg.encoders.token_input_size)
-        to = lambda a: torch.from_numpy(a).float().to(self.device)  # noqa: E731
+                              self.cfg.encoders.token_input_size, dtype=dtype)
+        to = lambda a: torch.from_numpy(np.asarray(a, dtype=np.float32)).to(self.device)  # noqa: E731
+        mean = to(feats[schema.LATENT_MEAN])  # (N, C, h, w) unscaled
+        if sc.source_latent == "sample":
+            g = torch.Generator().manual_seed(source_noise_seed(sc.seed))
+            eps = torch.randn(mean.shape, generator=g).to(self.device)
+            latent = mean + to(feats[schema.LATENT_STD]) * eps
+        else:
+            latent = mean
         return {"pose_tokens": to(feats[schema.POSE_TOKENS]),  # (N, Sp, Dp)
                 "ref_tokens": to(feats[schema.IMAGE_TOKENS]),  # (N, Sr, Dr)
-                "ref_latent": to(feats[schema.LATENT_MEAN]) * self.codec.latent_scale}  # (N, C, h, w)
+                "ref_latent": latent * self.codec.latent_scale}  # (N, C, h, w)
 
     def sample_config(self, num_steps: Optional[int] = None, cfg_scale: Optional[float] = None,
                       cfg_power: Optional[float] = None, seed: Optional[int] = None,
-                      guidance_interval: Any = KEEP) -> SampleConfig:
+                      guidance_interval: Any = KEEP, source_latent: Optional[str] = None,
+                      precision: Optional[str] = None) -> SampleConfig:
         """The model's ``sample`` config with the given settings replaced (None / ``KEEP``: the model's)."""
-        upd = {k: v for k, v in dict(num_steps=num_steps, cfg_scale=cfg_scale, cfg_power=cfg_power, seed=seed).items()
+        upd = {k: v for k, v in dict(num_steps=num_steps, cfg_scale=cfg_scale, cfg_power=cfg_power, seed=seed,
+                                     source_latent=source_latent, precision=precision).items()
                if v is not None}
         if guidance_interval is not KEEP:  # None is a value here: guide at every step
             upd["guidance_interval"] = None if guidance_interval is None else tuple(guidance_interval)
@@ -167,14 +195,18 @@ class XMDPTPipeline:
     @torch.no_grad()
     def generate_arrays(self, sources: np.ndarray, poses: Sequence[Pose], *, num_steps: Optional[int] = None,
                         cfg_scale: Optional[float] = None, cfg_power: Optional[float] = None,
-                        seed: Optional[int] = None, guidance_interval: Any = KEEP) -> np.ndarray:
+                        seed: Optional[int] = None, guidance_interval: Any = KEEP,
+                        source_latent: Optional[str] = None, precision: Optional[str] = None,
+                        progress: bool = False) -> np.ndarray:
         """Batch generation on prepared inputs.
 
         Args:
             sources: uint8 ``(N, S, S, 3)`` already in the model's frame (see :func:`prepare_source`).
             poses: N target poses (any frame; padded and scaled here).
-            num_steps, cfg_scale, cfg_power, seed, guidance_interval: override the model's ``sample``
-                config (``guidance_interval=None`` guides at every step; leave it out for the model's).
+            num_steps, cfg_scale, cfg_power, seed, guidance_interval, source_latent, precision: override
+                the model's ``sample`` config (``guidance_interval=None`` guides at every step; leave it
+                out for the model's).
+            progress: a progress bar over the DDIM steps.
 
         Returns:
             uint8 ``(N, S, S, 3)``.
@@ -184,16 +216,18 @@ class XMDPTPipeline:
 
         if len(sources) != len(poses):
             raise ValueError(f"{len(sources)} sources but {len(poses)} poses")
-        sc = self.sample_config(num_steps, cfg_scale, cfg_power, seed, guidance_interval)
-        cond = self._encode(sources, poses)
+        sc = self.sample_config(num_steps, cfg_scale, cfg_power, seed, guidance_interval, source_latent, precision)
+        inference_dtype(sc.precision, self.device)  # refuse an unsupported precision before any compute
+        cond = self._encode(sources, poses, sc)
         generator = torch.Generator(device=self.device).manual_seed(sc.seed)
-        x_0 = sample(self.model, self.diffusion, cond, sc, generator=generator)  # (N, C, h, w) scaled
+        x_0 = sample(self.model, self.diffusion, cond, sc, generator=generator, progress=progress)  # (N, C, h, w)
         return to_uint8(self.codec.decode(x_0 / self.codec.latent_scale))  # (N, S, S, 3)
 
     def __call__(self, source_image: Any, target_pose: PoseLike, *, num_steps: Optional[int] = None,
                  cfg_scale: Optional[float] = None, cfg_power: Optional[float] = None, seed: int = 0,
                  num_images: int = 1, output_size: Optional[tuple[int, int]] = None,
-                 guidance_interval: Any = KEEP) -> list[Image.Image]:
+                 guidance_interval: Any = KEEP, square: bool = False, source_latent: Optional[str] = None,
+                 precision: Optional[str] = None, progress: bool = False) -> list[Image.Image]:
         """Generate ``num_images`` pictures of the source person in the target pose.
 
         Args:
@@ -203,20 +237,31 @@ class XMDPTPipeline:
             guidance_interval: ``(lo, hi)`` timesteps to guide at, None for every step (default: the model's).
             seed: seeds the initial noise.
             num_images: samples per call (different noise).
-            output_size: ``(H, W)`` to resize to (e.g. ``(256, 176)`` to undo the square squash); default square.
+            output_size: ``(H, W)`` to resize the square generation to (overrides ``square``).
+            square: keep the model's square frame; default: restore the source's aspect (the padding
+                added to the source is cropped away; a 176x256 DeepFashion source gives 176x256).
+            source_latent, precision: override ``sample.source_latent`` / ``sample.precision``.
 
         Raises:
             xmdpt.data.images.ImageError: unreadable image; PoseError: bad pose JSON / no person found.
         """
-        src = prepare_source(as_image_array(source_image, name=_name(source_image, "source image")), self.image_size)
+        raw = as_image_array(source_image, name=_name(source_image, "source image"))
+        src = prepare_source(raw, self.image_size)
         pose = self.load_pose(target_pose, name=_name(target_pose, "target pose"))
         out = self.generate_arrays(np.stack([src] * num_images), [pose] * num_images, num_steps=num_steps,
                                    cfg_scale=cfg_scale, cfg_power=cfg_power, seed=seed,
-                                   guidance_interval=guidance_interval)
-        images = [Image.fromarray(a) for a in out]
+                                   guidance_interval=guidance_interval, source_latent=source_latent,
+                                   precision=precision, progress=progress)
         if output_size is not None:
-            images = [im.resize((output_size[1], output_size[0]), Image.BICUBIC) for im in images]
-        return images
+            return [Image.fromarray(a).resize((output_size[1], output_size[0]), Image.BICUBIC) for a in out]
+        if square:
+            return [Image.fromarray(a) for a in out]
+        return [Image.fromarray(restore_aspect(a, raw.shape[:2])) for a in out]
+
+
+def source_noise_seed(seed: int) -> int:
+    """Seed of the source-posterior noise for a sampling seed (a different stream from the initial noise)."""
+    return (int(seed) * 1_000_003 + 0x5EED) % (2 ** 63)
 
 
 def _name(obj: Any, default: str) -> str:
@@ -225,22 +270,28 @@ def _name(obj: Any, default: str) -> str:
 
 def generate(model: str | Path, source: str | Path, pose: str | Path, out: str | Path, *, num_steps: Optional[int] = None,
              cfg_scale: Optional[float] = None, seed: int = 0, pose_model_path: Optional[str] = None,
-             device: Optional[str] = None) -> Path:
+             device: Optional[str] = None, square: bool = False, source_latent: Optional[str] = None,
+             precision: Optional[str] = None, progress: bool = True) -> Path:
     """``xmdpt generate``: one image of the person in ``source`` in the pose of ``pose`` written to ``out`` (PNG).
 
     Args:
         model: pipeline folder or MLflow model URI.
         source: any photo of a person.
-        pose: a pose JSON file or a photo to take the pose from.
+        pose: a pose JSON file, a PIDM pose txt / GFLA annotation row, or a photo to take the pose from.
         pose_model_path: overrides the folder's ``data.pose_model_path`` (MediaPipe ``.task``).
+        square: write the model's square frame instead of the source's aspect.
+        source_latent, precision: override ``sample.source_latent`` / ``sample.precision``.
     """
     pipe = XMDPTPipeline.from_pretrained(model, device=device)
     if pose_model_path:
         pipe.pose_model_path = pose_model_path
-    # decode inputs before the (slow) sampling so that bad inputs fail fast
+    # check settings and decode inputs before the (slow) sampling so that bad inputs fail fast
+    sc = pipe.sample_config(num_steps, cfg_scale, seed=seed, source_latent=source_latent, precision=precision)
+    inference_dtype(sc.precision, pipe.device)
     src = as_image_array(source, name=str(source))
     target = pipe.load_pose(pose, name=str(pose))
-    image = pipe(src, target, num_steps=num_steps, cfg_scale=cfg_scale, seed=seed)[0]
+    image = pipe(src, target, num_steps=num_steps, cfg_scale=cfg_scale, seed=seed, square=square,
+                 source_latent=source_latent, precision=precision, progress=progress)[0]
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     image.save(out, format="PNG")

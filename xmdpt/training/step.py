@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from xmdpt.diffusion.losses import training_losses
+from xmdpt.precision import cpu_has_native_bf16
 
 __all__ = ["sample_posterior", "lr_at", "cpu_has_native_bf16", "autocast_dtype", "train_step", "LOSS_KEYS"]
 
@@ -45,14 +46,6 @@ def lr_at(step: int, base_lr: float, warmup_steps: int) -> float:
     if warmup_steps > 0 and step < warmup_steps:
         return base_lr * (step + 1) / warmup_steps
     return base_lr
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX): there bf16 autocast speeds
-    up a training step (x1.2-1.4 for the embedded default, BENCHMARKS.md section 5); elsewhere oneDNN
-    emulates it."""
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
 
 
 def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
