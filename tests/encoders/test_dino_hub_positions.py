@@ -85,3 +85,32 @@ def test_hub_interpolation_uses_the_scale_factor_not_the_size():
     assert torch.equal(hub[:, :1], pos[:, :1])
     assert (hub[:, 1:] - by_size).abs().max() > 1e-3  # the 0.1 offset moves the sampling positions
     assert torch.equal(hub_interpolate_pos_embed(pos, (37, 37)), pos)  # native grid: untouched
+
+
+def test_hub_layout_vitg_weights_load_into_timms_swiglu(tmp_path):
+    """The torch-hub ViT-g/14 checkpoint layout (``mlp.w12``/``mlp.w3``, ``mask_token``) converts to timm's."""
+    from xmdpt.encoders.dino import build_backbone
+
+    arch = "vit_giant_patch14_dinov2.lvd142m"
+    torch.manual_seed(0)
+    src = timm.create_model(arch, pretrained=False, img_size=518, num_classes=0, depth=1)
+    hub = {}
+    for k, v in src.state_dict().items():
+        hub[k.replace("mlp.fc1.", "mlp.w12.").replace("mlp.fc2.", "mlp.w3.")] = v.clone()
+    hub["mask_token"] = torch.zeros(1, src.embed_dim)
+    assert any("mlp.w12" in k for k in hub)
+    path = tmp_path / "dinov2_vitg14_pretrain.pth"
+    torch.save(hub, path)
+    model = build_backbone(arch, pretrained=True, img_size=224, weights=str(path), hub_pos_embed=True, depth=1)
+    for k, v in src.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v), k
+    x = torch.rand(1, 3, 224, 224)
+    with torch.no_grad():
+        assert model.forward_features(x).shape == (1, 257, 1536)
+    # a file of another architecture is refused, naming the file
+    bad = tmp_path / "other.pth"
+    torch.save({k: v for k, v in hub.items() if not k.startswith("blocks.0.attn")}, bad)
+    import pytest
+
+    with pytest.raises(ValueError, match="other.pth: not DINOv2 weights of this architecture: missing"):
+        build_backbone(arch, pretrained=True, img_size=224, weights=str(bad), hub_pos_embed=True, depth=1)

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from tiny_pipeline_folder import build_tiny_pipeline_folder
@@ -38,7 +39,8 @@ def test_generate_is_seeded_and_any_aspect(pipe):
     a = pipe(wide, POSE, seed=1)
     b = pipe(Image.fromarray(wide), POSE, seed=1)
     c = pipe(wide, POSE, seed=2)
-    assert len(a) == 1 and a[0].size == (16, 16)
+    assert len(a) == 1 and a[0].size == (11, 5)  # the landscape source's aspect (square 16 -> 11 x 16 -> crop)
+    assert pipe(wide, POSE, seed=1, square=True)[0].size == (16, 16)
     assert np.array_equal(np.asarray(a[0]), np.asarray(b[0]))
     assert not np.array_equal(np.asarray(a[0]), np.asarray(c[0]))
     out = pipe(wide, POSE, seed=1, num_images=2, output_size=(256, 176), cfg_scale=1.0)
@@ -70,7 +72,9 @@ def test_pose_json_file_and_generate_function(pipe, tmp_path):
     Image.fromarray(np.full((256, 176, 3), 200, np.uint8)).save(src)
     out = generate(pipe.folder, src, pose_file, tmp_path / "out" / "gen.png", num_steps=2, seed=0, device="cpu")
     img = Image.open(out)
-    assert img.format == "PNG" and img.size == (16, 16)
+    assert img.format == "PNG" and img.size == (11, 16)  # 176:256 like the source
+    sq = generate(pipe.folder, src, pose_file, tmp_path / "sq.png", num_steps=2, seed=0, device="cpu", square=True)
+    assert Image.open(sq).size == (16, 16)
 
 
 def test_pose_from_a_photo(pipe, pose_task_path, tmp_path):
@@ -83,7 +87,7 @@ def test_pose_from_a_photo(pipe, pose_task_path, tmp_path):
     assert pose.hw == (512, 512)
     assert (pose.keypoints[[0, 2, 5]] >= 0).all()  # nose and both shoulders found
     out = pipe(np.full((256, 176, 3), 230, np.uint8), pose, seed=0)
-    assert out[0].size == (16, 16)
+    assert out[0].size == (11, 16)
     with pytest.raises(PoseError, match="no person found"):
         pipe.load_pose(Image.fromarray(skdata.chelsea()), pose_model_path=str(pose_task_path))
 
@@ -100,3 +104,36 @@ def test_guidance_interval_override(pipe):
     always = np.asarray(pipe(src, POSE, seed=4, num_steps=3, cfg_scale=3.0, guidance_interval=None)[0])
     assert np.array_equal(cond_only, never)
     assert not np.array_equal(always, never)
+
+
+def test_source_latent_sample_is_seeded_and_differs_from_the_mean(pipe):
+    rng = np.random.default_rng(5)
+    src = rng.integers(0, 255, (64, 44, 3), dtype=np.uint8)
+    assert pipe.cfg.sample.source_latent == "mean"  # our own models keep their setting
+    kw = dict(seed=3, num_steps=2, square=True)
+    mean = np.asarray(pipe(src, POSE, **kw)[0])
+    s1 = np.asarray(pipe(src, POSE, source_latent="sample", **kw)[0])
+    s2 = np.asarray(pipe(src, POSE, source_latent="sample", **kw)[0])
+    s3 = np.asarray(pipe(src, POSE, source_latent="sample", **{**kw, "seed": 4})[0])
+    assert np.array_equal(s1, s2)  # reproducible
+    assert not np.array_equal(s1, mean)
+    assert not np.array_equal(s1, s3)
+    # the posterior noise is its own stream: the conditions differ exactly by std * eps
+    from xmdpt.sampling.inputs import Pose
+
+    pose = pipe.load_pose(POSE)
+    sq = np.stack([np.asarray(Image.fromarray(src).resize((16, 16)))])
+    c_mean = pipe._encode(sq, [pose], pipe.sample_config(source_latent="mean"))
+    c_smp = pipe._encode(sq, [pose], pipe.sample_config(source_latent="sample", seed=3))
+    assert isinstance(pose, Pose)
+    assert not torch.equal(c_mean["ref_latent"], c_smp["ref_latent"])
+    assert torch.equal(c_mean["ref_tokens"], c_smp["ref_tokens"])
+
+
+def test_bad_sample_settings_are_refused(pipe):
+    from xmdpt.config import ConfigError
+
+    with pytest.raises(ConfigError, match="sample.source_latent"):
+        pipe.sample_config(source_latent="median")
+    with pytest.raises(ConfigError, match="sample.precision"):
+        pipe.sample_config(precision="fp8")

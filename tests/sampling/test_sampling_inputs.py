@@ -99,3 +99,50 @@ def test_pose_from_photo_without_person(pose_task_path):
         pose_from_photo(blank, pose_task_path, name="empty.png")
     with pytest.raises(PoseError, match="pose estimator model .* not found"):
         pose_from_photo(blank, "/nonexistent/model.task", name="x.png")
+
+
+# ---- poses from the public annotation layouts, and the output aspect --------------------------
+
+def test_pose_from_a_pidm_txt_and_a_gfla_row(tmp_path):
+    from xmdpt.data.keypoints import image_frame_to_pidm_txt, kps_to_gfla_lists
+    from xmdpt.sampling.inputs import PoseError, is_pose_annotation, load_pose_annotation
+
+    kps = np.array([[88, 40], [88, 62], [68, 64], [60, 96], [58, 126], [108, 64], [116, 96], [118, 126],
+                    [76, 132], [74, 182], [74, 228], [100, 132], [102, 182], [102, 228], [84, 36], [92, 36],
+                    [-1, -1], [96, 38]], np.float32)  # 256x176 image frame
+    txt = tmp_path / "pose" / "MEN" / "01_1_front.txt"
+    txt.parent.mkdir(parents=True)
+    np.savetxt(txt, image_frame_to_pidm_txt(kps))  # the PIDM 256x256 frame with the 40-px border
+    ys, xs = kps_to_gfla_lists(kps)
+    name = "fashionMENTees_Tanksid0000001101_1front.jpg"
+    csv = tmp_path / "fasion-resize-annotation-test.csv"
+    csv.write_text(f"name:keypoints_y:keypoints_x\n{name}: {ys}: {xs}\nother.jpg: {ys}: {xs}\n")
+    for src in (txt, f"{csv}::{name}", f"{name}: {ys}: {xs}"):
+        assert is_pose_annotation(src)
+        pose = load_pose_annotation(src)
+        assert pose.hw == (256, 176)
+        assert np.allclose(pose.keypoints, kps, atol=1e-4), src
+    with pytest.raises(PoseError, match="2 annotation rows"):
+        load_pose_annotation(csv)
+    with pytest.raises(PoseError, match="no annotation row for 'missing.jpg'"):
+        load_pose_annotation(f"{csv}::missing.jpg")
+    bad = tmp_path / "bad.txt"
+    np.savetxt(bad, np.zeros((17, 2)))
+    with pytest.raises(PoseError, match="expected 18 rows"):
+        load_pose_annotation(bad)
+
+
+def test_restore_aspect_undoes_the_square_squash():
+    from xmdpt.sampling.inputs import prepare_source, restore_aspect
+
+    rng = np.random.default_rng(0)
+    portrait = rng.integers(0, 255, (256, 176, 3), dtype=np.uint8)  # a DeepFashion image
+    sq = prepare_source(portrait, 256)
+    back = restore_aspect(sq, portrait.shape[:2])
+    assert back.shape == (256, 176, 3)
+    assert np.abs(back.astype(int) - portrait.astype(int)).mean() < 40  # squash + unsquash of noise: blurred, aligned
+    wide = np.zeros((100, 300, 3), np.uint8)
+    wide[:, :150] = 255  # left half white
+    out = restore_aspect(prepare_source(wide, 256), wide.shape[:2])
+    assert abs(out.shape[1] / out.shape[0] - 3.0) < 0.1  # the source's 3:1 aspect, padding cropped away
+    assert out[:, : out.shape[1] // 2 - 4].mean() > 200 and out[:, out.shape[1] // 2 + 4:].mean() < 60
