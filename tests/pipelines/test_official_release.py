@@ -231,3 +231,25 @@ def test_bf16_refused_where_the_device_has_no_bf16(imported, files, tmp_path, mo
     assert r.exit_code == 2
     assert "sample.precision=bf16" in r.output and "native bf16" in r.output
     assert not (tmp_path / "o.png").exists()
+
+
+def test_a_folder_with_hub_encoders_offline_names_id_cache_and_setting(files, imported, tmp_path, monkeypatch):
+    """A folder imported without local DINOv2 files references timm's hub ids; offline and uncached, generate
+    says which id, which cache folder and which setting, before any sampling."""
+    import shutil
+
+    from xmdpt.encoders.dino import hf_cache_dir
+
+    folder = tmp_path / "hub-refs"
+    shutil.copytree(imported, folder)
+    meta = json.loads((folder / "pipeline.json").read_text())
+    meta["encoder_weights"] = {}
+    (folder / "pipeline.json").write_text(json.dumps(meta))
+    shutil.rmtree(folder / "encoders")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    r = CliRunner().invoke(app, ["generate", "--model", str(folder), "--source", str(files["person"]), "--pose",
+                                 str(files["pose_photo"]), "--out", str(tmp_path / "o.png")])
+    assert r.exit_code == 2, r.output
+    text = " ".join(r.output.split())
+    assert f"timm/{release.ARCH}" in text and hf_cache_dir() in text and "_encoder_weights" in text
+    assert not (tmp_path / "o.png").exists()
