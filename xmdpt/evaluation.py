@@ -29,6 +29,7 @@ Outputs: generated PNGs under ``{storage_root}/evaluate/{hash}/images/``, ``grid
 from __future__ import annotations
 
 import io
+import json
 import logging
 import math
 from collections import defaultdict
@@ -111,57 +112,6 @@ def evenly_spaced(rows: list, n: Optional[int]) -> list:
 # ------------------------------------------------------------------------------------------------
 
 
-class PairGenerator:
-    """Ray Data actor: holds a pipeline, turns a batch of pairs into uint8 ``(N, S, S, 3)`` images."""
-
-    def __init__(self, model_dir: str, dataset_root: str, sample: dict[str, Any], num_cpus: float = 1.0) -> None:
-        import torch
-
-        from xmdpt.config import SampleConfig
-        from xmdpt.sampling.pipeline import XMDPTPipeline
-
-        if not torch.cuda.is_available():
-            torch.set_num_threads(max(1, int(round(num_cpus))))  # as many threads as the actor's CPUs
-        self.pipe = XMDPTPipeline.from_pretrained(model_dir)
-        self.dataset_root = dataset_root
-        self.sample = SampleConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in sample.items()})
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Batch columns: row, pair_id, variant, cfg_scale, source_path, keypoints (36,), height, width.
-
-        Returns ``row, variant, image`` (uint8 ``(N, S, S, 3)``, zeros for failed rows) and ``error``
-        ("" or the reason naming the image).
-        """
-        from xmdpt.data.images import ImageError, load_rgb
-        from xmdpt.encoders.inputs import read_image_bytes
-        from xmdpt.sampling.inputs import Pose, prepare_source
-
-        n = len(batch["pair_id"])
-        S = self.pipe.image_size
-        out = np.zeros((n, S, S, 3), np.uint8)
-        errors = [""] * n
-        sources: dict[int, np.ndarray] = {}
-        for i in range(n):
-            path = str(batch["source_path"][i])
-            try:
-                sources[i] = prepare_source(load_rgb(read_image_bytes(self.dataset_root, path), name=path), S)
-            except (ImageError, OSError) as e:
-                errors[i] = f"{batch['pair_id'][i]}: source {e}"
-        for scale in sorted(set(float(s) for s in batch["cfg_scale"])):
-            idx = [i for i in range(n) if float(batch["cfg_scale"][i]) == scale and i in sources]
-            if not idx:
-                continue
-            poses = [Pose(np.asarray(batch["keypoints"][i], np.float32).reshape(-1, 2),
-                          (int(batch["height"][i]), int(batch["width"][i]))) for i in idx]
-            # seeded from the rows in the batch (fixed by the sorted pair order and the batch size)
-            seed = (self.sample.seed * 1_000_003 + sum(int(batch["row"][i]) for i in idx)) % (2 ** 31)
-            out[idx] = self.pipe.generate_arrays(np.stack([sources[i] for i in idx]), poses,
-                                                 num_steps=self.sample.num_steps, cfg_scale=scale,
-                                                 cfg_power=self.sample.cfg_power, seed=seed,
-                                                 guidance_interval=self.sample.guidance_interval)
-        return {"row": batch["row"], "variant": batch["variant"], "image": out, "error": np.array(errors, dtype=object)}
-
-
 def _gpus_per_actor(configured: Optional[float]) -> float:
     if configured is not None:
         return float(configured)
@@ -170,54 +120,55 @@ def _gpus_per_actor(configured: Optional[float]) -> float:
     return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
 
 
+def pair_seed(sample_seed: int, row: int) -> int:
+    """The seed of test pair ``row``: every variant of a pair (guided / conditional / null) starts from
+    the same noise, so their comparison is paired; independent of batching and actors."""
+    return (int(sample_seed) * 1_000_003 + int(row)) % (2 ** 31)
+
+
 def generate_pairs(cfg: XMDPTConfig, model_dir: str, pairs: Sequence[dict[str, Any]]
                    ) -> tuple[dict[str, dict[int, np.ndarray]], dict[int, str]]:
-    """Generate every pair (guided) and the unguided subset with an actor pool.
+    """Generate every pair (guided) and the unguided subset through the batch-generation actors
+    (:mod:`xmdpt.sampling.batch`, the code path of ``xmdpt generate-batch``).
 
     Returns:
         ``({variant: {row index: uint8 (S, S, 3)}}, {row index: reason})`` for variants guided /
         cond_only / null_cond; rows whose source image cannot be read are quarantined with the reason.
     """
-    import ray
-    from ray.data import ActorPoolStrategy
+    from xmdpt.sampling.batch import map_generation
+    from xmdpt.storage import join
 
-    from xmdpt.ray_utils import init_ray
-
-    init_ray()
+    root = absolute(cfg.paths.dataset_root)
     items = []
     for i, p in enumerate(pairs):
-        base = {"row": i, "source_path": p["source_path"], "keypoints": p["keypoints"].reshape(-1),
-                "height": p["height"], "width": p["width"]}
+        pose = json.dumps({"format": "coco18", "image_size": [int(p["height"]), int(p["width"])],
+                           "keypoints": [[float(x), float(y)] for x, y in np.asarray(p["keypoints"]).reshape(-1, 2)]})
+        base = {"pair": i, "source": join(root, p["source_path"]), "pose": pose,
+                "seed": pair_seed(cfg.sample.seed, i)}
         items.append({**base, "variant": GUIDED, "cfg_scale": float(cfg.sample.cfg_scale)})
         if i < cfg.evaluate.unguided_pairs:
             for variant, scale in VARIANT_SCALES.items():
                 items.append({**base, "variant": variant, "cfg_scale": scale})
-    for it in items:
-        it["pair_id"] = pairs[it["row"]]["pair_id"]
+    for k, it in enumerate(items):
+        it["row"], it["id"] = k, f"{pairs[it['pair']]['pair_id']}|{it['variant']}"
     gpus = _gpus_per_actor(cfg.evaluate.num_gpus_per_actor)
     logger.info("generating %d images (%d pairs) with %d actor(s), %s GPU each, %d DDIM steps, cfg %.2f",
                 len(items), len(pairs), cfg.evaluate.num_actors, gpus, cfg.sample.num_steps, cfg.sample.cfg_scale)
-    ds = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / cfg.evaluate.batch_size)))
-    ds = ds.map_batches(
-        PairGenerator,
-        fn_constructor_kwargs={"model_dir": absolute(str(model_dir)), "dataset_root": absolute(cfg.paths.dataset_root),
-                               "sample": cfg.to_dict()["sample"], "num_cpus": cfg.evaluate.num_cpus_per_actor},
-        batch_size=cfg.evaluate.batch_size,
-        batch_format="numpy",
-        compute=ActorPoolStrategy(size=cfg.evaluate.num_actors),
-        num_gpus=gpus,
-        num_cpus=cfg.evaluate.num_cpus_per_actor,
-    )
+    sample = cfg.to_dict()["sample"]
+    ds = map_generation(items, absolute(str(model_dir)), batch_size=cfg.evaluate.batch_size,
+                        actors=cfg.evaluate.num_actors, num_cpus_per_actor=cfg.evaluate.num_cpus_per_actor,
+                        num_gpus_per_actor=gpus, sample=sample, square=True, return_images=True)
     out: dict[str, dict[int, np.ndarray]] = defaultdict(dict)
     failed: dict[int, str] = {}
     seen = 0
     for batch in ds.iter_batches(batch_size=256, batch_format="numpy"):
-        for row, variant, img, err in zip(batch["row"], batch["variant"], batch["image"], batch["error"]):
+        for k, img, err in zip(batch["row"], batch["image"], batch["error"]):
             seen += 1
+            it = items[int(k)]
             if err:
-                failed[int(row)] = str(err)
+                failed[it["pair"]] = f"{pairs[it['pair']]['pair_id']}: {str(err).split(': ', 1)[-1]}"
             else:
-                out[str(variant)][int(row)] = img
+                out[it["variant"]][it["pair"]] = img
     if seen != len(items):
         raise RuntimeError(f"generation returned {seen} of {len(items)} rows")
     for r, reason in failed.items():
@@ -538,9 +489,7 @@ def evaluate(cfg: XMDPTConfig, model_dir: str, validate_manifest: dict[str, Any]
     Returns:
         The metrics dict (also written to ``metrics.json``).
     """
-    import json
-
-    from xmdpt.storage import filesystem, join
+    from xmdpt.storage import filesystem
 
     pairs = load_test_pairs(validate_manifest, cfg.evaluate.max_pairs)
     generated, quarantined = generate_pairs(cfg, model_dir, pairs)

@@ -51,11 +51,11 @@ def _signature():
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
-    return ModelSignature(
-        inputs=Schema([ColSpec("binary", "source_image"), ColSpec("string", "pose")]),
-        outputs=Schema([ColSpec("binary", "image")]),
+    return ModelSignature(  # images travel as base64 strings (see xmdpt/sampling/mlflow_model.py)
+        inputs=Schema([ColSpec("string", "source_image"), ColSpec("string", "pose")]),
+        outputs=Schema([ColSpec("string", "image")]),
         params=ParamSchema([ParamSpec("num_steps", "long", 50), ParamSpec("cfg_scale", "double", 2.0),
-                            ParamSpec("seed", "long", 0)]),
+                            ParamSpec("seed", "long", 0), ParamSpec("square", "boolean", False)]),
     )
 
 

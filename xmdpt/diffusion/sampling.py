@@ -62,7 +62,8 @@ def guided_at(t: int, interval: Optional[tuple[int, int]]) -> bool:
 
 @torch.no_grad()
 def sample(model, diffusion: GaussianDiffusion, cond: dict, sample_cfg: SampleConfig, *,
-           generator: Optional[torch.Generator] = None, progress: bool = False) -> torch.Tensor:
+           generator: Optional[torch.Generator] = None, progress: bool = False,
+           x_T: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Generate x_0 latents.
 
     ``cfg_scale == 1``: one conditional pass per step; ``cfg_scale == 0``: one unconditional pass;
@@ -73,12 +74,18 @@ def sample(model, diffusion: GaussianDiffusion, cond: dict, sample_cfg: SampleCo
     Args:
         model: ``XMDPT``; cond: ``pose_tokens`` (N, Sp, Dp), ``ref_tokens`` (N, Sr, Dr), ``ref_latent`` (N, C, H, W).
         generator: draws the initial noise (and the DDIM noise when eta > 0).
+        x_T: the initial noise (N, C, H, W) instead of drawing it from ``generator``.
     Returns:
         (N, C, H, W) latents.
     """
     ref_latent = cond["ref_latent"]
     N, C = ref_latent.shape[:2]
-    x = torch.randn(ref_latent.shape, device=ref_latent.device, dtype=ref_latent.dtype, generator=generator)
+    if x_T is not None:
+        if tuple(x_T.shape) != tuple(ref_latent.shape):
+            raise ValueError(f"x_T shape {tuple(x_T.shape)} != latent shape {tuple(ref_latent.shape)}")
+        x = x_T.to(ref_latent.device, ref_latent.dtype)
+    else:
+        x = torch.randn(ref_latent.shape, device=ref_latent.device, dtype=ref_latent.dtype, generator=generator)
     steps = timesteps_for(sample_cfg.num_steps, sample_cfg.respacing, diffusion.num_timesteps)
     drop_all = torch.ones(N, dtype=torch.bool, device=x.device)
     for i, t in enumerate(tqdm(steps, disable=not progress, desc="ddim")):

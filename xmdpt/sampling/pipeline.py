@@ -144,8 +144,8 @@ class XMDPTPipeline:
                                min_visibility=self.cfg.data.pose_min_visibility,
                                name=str(pose) if isinstance(pose, (str, Path)) else name)
 
-    def _encode(self, sources: np.ndarray, poses: Sequence[Pose], sc: Optional[SampleConfig] = None
-                ) -> dict[str, torch.Tensor]:
+    def _encode(self, sources: np.ndarray, poses: Sequence[Pose], sc: Optional[SampleConfig] = None,
+                seeds: Optional[Sequence[int]] = None) -> dict[str, torch.Tensor]:
         """Conditions for uint8 square sources ``(N, S, S, 3)`` and poses (any frame).
 
         The encoders run as in the `features` stage (same preprocessing; fp16 rounding for our own
@@ -171,9 +171,13 @@ class XMDPTPipeline:
         to = lambda a: torch.from_numpy(np.asarray(a, dtype=np.float32)).to(self.device)  # noqa: E731
         mean = to(feats[schema.LATENT_MEAN])  # (N, C, h, w) unscaled
         if sc.source_latent == "sample":
-            g = torch.Generator().manual_seed(source_noise_seed(sc.seed))
-            eps = torch.randn(mean.shape, generator=g).to(self.device)
-            latent = mean + to(feats[schema.LATENT_STD]) * eps
+            if seeds is None:
+                g = torch.Generator().manual_seed(source_noise_seed(sc.seed))
+                eps = torch.randn(mean.shape, generator=g)
+            else:  # one stream per image: the same seed gives the same image in any batch
+                eps = torch.stack([torch.randn(mean.shape[1:], generator=torch.Generator().manual_seed(
+                    source_noise_seed(s))) for s in seeds])
+            latent = mean + to(feats[schema.LATENT_STD]) * eps.to(self.device)
         else:
             latent = mean
         return {"pose_tokens": to(feats[schema.POSE_TOKENS]),  # (N, Sp, Dp)
@@ -197,7 +201,7 @@ class XMDPTPipeline:
                         cfg_scale: Optional[float] = None, cfg_power: Optional[float] = None,
                         seed: Optional[int] = None, guidance_interval: Any = KEEP,
                         source_latent: Optional[str] = None, precision: Optional[str] = None,
-                        progress: bool = False) -> np.ndarray:
+                        progress: bool = False, seeds: Optional[Sequence[int]] = None) -> np.ndarray:
         """Batch generation on prepared inputs.
 
         Args:
@@ -207,6 +211,9 @@ class XMDPTPipeline:
                 the model's ``sample`` config (``guidance_interval=None`` guides at every step; leave it
                 out for the model's).
             progress: a progress bar over the DDIM steps.
+            seeds: one seed per image (its initial noise and source-posterior noise come from its own
+                generator, so an image does not depend on the batch it is in); None: one generator
+                seeded by ``seed`` for the whole batch.
 
         Returns:
             uint8 ``(N, S, S, 3)``.
@@ -218,9 +225,16 @@ class XMDPTPipeline:
             raise ValueError(f"{len(sources)} sources but {len(poses)} poses")
         sc = self.sample_config(num_steps, cfg_scale, cfg_power, seed, guidance_interval, source_latent, precision)
         inference_dtype(sc.precision, self.device)  # refuse an unsupported precision before any compute
-        cond = self._encode(sources, poses, sc)
+        if seeds is not None and len(seeds) != len(sources):
+            raise ValueError(f"{len(seeds)} seeds for {len(sources)} images")
+        cond = self._encode(sources, poses, sc, seeds)
         generator = torch.Generator(device=self.device).manual_seed(sc.seed)
-        x_0 = sample(self.model, self.diffusion, cond, sc, generator=generator, progress=progress)  # (N, C, h, w)
+        x_T = None
+        if seeds is not None:
+            shape = tuple(cond["ref_latent"].shape[1:])
+            x_T = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+        x_0 = sample(self.model, self.diffusion, cond, sc, generator=generator, progress=progress,
+                     x_T=x_T)  # (N, C, h, w)
         return to_uint8(self.codec.decode(x_0 / self.codec.latent_scale))  # (N, S, S, 3)
 
     def __call__(self, source_image: Any, target_pose: PoseLike, *, num_steps: Optional[int] = None,
