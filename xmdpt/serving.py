@@ -20,7 +20,6 @@ loads the new version beside the old one and switches between batches: requests 
 on the version they started with, none fails.
 """
 
-from __future__ import annotations
 
 import asyncio
 import base64
@@ -34,6 +33,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
 import numpy as np
+from starlette.requests import Request  # a real annotation object: the class is shipped to replicas by value
 
 logger = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ def _alias_of(model: str) -> Optional[str]:
 
 def build_app(opts: ServeOptions):
     """The Serve application (bind it with ``serve.run``)."""
-    from fastapi import FastAPI, Request
+    from fastapi import FastAPI
     from fastapi.responses import JSONResponse, Response
     from ray import serve
 
