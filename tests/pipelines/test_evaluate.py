@@ -125,19 +125,27 @@ def test_evaluate_and_register_stages(tmp_path, ray_local, monkeypatch):
     assert record["metric"]["value"] == metrics["synthetic_pose_iou"]
     assert record["lineage"]["manifest.train.path"].endswith("train/manifest.json")
 
-    # seeded: the generation actor gives the same images for the same batch, different ones for another seed
-    from xmdpt.evaluation import PairGenerator, load_test_pairs
+    # seeded per pair: the generation actor (the one `xmdpt generate-batch` uses) gives the same images
+    # for the same seeds in any batch, different ones for another seed
+    from xmdpt.evaluation import load_test_pairs, pair_seed
+    from xmdpt.sampling.batch import GenerationActor
 
     pairs = load_test_pairs(validate, 2)
-    batch = {"row": np.arange(2), "pair_id": np.array([p["pair_id"] for p in pairs], dtype=object),
-             "variant": np.array(["guided"] * 2, dtype=object), "cfg_scale": np.array([2.0, 2.0]),
-             "source_path": np.array([p["source_path"] for p in pairs], dtype=object),
-             "keypoints": np.stack([p["keypoints"].reshape(-1) for p in pairs]),
-             "height": np.array([p["height"] for p in pairs]), "width": np.array([p["width"] for p in pairs])}
-    actor = PairGenerator(manifest["pipeline_local"], str(tmp_path / "data"), params["sample"])
-    first, second = actor(batch), actor(batch)
+    poses = [json.dumps({"format": "coco18", "image_size": [int(p["height"]), int(p["width"])],
+                         "keypoints": p["keypoints"].tolist()}) for p in pairs]
+
+    def batch(seed: int, rows=(0, 1)):
+        return {"row": np.array(rows), "id": np.array([f"p{r}" for r in rows], dtype=object),
+                "source": np.array([str(tmp_path / "data" / pairs[r]["source_path"]) for r in rows], dtype=object),
+                "pose": np.array([poses[r] for r in rows], dtype=object),
+                "seed": np.array([pair_seed(seed, r) for r in rows]), "cfg_scale": np.array([2.0] * len(rows))}
+
+    actor = GenerationActor(manifest["pipeline_local"], sample=params["sample"], square=True, return_images=True)
+    first, second = actor(batch(0)), actor(batch(0))
     assert np.array_equal(first["image"], second["image"]) and list(first["error"]) == ["", ""]
-    other = PairGenerator(manifest["pipeline_local"], str(tmp_path / "data"), {**params["sample"], "seed": 1})(batch)
+    alone = actor(batch(0, rows=(1,)))
+    assert np.array_equal(alone["image"][0], first["image"][1])  # batch-invariant
+    other = actor(batch(1))
     assert not np.array_equal(first["image"], other["image"])
 
 

@@ -134,7 +134,8 @@ def test_mlflow_models_serve_answers_base64_json(mlflow_server, folder, inputs, 
     server = mlflow_server()
     register_pipeline_folder(folder, "xmdpt-pyfunc", alias="prod", tracking_uri=server)
     port = _port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": server}
+    # as in an activated venv: mlflow starts the scoring server with `uvicorn` from PATH
+    env = {**os.environ, "MLFLOW_TRACKING_URI": server, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     log = open(tmp_path / "serve.log", "w")
     proc = subprocess.Popen([str(BIN / "mlflow"), "models", "serve", "-m", "models:/xmdpt-pyfunc@prod",
                              "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-t", "300"],
