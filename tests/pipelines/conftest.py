@@ -304,18 +304,35 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:
-    deadline = time.time() + timeout
-    while True:
+class LocalServer:
+    """A server process on 127.0.0.1 with its output in a log file; ``wait()`` polls its health path."""
+
+    def __init__(self, cmd: list[str], log: Path, port: int, health: str, env: dict | None = None) -> None:
+        self.url, self.health, self.log_path = f"http://127.0.0.1:{port}", health, log
+        self._log = open(log, "w")
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", **(env or {})})
+
+    def wait(self, timeout: float = 180) -> str:
+        deadline = time.time() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.url}{self.health}", timeout=2) as r:
+                    if r.status == 200:
+                        return self.url
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.time() > deadline:
+                pytest.fail(f"{self.proc.args[:3]} did not start: {self.log_path.read_text()[-2000:]}")
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        self.proc.terminate()
         try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            pytest.fail(f"mlflow server did not start: {log.read_text()[-2000:]}")
-        time.sleep(0.5)
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self._log.close()
 
 
 @pytest.fixture(scope="module")
@@ -326,18 +343,25 @@ def mlflow_server(tmp_path_factory):
     """
     root = tmp_path_factory.mktemp("mlflow")
     port = _free_port()
-    log = open(root / "server.log", "w")
-    proc = subprocess.Popen(
+    server = LocalServer(
         [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
          "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts")],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
-    url = f"http://127.0.0.1:{port}"
-    yield lambda: (_wait_healthy(url, proc, root / "server.log"), url)[1]
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+        root / "server.log", port, "/health")
+    yield server.wait
+    server.stop()
+
+
+@pytest.fixture
+def local_server():
+    """Start ``LocalServer(cmd, log, port, health, env)`` processes; all are stopped after the test."""
+    started: list[LocalServer] = []
+
+    def start(cmd: list[str], log: Path, port: int, health: str, env: dict | None = None) -> LocalServer:
+        started.append(LocalServer(cmd, log, port, health, env))
+        return started[-1]
+
+    yield start
+    for server in started:
+        server.stop()
 
 

@@ -24,10 +24,9 @@ from tiny_pipeline_folder import build_tiny_pipeline_folder  # noqa: E402
 from xmdpt.sampling.batch import BatchError, generate_batch, read_pairs_table  # noqa: E402
 
 BIN = Path(sys.executable).parent
-POSE = {"format": "coco18", "image_size": [256, 176],
-        "keypoints": [[88, 40], [88, 62], [68, 64], [60, 96], [58, 126], [108, 64], [116, 96], [118, 126],
-                      [76, 132], [74, 182], [74, 228], [100, 132], [102, 182], [102, 228], [84, 36], [92, 36],
-                      [80, 38], [96, 38]]}
+from xmdpt.sampling.inputs import EXAMPLE_POSE  # noqa: E402
+
+POSE = EXAMPLE_POSE
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -29,10 +28,9 @@ def _port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-POSE = {"format": "coco18", "image_size": [256, 176],
-        "keypoints": [[88, 40], [88, 62], [68, 64], [60, 96], [58, 126], [108, 64], [116, 96], [118, 126],
-                      [76, 132], [74, 182], [74, 228], [100, 132], [102, 182], [102, 228], [84, 36], [92, 36],
-                      [80, 38], [96, 38]]}
+from xmdpt.sampling.inputs import EXAMPLE_POSE  # noqa: E402
+
+POSE = EXAMPLE_POSE
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +121,7 @@ def test_register_then_generate_from_champion_in_a_subprocess(mlflow_server, fol
     assert r.exit_code == 2 and "unknown model URI 'models:/xmdpt@nope'" in r.output
 
 
-def test_mlflow_models_serve_answers_base64_json(mlflow_server, folder, inputs, tmp_path):
+def test_mlflow_models_serve_answers_base64_json(mlflow_server, local_server, folder, inputs, tmp_path):
     """`mlflow models serve -m models:/NAME@ALIAS --env-manager local` on 127.0.0.1, fed the documented
     dataframe_split JSON with a base64 image, answers base64 PNGs equal to `xmdpt generate`'s."""
     import base64
@@ -135,44 +133,24 @@ def test_mlflow_models_serve_answers_base64_json(mlflow_server, folder, inputs, 
     register_pipeline_folder(folder, "xmdpt-pyfunc", alias="prod", tracking_uri=server)
     port = _port()
     # as in an activated venv: mlflow starts the scoring server with `uvicorn` from PATH
-    env = {**os.environ, "MLFLOW_TRACKING_URI": server, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-    log = open(tmp_path / "serve.log", "w")
-    proc = subprocess.Popen([str(BIN / "mlflow"), "models", "serve", "-m", "models:/xmdpt-pyfunc@prod",
-                             "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-t", "300"],
-                            stdout=log, stderr=subprocess.STDOUT, env=env)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/ping", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert proc.poll() is None and time.time() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
-            time.sleep(0.5)
-        body = {"dataframe_split": {"columns": ["source_image", "pose"],
-                                    "data": [[base64.b64encode((inputs / "src.jpg").read_bytes()).decode(),
-                                              json.dumps(POSE)]] * 2},
-                "params": {"num_steps": 2, "cfg_scale": 2.0, "seed": 0}}
-        req = urllib.request.Request(f"{url}/invocations", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=300) as r:
-            preds = json.loads(r.read())["predictions"]
-        assert len(preds) == 2
-        images = [np.asarray(Image.open(io.BytesIO(base64.b64decode(p["image"])))) for p in preds]
-        assert not np.array_equal(images[0], images[1])  # row i uses seed + i
-        out = tmp_path / "cli.png"
-        res = subprocess.run([str(BIN / "xmdpt"), "generate", "--model", str(folder), "--source", str(inputs / "src.jpg"),
-                              "--pose", str(inputs / "pose.json"), "--out", str(out), "--steps", "2", "--seed", "0",
-                              "--device", "cpu"], capture_output=True, text=True, timeout=300)
-        assert res.returncode == 0, res.stderr[-2000:]
-        assert np.array_equal(images[0], np.asarray(Image.open(out)))
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+    env = {"MLFLOW_TRACKING_URI": server, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    url = local_server([str(BIN / "mlflow"), "models", "serve", "-m", "models:/xmdpt-pyfunc@prod", "--env-manager",
+                        "local", "-h", "127.0.0.1", "-p", str(port), "-t", "300"], tmp_path / "serve.log", port,
+                       "/ping", env).wait()
+    body = {"dataframe_split": {"columns": ["source_image", "pose"],
+                                "data": [[base64.b64encode((inputs / "src.jpg").read_bytes()).decode(),
+                                          json.dumps(POSE)]] * 2},
+            "params": {"num_steps": 2, "cfg_scale": 2.0, "seed": 0}}
+    req = urllib.request.Request(f"{url}/invocations", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=300) as r:
+        preds = json.loads(r.read())["predictions"]
+    assert len(preds) == 2
+    images = [np.asarray(Image.open(io.BytesIO(base64.b64decode(p["image"])))) for p in preds]
+    assert not np.array_equal(images[0], images[1])  # row i uses seed + i
+    out = tmp_path / "cli.png"
+    res = subprocess.run([str(BIN / "xmdpt"), "generate", "--model", str(folder), "--source", str(inputs / "src.jpg"),
+                          "--pose", str(inputs / "pose.json"), "--out", str(out), "--steps", "2", "--seed", "0",
+                          "--device", "cpu"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert np.array_equal(images[0], np.asarray(Image.open(out)))

@@ -23,10 +23,9 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sampling"))
 from tiny_pipeline_folder import build_tiny_pipeline_folder  # noqa: E402
 
-POSE = {"format": "coco18", "image_size": [256, 176],
-        "keypoints": [[88, 40], [88, 62], [68, 64], [60, 96], [58, 126], [108, 64], [116, 96], [118, 126],
-                      [76, 132], [74, 182], [74, 228], [100, 132], [102, 182], [102, 228], [84, 36], [92, 36],
-                      [80, 38], [96, 38]]}
+from xmdpt.sampling.inputs import EXAMPLE_POSE  # noqa: E402
+
+POSE = EXAMPLE_POSE
 NAME = "xmdpt-serve"
 
 

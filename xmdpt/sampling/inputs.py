@@ -35,6 +35,14 @@ POSE_FORMAT = "coco18"
 POSE_SUFFIXES = (".json",)
 
 
+# A person standing front-on in the 256x176 DeepFashion frame: a ready-made target pose for examples,
+# smoke tests and benchmarks (``json.dumps(EXAMPLE_POSE)`` is a valid pose JSON file).
+EXAMPLE_POSE = {"format": POSE_FORMAT, "image_size": [256, 176],
+                "keypoints": [[88, 40], [88, 62], [68, 64], [60, 96], [58, 126], [108, 64], [116, 96], [118, 126],
+                              [76, 132], [74, 182], [74, 228], [100, 132], [102, 182], [102, 228], [84, 36], [92, 36],
+                              [80, 38], [96, 38]]}
+
+
 class PoseError(ValueError):
     """A pose cannot be used: bad JSON, wrong keypoint count, or no person in a pose photo."""
 
