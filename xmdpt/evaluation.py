@@ -135,9 +135,11 @@ def generate_pairs(cfg: XMDPTConfig, model_dir: str, pairs: Sequence[dict[str, A
         ``({variant: {row index: uint8 (S, S, 3)}}, {row index: reason})`` for variants guided /
         cond_only / null_cond; rows whose source image cannot be read are quarantined with the reason.
     """
+    from xmdpt.ray_utils import init_ray
     from xmdpt.sampling.batch import map_generation
     from xmdpt.storage import join
 
+    init_ray()  # before asking the cluster for GPUs
     root = absolute(cfg.paths.dataset_root)
     items = []
     for i, p in enumerate(pairs):

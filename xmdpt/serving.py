@@ -137,10 +137,17 @@ def _number(form: dict, field: str, kind, lo: float, hi: float, default: Any) ->
 # ------------------------------------------------------------------------------------------------
 
 def model_info(ref, folder, meta: dict, cfg, alias: Optional[str]) -> dict[str, Any]:
+    """What ``GET /v1/model`` says: the registry's run id and data lineage when the model is registered
+    (the `validate` stage's DVC hash: the data the model was trained and evaluated on; for an imported
+    checkpoint its sha256), else what the folder's ``pipeline.json`` records."""
     lineage = meta.get("lineage", {}) or {}
+    tags = dict(ref.tags)
+    data_hash = (tags.get("dvc.stage.validate") or tags.get("checkpoint_sha256") or lineage.get("sha256")
+                 or (str(tags.get("manifest.validate.uri", "")).rstrip("/").rsplit("/", 1)[-1] or None))
     return {"name": ref.name, "version": ref.version, "alias": alias, "uri": ref.uri,
-            "run_id": lineage.get("train_run_id") or lineage.get("run_id"),
-            "data_hash": lineage.get("data_hash") or lineage.get("dvc.validate") or lineage.get("validate_manifest"),
+            "run_id": ref.run_id or tags.get("train_run_id") or lineage.get("train_run_id"),
+            "train_run_id": tags.get("train_run_id") or lineage.get("train_run_id"),
+            "data_hash": data_hash,
             "source": meta.get("source", "trained"), "preset": cfg.model.preset, "image_size": cfg.data.image_size,
             "standin_encoders": bool(meta.get("standin")), "folder": str(folder)}
 

@@ -83,6 +83,7 @@ def test_model_info_and_health(server):
     info = requests.get(f"{server['url']}/v1/model", timeout=10).json()
     assert info["name"] == NAME and info["version"] == "1" and info["alias"] == "champion"
     assert info["image_size"] == 16 and info["preset"] == "xmdpt-tiny/2" and info["replica_pid"] > 0
+    assert info["run_id"] == server["v1"]["run_id"]
     assert requests.get(f"{server['url']}/healthz", timeout=10).json()["status"] == "ok"
 
 

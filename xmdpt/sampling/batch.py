@@ -73,6 +73,8 @@ class ModelRef:
     uri: str  # what actors load: a local folder, or models:/NAME/VERSION (an alias pinned)
     name: str
     version: str
+    run_id: str = ""
+    tags: tuple = ()  # the registered version's tags, as (key, value) pairs
 
 
 def resolve_model(model: str, tracking_uri: Optional[str] = None) -> ModelRef:
@@ -89,9 +91,13 @@ def resolve_model(model: str, tracking_uri: Optional[str] = None) -> ModelRef:
             meta = json.loads((p / "pipeline.json").read_text())
         return ModelRef(str(p.resolve()), p.resolve().name, str(meta.get("lineage", {}).get("sha256", ""))[:12])
     if model.startswith("models:/") and not model.startswith("models:/m-"):
-        pinned, _ = _pin_uri(model, resolve_tracking_uri(tracking_uri or ""))
+        from mlflow import MlflowClient
+
+        uri = resolve_tracking_uri(tracking_uri or "")
+        pinned, _ = _pin_uri(model, uri)
         name, version = pinned[len("models:/"):].split("/", 1)
-        return ModelRef(pinned, name, version)
+        mv = MlflowClient(tracking_uri=uri, registry_uri=uri).get_model_version(name, version)
+        return ModelRef(pinned, name, version, mv.run_id or "", tuple(sorted((mv.tags or {}).items())))
     return ModelRef(model, model, "")
 
 
