@@ -44,6 +44,9 @@ def _source() -> bytes:
     return buf.getvalue()
 
 
+TIMINGS: list[dict[str, float]] = []
+
+
 def _request(url: str, src: bytes, seed: int, steps) -> tuple[float, int, int]:
     data = {"pose": json.dumps(POSE), "seed": str(seed)}
     if steps:
@@ -51,6 +54,8 @@ def _request(url: str, src: bytes, seed: int, steps) -> tuple[float, int, int]:
     t = time.perf_counter()
     try:
         r = requests.post(f"{url}/v1/generate", files={"source": ("s.png", src, "image/png")}, data=data, timeout=600)
+        if "X-Timing" in r.headers:
+            TIMINGS.append({k: float(v) for k, v in (p.split("=") for p in r.headers["X-Timing"].split(";"))})
         return time.perf_counter() - t, r.status_code, int(r.headers.get("X-Batch-Size", 0))
     except requests.RequestException:
         return time.perf_counter() - t, 0, 0
@@ -81,6 +86,7 @@ def run_setting(model: str, max_batch: int, clients: list[int], n_req: int, step
     lone = [_request(url, src, 1000 + i, steps)[0] for i in range(3)]
     out = {"max_batch": max_batch, "lone_s": statistics.median(lone), "clients": {}}
     for c in clients:
+        TIMINGS.clear()
         t0 = time.perf_counter()
         with ThreadPoolExecutor(c) as pool:
             res = list(pool.map(lambda k: _request(url, src, k, steps), range(c * n_req)))
@@ -89,11 +95,12 @@ def run_setting(model: str, max_batch: int, clients: list[int], n_req: int, step
         sizes = [r[2] for r in res if r[1] == 200]
         row = {"requests": len(res), "errors": sum(1 for r in res if r[1] != 200), "images_per_s": len(lat) / wall,
                "p50_s": _pct(lat, 50), "p95_s": _pct(lat, 95), "p99_s": _pct(lat, 99),
-               "batch_sizes": {str(k): sizes.count(k) for k in sorted(set(sizes))}}
+               "batch_sizes": {str(k): sizes.count(k) for k in sorted(set(sizes))},
+               "replica_median_s": {k: statistics.median(t[k] for t in TIMINGS) for k in (TIMINGS[0] if TIMINGS else {})}}
         out["clients"][str(c)] = row
         print(f"max-batch {max_batch:2d} | {c:2d} clients | p50 {row['p50_s']:6.2f} s  p95 {row['p95_s']:6.2f} s  "
               f"p99 {row['p99_s']:6.2f} s | {row['images_per_s']:5.2f} images/s | batch sizes {row['batch_sizes']} | "
-              f"errors {row['errors']}", flush=True)
+              f"errors {row['errors']} | in the replica (median s): {row['replica_median_s']}", flush=True)
     serve.shutdown()
     return out
 
