@@ -260,3 +260,18 @@ def test_limb_capsule_matches_the_distance_to_the_segment_everywhere():
         t = np.clip((pts - p) @ d / max(float(d @ d), 1e-9), 0, 1)
         want = (np.linalg.norm(pts - (p + t[:, None] * d), axis=1) <= r).reshape(hw)
         assert np.array_equal(_capsule(hw, p, q, r), want)
+
+
+def test_inception_input_is_the_peers_normalisation():
+    """PIDM utils/inception.py and CFLD models/metrics.py: x in [0, 1], bilinear to 299 (align_corners
+    False), then torchvision's transform_input affine per channel on that tensor:
+    x_c * (std_c / 0.5) + (mean_c - 0.5) / 0.5 with the ImageNet mean/std."""
+    img = np.zeros((1, 2, 2, 3), np.uint8)
+    img[0, :, :, 0], img[0, :, :, 1], img[0, :, :, 2] = 255, 0, 51  # constant channels survive the resize
+    x = InceptionFeatures.prepare(img)
+    assert x.shape == (1, 3, 299, 299)
+    expected = [1.0 * (0.229 / 0.5) + (0.485 - 0.5) / 0.5, 0.0 * (0.224 / 0.5) + (0.456 - 0.5) / 0.5,
+                0.2 * (0.225 / 0.5) + (0.406 - 0.5) / 0.5]
+    for c in range(3):
+        assert torch.allclose(x[0, c], torch.full((299, 299), expected[c]), atol=1e-6), c
+    assert not torch.allclose(x[0, 0], torch.full((299, 299), 1.0))  # not 2x - 1

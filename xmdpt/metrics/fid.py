@@ -67,12 +67,18 @@ def fid_from_features(real: np.ndarray, fake: np.ndarray) -> float:
     return frechet_distance(*gaussian_stats(real), *gaussian_stats(fake))
 
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
 class InceptionFeatures:
     """torchvision Inception-v3 pool3 features (2048-d) from a weights file, no hub access.
 
-    Input: uint8 ``(N, H, W, 3)`` images. They are resized (bilinear) to 299, mapped to [-1, 1] and
-    fed with ``transform_input=False`` — the same input torchvision's ImageNet weights see with
-    ImageNet normalisation and ``transform_input=True``.
+    Input: uint8 ``(N, H, W, 3)`` images, prepared as the peers' FID code does (PIDM
+    ``utils/inception.py``, CFLD ``models/metrics.py``): scaled to [0, 1], resized (bilinear) to 299,
+    then torchvision's per-channel ``transform_input`` affine ``x * (std / 0.5) + (mean - 0.5) / 0.5``
+    (ImageNet mean/std) applied to that [0, 1] tensor, and fed with ``transform_input=False``. (Not
+    ``2x - 1``: the same weights give other features on it, and FIDs not comparable with the tables.)
     """
 
     def __init__(self, weights_path: str | Path, device: str | torch.device = "cpu", batch_size: int = 32):
@@ -93,13 +99,20 @@ class InceptionFeatures:
         self.batch_size = batch_size
         logger.info("loaded Inception-v3 weights from %s", weights_path)
 
+    @staticmethod
+    def prepare(images: np.ndarray) -> torch.Tensor:
+        """uint8 ``(n, H, W, 3)`` -> the network input ``(n, 3, 299, 299)`` (see the class docstring)."""
+        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0  # (n, 3, H, W)
+        x = F.interpolate(x, size=(INCEPTION_SIZE, INCEPTION_SIZE), mode="bilinear", align_corners=False)
+        mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+        return x * (std / 0.5) + (mean - 0.5) / 0.5
+
     @torch.no_grad()
     def __call__(self, images: np.ndarray) -> np.ndarray:
         """Args: images uint8 ``(N, H, W, 3)``. Returns float64 ``(N, 2048)``."""
         out = []
         for i in range(0, len(images), self.batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(images[i:i + self.batch_size])).to(self.device)
-            x = x.permute(0, 3, 1, 2).float() / 255.0  # (n, 3, H, W) in [0, 1]
-            x = F.interpolate(x, size=(INCEPTION_SIZE, INCEPTION_SIZE), mode="bilinear", align_corners=False)
-            out.append(self.net(x * 2.0 - 1.0).double().cpu().numpy())  # (n, 2048)
+            x = self.prepare(images[i:i + self.batch_size]).to(self.device)
+            out.append(self.net(x).double().cpu().numpy())  # (n, 2048)
         return np.concatenate(out, axis=0) if out else np.zeros((0, FEATURE_DIM))
