@@ -106,6 +106,13 @@ def stage_main(
             logger.error("%s", e)
             raise SystemExit(1) from None
 
+    from xmdpt.preflight import PreflightError, preflight
+
+    try:  # everything the stage (and the DAG after it) needs to finish, in seconds, before any compute
+        preflight(cfg, stage)
+    except PreflightError as e:
+        logger.error("%s", e)
+        raise SystemExit(1) from None
     logger.info("stage %r: running here with %s", stage, args.params)
     result = run(cfg)
     if args.job_dir:

@@ -18,6 +18,8 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("TQDM_DISABLE", "1")
+# botocore looks for credentials at the cloud-metadata address when none are configured: never from tests
+os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 
 # Ray's dashboard probes the cloud-metadata address unless this file exists.
 _bootstrap = Path.home() / "ray_bootstrap_config.yaml"

@@ -207,6 +207,28 @@ def generate_batch(
                f"{summary['skipped']} already done ({summary['model_name']} v{summary['model_version']}) -> {out}")
 
 
+@app.command()
+def check(
+    params: Path = typer.Option(Path("params.yaml"), "--params", help="The configuration to check (params.yaml or a profile)."),
+    stage: Optional[list[str]] = typer.Option(None, "--stage", help="Only these stages (repeatable); default: all."),
+) -> None:
+    """Check in seconds what every stage needs to finish (weights, metric, devices, storage, tracking); no compute."""
+    from xmdpt.config import ConfigError, load_config
+    from xmdpt.preflight import STAGES, format_table, run_checks
+
+    try:
+        cfg = load_config(params)
+        checks = run_checks(cfg, stage or STAGES)
+    except (ConfigError, ValueError, FileNotFoundError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(format_table(checks))
+    failed = [c for c in checks if not c.ok]
+    typer.echo(f"\n{len(checks) - len(failed)} ready, {len(failed)} not ready")
+    if failed:
+        raise typer.Exit(1)
+
+
 def main() -> None:  # pragma: no cover - console entry
     app()
 
