@@ -180,6 +180,54 @@ def generate_pairs(cfg: XMDPTConfig, model_dir: str, pairs: Sequence[dict[str, A
     return dict(out), failed
 
 
+GENERATED_MANIFEST = "generated.json"
+
+
+def save_generated(uri: str, pairs: Sequence[dict[str, Any]], generated: dict[str, dict[int, np.ndarray]],
+                   quarantined: dict[int, str]) -> None:
+    """Keep the generated images (PNG per variant and pair row) and, written last, their manifest."""
+    from PIL import Image
+
+    from xmdpt.storage import filesystem
+
+    fs, base = filesystem(uri)
+    base = base.rstrip("/")
+    for variant, imgs in generated.items():
+        fs.makedirs(f"{base}/{variant}", exist_ok=True)
+        for r, img in imgs.items():
+            buf = io.BytesIO()
+            Image.fromarray(img).save(buf, format="PNG")
+            with fs.open(f"{base}/{variant}/{r:06d}.png", "wb") as f:
+                f.write(buf.getvalue())
+    manifest = {"pair_ids": [p["pair_id"] for p in pairs],
+                "variants": {v: sorted(int(r) for r in imgs) for v, imgs in generated.items()},
+                "quarantined": {str(r): reason for r, reason in quarantined.items()}}
+    with fs.open(f"{base}/{GENERATED_MANIFEST}", "w") as f:
+        f.write(json.dumps(manifest, indent=1) + "\n")
+
+
+def load_generated(uri: str, pairs: Sequence[dict[str, Any]]
+                   ) -> Optional[tuple[dict[str, dict[int, np.ndarray]], dict[int, str]]]:
+    """The images :func:`save_generated` kept for exactly these pairs, or None (absent, incomplete, other pairs)."""
+    from PIL import Image
+
+    from xmdpt.storage import filesystem
+
+    fs, base = filesystem(uri)
+    base = base.rstrip("/")
+    if not fs.exists(f"{base}/{GENERATED_MANIFEST}"):
+        return None
+    manifest = json.loads(fs.cat_file(f"{base}/{GENERATED_MANIFEST}"))
+    if manifest.get("pair_ids") != [p["pair_id"] for p in pairs]:
+        logger.warning("%s holds images of other test pairs; generating again", uri)
+        return None
+    generated: dict[str, dict[int, np.ndarray]] = {}
+    for variant, rows in manifest["variants"].items():
+        generated[variant] = {int(r): np.asarray(Image.open(io.BytesIO(fs.cat_file(f"{base}/{variant}/{int(r):06d}.png")))
+                                                .convert("RGB")) for r in rows}
+    return generated, {int(r): reason for r, reason in manifest["quarantined"].items()}
+
+
 # ------------------------------------------------------------------------------------------------
 # Metrics
 # ------------------------------------------------------------------------------------------------
@@ -479,7 +527,7 @@ def _png(img: np.ndarray) -> bytes:
 
 
 def evaluate(cfg: XMDPTConfig, model_dir: str, validate_manifest: dict[str, Any], *, out_dir: str | Path,
-             images_uri: Optional[str] = None) -> dict[str, Any]:
+             images_uri: Optional[str] = None, generation_uri: Optional[str] = None) -> dict[str, Any]:
     """Generate the test pairs with the pipeline folder ``model_dir`` and write grid + metrics.
 
     Args:
@@ -487,6 +535,9 @@ def evaluate(cfg: XMDPTConfig, model_dir: str, validate_manifest: dict[str, Any]
         validate_manifest: the `validate` manifest (pairs + poses tables).
         out_dir: ``{artifacts_dir}/evaluate`` — ``grid.png`` and ``metrics.json`` go here.
         images_uri: folder/URL for the generated PNGs (content-addressed prefix); None: not written.
+        generation_uri: where the generated images and their manifest are kept as soon as generation
+            ends (keyed by what generation depends on, not by the metric settings); a rerun finds them
+            there and skips the generation. None: not kept.
 
     Returns:
         The metrics dict (also written to ``metrics.json``).
@@ -494,8 +545,17 @@ def evaluate(cfg: XMDPTConfig, model_dir: str, validate_manifest: dict[str, Any]
     from xmdpt.storage import filesystem
 
     pairs = load_test_pairs(validate_manifest, cfg.evaluate.max_pairs)
-    generated, quarantined = generate_pairs(cfg, model_dir, pairs)
+    reused = load_generated(generation_uri, pairs) if generation_uri else None
+    if reused is not None:
+        generated, quarantined = reused
+        logger.info("reusing the %d generated images kept at %s (an earlier run stopped after generation)",
+                    sum(len(v) for v in generated.values()), generation_uri)
+    else:
+        generated, quarantined = generate_pairs(cfg, model_dir, pairs)
+        if generation_uri:  # kept before the metrics: a failure there does not cost the generation again
+            save_generated(generation_uri, pairs, generated, quarantined)
     metrics, images = compute_metrics(cfg, validate_manifest, pairs, generated, quarantined)
+    metrics["generation_reused"] = reused is not None
     if metrics["num_pairs"] + len(quarantined) != len(pairs):
         raise RuntimeError(f"{metrics['num_pairs']} evaluated + {len(quarantined)} quarantined != {len(pairs)} pairs")
     metrics["quarantine"] = [quarantined[r] for r in sorted(quarantined)][:50]
@@ -599,7 +659,14 @@ def evaluate_stage(cfg: XMDPTConfig) -> dict[str, Any]:
         fs, path = filesystem(join(prefix, "pipeline"))
         fs.put(str(local) + "/", path.rstrip("/") + "/", recursive=True)
         pipeline_uri = join(prefix, "pipeline")
-    metrics = evaluate(cfg, str(local), manifests["validate"], out_dir=art / STAGE, images_uri=join(prefix, "images"))
+    # generation depends on the sampler, the pairs and the upstream outputs, not on the metric settings
+    generation_uri = join(stage_prefix(cfg.paths.storage_root, "evaluate-generation", cfg.sample,
+                                       {"max_pairs": cfg.evaluate.max_pairs,
+                                        "unguided_pairs": cfg.evaluate.unguided_pairs},
+                                       cfg.paths.dataset_root, *(manifest_key(m) for m in manifests.values())),
+                          "generated")
+    metrics = evaluate(cfg, str(local), manifests["validate"], out_dir=art / STAGE, images_uri=join(prefix, "images"),
+                       generation_uri=generation_uri)
     return write_manifest(art / STAGE / "manifest.json", {
         "stage": STAGE,
         "uri": prefix,

@@ -49,12 +49,10 @@ def _write_split(root: Path) -> dict:
                        "poses": {"uri": str(root / "tables" / "poses.parquet")}}}
 
 
-def test_evaluate_and_register_stages(tmp_path, ray_local, monkeypatch):
-    """`python -m pipelines.evaluate` then `pipelines.register` on upstream manifests shaped as the stages write them."""
+def _stage_inputs(tmp_path: Path, monkeypatch, **evaluate) -> tuple[dict, Path]:
+    """Upstream manifests shaped as the stages write them, and params.yaml; returns (validate manifest, artifacts)."""
     import yaml
 
-    from pipelines import evaluate as evaluate_entry
-    from pipelines import register as register_entry
     from xmdpt.storage import write_manifest
 
     validate = _write_split(tmp_path)
@@ -72,10 +70,22 @@ def test_evaluate_and_register_stages(tmp_path, ray_local, monkeypatch):
     params = tiny_config(
         paths={"dataset_root": str(tmp_path / "data"), "storage_root": str(tmp_path / "store"),
                "artifacts_dir": str(art), "mlflow_tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
-        evaluate={"max_pairs": 12, "batch_size": 4, "unguided_pairs": 3, "grid_rows": 3},
+        evaluate={"max_pairs": 12, "batch_size": 4, "unguided_pairs": 3, "grid_rows": 3, **evaluate},
         sample={"num_steps": 2}).to_dict()
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)
+    return validate, art
+
+
+def test_evaluate_and_register_stages(tmp_path, ray_local, monkeypatch):
+    """`python -m pipelines.evaluate` then `pipelines.register` on upstream manifests shaped as the stages write them."""
+    import yaml
+
+    from pipelines import evaluate as evaluate_entry
+    from pipelines import register as register_entry
+
+    validate, art = _stage_inputs(tmp_path, monkeypatch)
+    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
 
     manifest = evaluate_entry.main(["--params", str(tmp_path / "params.yaml"), "--no-submit"])
     out = art / "evaluate"
@@ -157,3 +167,31 @@ def test_a_pair_cap_spreads_over_every_identity():
     assert len(picked) == 16 and picked == sorted(picked) and picked[0] == rows[0]
     assert {r[:4] for r in picked} == {r[:4] for r in rows}  # every identity, not the first one only
     assert evenly_spaced(rows, None) == rows and evenly_spaced(rows, 500) == rows
+
+
+def test_a_failure_after_generation_keeps_the_images_and_the_rerun_reuses_them(tmp_path, ray_local, monkeypatch):
+    """A metric backbone file that exists but is not Inception passes the preflight and fails in the
+    metrics, after generation: the images are kept, and the rerun with the setting fixed does not
+    generate again."""
+    import torch
+    import yaml
+
+    from pipelines import evaluate as evaluate_entry
+
+    torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "not_inception.pth")
+    _stage_inputs(tmp_path, monkeypatch, inception_weights=str(tmp_path / "not_inception.pth"))
+    with pytest.raises(ValueError, match="evaluate.inception_weights"):
+        evaluate_entry.main(["--params", str(tmp_path / "params.yaml"), "--no-submit"])
+    kept = list((tmp_path / "store" / "evaluate-generation").glob("*/generated/generated.json"))
+    assert len(kept) == 1
+    listing = json.loads(kept[0].read_text())
+    # the 2 pairs whose source is the truncated image fail at generation (2 more at the metrics: their GT)
+    assert len(listing["pair_ids"]) == 12 and len(listing["quarantined"]) == 2
+    assert len(list(kept[0].parent.glob("guided/*.png"))) == 10
+
+    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    params["evaluate"]["inception_weights"] = ""
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    manifest = evaluate_entry.main(["--params", str(tmp_path / "params.yaml"), "--no-submit"])
+    metrics = json.loads(Path(manifest["metrics_path"]).read_text())
+    assert metrics["generation_reused"] is True and metrics["num_pairs"] == 8 and metrics["fid"] is None
