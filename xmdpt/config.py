@@ -336,8 +336,13 @@ class EvaluateConfig:
     unguided_pairs: int = 8  # test pairs also generated with cfg_scale 1 (conditional only) and 0 (null condition)
     num_gpus_per_actor: Optional[float] = None  # generation actors; None: 1 if the Ray cluster has a GPU, else 0
     num_cpus_per_actor: float = 1.0
+    # pidm | cfld: the test-pair rule, resize path, SSIM_256 settings and FID real set of the peers'
+    # code, as one unit (xmdpt/metrics/protocol.py); metrics.json records which
+    protocol: str = "pidm"
 
     def __post_init__(self) -> None:
+        _check(self.protocol in ("pidm", "cfld"), "evaluate.protocol",
+               f"unknown protocol {self.protocol!r}; expected one of ['cfld', 'pidm']")
         _check(self.batch_size >= 1, "evaluate.batch_size", "must be >= 1")
         _check(self.num_actors >= 1, "evaluate.num_actors", "must be >= 1")
         _check(self.unguided_pairs >= 0, "evaluate.unguided_pairs", "must be >= 0")

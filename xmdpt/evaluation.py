@@ -41,6 +41,7 @@ import numpy as np
 from xmdpt.config import XMDPTConfig
 from xmdpt.data import schema
 from xmdpt.metrics.image import psnr, resize_for_eval, ssim, ssim_256
+from xmdpt.metrics.protocol import get_protocol
 from xmdpt.metrics.stats import paired_comparison
 from xmdpt.metrics.synthetic import (foreground_mask, mask_iou, part_colour_error, part_masks, pose_match,
                                      view_consistency)
@@ -61,8 +62,13 @@ PSNR_CAP = 100.0  # identical images give inf; capped so that means stay finite
 # ------------------------------------------------------------------------------------------------
 
 
-def load_test_pairs(validate_manifest: dict[str, Any], max_pairs: Optional[int] = None) -> list[dict[str, Any]]:
+def load_test_pairs(validate_manifest: dict[str, Any], max_pairs: Optional[int] = None, *,
+                    rule: str = "every_row", seed: int = 0) -> list[dict[str, Any]]:
     """Test pairs joined with the target keypoints, sorted by pair id; ``max_pairs`` of them evenly spaced.
+
+    ``rule``: ``every_row`` keeps every validated pair (CFLD: the csv rows); ``one_per_target`` keeps one
+    source per target, drawn with ``seed`` among its candidate sources (PIDM: one output per
+    ``test_pairs.txt`` line, whose first path is the target).
 
     Returns:
         dicts with ``pair_id, person_id, source_path, target_path, keypoints (18, 2), height, width``
@@ -94,7 +100,21 @@ def load_test_pairs(validate_manifest: dict[str, Any], max_pairs: Optional[int] 
         logger.warning("%d test pairs skipped: source or target image not in the validated poses table", missing)
     if not rows:
         raise ValueError(f"{pairs_uri}: no test pairs with validated images")
+    if rule == "one_per_target":
+        rows = one_per_target(rows, seed)
+    elif rule != "every_row":
+        raise ValueError(f"unknown test-pair rule {rule!r}")
     return evenly_spaced(rows, max_pairs)
+
+
+def one_per_target(rows: Sequence[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
+    """One row per target image: its source drawn uniformly (``seed``) among the target's rows, in pair-id order."""
+    by_target: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        by_target[r["target_path"]].append(r)
+    rng = np.random.default_rng(seed)
+    picked = [cands[int(rng.integers(len(cands)))] for _, cands in sorted(by_target.items())]
+    return sorted(picked, key=lambda r: r["pair_id"])
 
 
 def evenly_spaced(rows: list, n: Optional[int]) -> list:
@@ -244,9 +264,49 @@ def _eval_keypoints(p: dict[str, Any], eval_hw: tuple[int, int]) -> np.ndarray:
     return scale_keypoints(p["keypoints"], (p["height"], p["width"]), eval_hw)
 
 
-def pixel_metrics(gen: np.ndarray, gt: np.ndarray) -> dict[str, float]:
+def dataset_image_for_eval(img: np.ndarray, eval_hw: tuple[int, int], protocol: str) -> np.ndarray:
+    """A dataset photo (ground truth, source, FID real image) as the protocol's metric code reads it.
+
+    ``pidm``: the LMDB's square PIL-bicubic PNG (``data/prepare_data.py``), then ``cv2.resize`` bilinear to
+    ``eval_hw``; ``cfld``: bicubic with antialiasing straight to ``eval_hw``.
+    """
+    if get_protocol(protocol).resize == "cv2_bilinear":
+        from xmdpt.data.images import resize_square
+
+        return resize_for_eval(resize_square(img, eval_hw[0]), eval_hw, "cv2_bilinear")
+    return resize_for_eval(img, eval_hw, "pil_bicubic")
+
+
+def generated_for_eval(img: np.ndarray, eval_hw: tuple[int, int], protocol: str) -> np.ndarray:
+    """A square generation resized to ``eval_hw`` the protocol's way (cv2 bilinear / PIL bicubic)."""
+    return resize_for_eval(img, eval_hw, get_protocol(protocol).resize)
+
+
+def pixel_metrics(gen: np.ndarray, gt: np.ndarray, ssim_256_sigma: float = 1.2) -> dict[str, float]:
     """SSIM, SSIM_256, PSNR of two uint8 eval-size images."""
-    return {"ssim": ssim(gen, gt), "ssim_256": ssim_256(gen, gt), "psnr": min(psnr(gen, gt), PSNR_CAP)}
+    return {"ssim": ssim(gen, gt), "ssim_256": ssim_256(gen, gt, sigma=ssim_256_sigma),
+            "psnr": min(psnr(gen, gt), PSNR_CAP)}
+
+
+def fid_real_paths(cfg: XMDPTConfig, validate_manifest: dict[str, Any]) -> tuple[list[str], str]:
+    """The FID real set: every image ``train.lst`` names (as both peers use), else the validated train split.
+
+    Returns:
+        (image paths relative to the dataset root, where the list came from).
+    """
+    from xmdpt.data.deepfashion import read_split_lists
+    from xmdpt.encoders.inputs import read_image_table
+
+    split_of, problems = read_split_lists(cfg.paths.dataset_root)
+    for p in problems:
+        logger.warning("train.lst: %s", p.reason if hasattr(p, "reason") else p)
+    train = sorted(path for path, split in split_of.items() if split == "train")
+    if train:
+        return train, f"train.lst ({len(train)} images)"
+    table = read_image_table(validate_manifest)
+    train = [p for p, s in zip(table.column(schema.IMAGE_PATH).to_pylist(), table.column(schema.SPLIT).to_pylist())
+             if s == "train"]
+    return train, f"the validated train split ({len(train)} images; the dataset has no train.lst)"
 
 
 def _other_identity_colour_error(pairs: Sequence[dict[str, Any]], gts: dict[int, np.ndarray], rows: list[int],
@@ -342,24 +402,24 @@ def _fid(cfg: XMDPTConfig, validate_manifest: dict[str, Any], gens: Sequence[np.
     import torch
 
     from xmdpt.data.images import load_rgb
-    from xmdpt.encoders.inputs import read_image_bytes, read_image_table
+    from xmdpt.encoders.inputs import read_image_bytes
     from xmdpt.metrics.fid import InceptionFeatures, fid_from_features
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     ext = InceptionFeatures(cfg.evaluate.inception_weights, device=device)
-    table = read_image_table(validate_manifest)
-    train = [p for p, s in zip(table.column(schema.IMAGE_PATH).to_pylist(), table.column(schema.SPLIT).to_pylist())
-             if s == "train"][: cfg.evaluate.max_real_images or None]
+    listed, source = fid_real_paths(cfg, validate_manifest)
+    train = listed[: cfg.evaluate.max_real_images or None]
     real = []
     for i in range(0, len(train), 64):
-        imgs = [resize_for_eval(load_rgb(read_image_bytes(cfg.paths.dataset_root, p), name=p), cfg.evaluate.eval_size)
-                for p in train[i:i + 64]]
+        imgs = [dataset_image_for_eval(load_rgb(read_image_bytes(cfg.paths.dataset_root, p), name=p),
+                                       tuple(cfg.evaluate.eval_size), cfg.evaluate.protocol) for p in train[i:i + 64]]
         real.append(ext(np.stack(imgs)))
     fake = ext(np.stack(list(gens)))
     real_f = np.concatenate(real)
     if len(real_f) < 2 or len(fake) < 2:
         return {"fid": None, "fid_unavailable": f"too few images for FID ({len(real_f)} real, {len(fake)} generated)"}
-    return {"fid": fid_from_features(real_f, fake), "fid_real_images": len(real_f), "fid_generated_images": len(fake),
+    return {"fid": fid_from_features(real_f, fake), "fid_real_images": len(real_f), "fid_real_listed": len(listed),
+            "fid_real_source": source, "fid_generated_images": len(fake),
             **_provenance("fid", cfg.evaluate.inception_weights, TORCHVISION_SHA256_PREFIX["inception_v3"])}
 
 
@@ -435,8 +495,10 @@ def compute_metrics(cfg: XMDPTConfig, validate_manifest: dict[str, Any], pairs: 
     root = cfg.paths.dataset_root
     quarantined = quarantined if quarantined is not None else {}
 
+    protocol = get_protocol(cfg.evaluate.protocol)
+
     def load(path: str) -> np.ndarray:
-        return resize_for_eval(load_rgb(read_image_bytes(root, path), name=path), eval_hw)
+        return dataset_image_for_eval(load_rgb(read_image_bytes(root, path), name=path), eval_hw, protocol.name)
 
     gts, srcs = {}, {}
     for r in sorted(generated[GUIDED]):
@@ -446,15 +508,16 @@ def compute_metrics(cfg: XMDPTConfig, validate_manifest: dict[str, Any], pairs: 
             quarantined[r] = f"{pairs[r]['pair_id']}: ground truth {e}"
             logger.warning("quarantined %s", quarantined[r])
     rows = sorted(gts)
-    gens = {r: resize_for_eval(generated[GUIDED][r], eval_hw) for r in rows}
+    gens = {r: generated_for_eval(generated[GUIDED][r], eval_hw, protocol.name) for r in rows}
     others = _other_poses(pairs, rows, load)
-    per_pair = [pixel_metrics(gens[r], gts[r]) for r in rows]
+    per_pair = [pixel_metrics(gens[r], gts[r], protocol.ssim_256_sigma) for r in rows]
     if not rows:
         raise ValueError(f"no test pair could be evaluated ({len(quarantined)} quarantined, e.g. "
                          f"{next(iter(quarantined.values()), '')})")
     metrics: dict[str, Any] = {
         "num_pairs": len(rows),
         "num_pairs_quarantined": len(quarantined),
+        "protocol": protocol.describe(),
         "eval_size": list(eval_hw),
         "sampler": {"num_steps": cfg.sample.num_steps, "cfg_scale": cfg.sample.cfg_scale,
                     "cfg_power": cfg.sample.cfg_power, "respacing": cfg.sample.respacing, "seed": cfg.sample.seed,
@@ -478,8 +541,9 @@ def compute_metrics(cfg: XMDPTConfig, validate_manifest: dict[str, Any], pairs: 
     for variant in (GUIDED, COND_ONLY, NULL_COND):
         if not subset:
             break
-        imgs = {r: (gens[r] if variant == GUIDED else resize_for_eval(generated[variant][r], eval_hw)) for r in subset}
-        pm = [pixel_metrics(imgs[r], gts[r]) for r in subset]
+        imgs = {r: (gens[r] if variant == GUIDED else generated_for_eval(generated[variant][r], eval_hw, protocol.name))
+                for r in subset}
+        pm = [pixel_metrics(imgs[r], gts[r], protocol.ssim_256_sigma) for r in subset]
         masks = {r: foreground_mask(imgs[r]) for r in subset}
         v = per_row[variant] = {
             "ssim": [m["ssim"] for m in pm],
@@ -544,7 +608,8 @@ def evaluate(cfg: XMDPTConfig, model_dir: str, validate_manifest: dict[str, Any]
     """
     from xmdpt.storage import filesystem
 
-    pairs = load_test_pairs(validate_manifest, cfg.evaluate.max_pairs)
+    pairs = load_test_pairs(validate_manifest, cfg.evaluate.max_pairs,
+                            rule=get_protocol(cfg.evaluate.protocol).test_pairs, seed=cfg.sample.seed)
     reused = load_generated(generation_uri, pairs) if generation_uri else None
     if reused is not None:
         generated, quarantined = reused
@@ -662,7 +727,8 @@ def evaluate_stage(cfg: XMDPTConfig) -> dict[str, Any]:
     # generation depends on the sampler, the pairs and the upstream outputs, not on the metric settings
     generation_uri = join(stage_prefix(cfg.paths.storage_root, "evaluate-generation", cfg.sample,
                                        {"max_pairs": cfg.evaluate.max_pairs,
-                                        "unguided_pairs": cfg.evaluate.unguided_pairs},
+                                        "unguided_pairs": cfg.evaluate.unguided_pairs,
+                                        "test_pairs": get_protocol(cfg.evaluate.protocol).test_pairs},
                                        cfg.paths.dataset_root, *(manifest_key(m) for m in manifests.values())),
                           "generated")
     metrics = evaluate(cfg, str(local), manifests["validate"], out_dir=art / STAGE, images_uri=join(prefix, "images"),

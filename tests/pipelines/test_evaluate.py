@@ -70,7 +70,8 @@ def _stage_inputs(tmp_path: Path, monkeypatch, **evaluate) -> tuple[dict, Path]:
     params = tiny_config(
         paths={"dataset_root": str(tmp_path / "data"), "storage_root": str(tmp_path / "store"),
                "artifacts_dir": str(art), "mlflow_tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
-        evaluate={"max_pairs": 12, "batch_size": 4, "unguided_pairs": 3, "grid_rows": 3, **evaluate},
+        evaluate={"max_pairs": 12, "batch_size": 4, "unguided_pairs": 3, "grid_rows": 3, "protocol": "cfld",
+                  **evaluate},
         sample={"num_steps": 2}).to_dict()
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)

@@ -32,18 +32,31 @@ def as_float01(img: np.ndarray | Image.Image) -> np.ndarray:
     return np.clip(a, 0.0, 1.0)
 
 
-def resize_for_eval(img: np.ndarray | Image.Image, size: tuple[int, int] = EVAL_SIZE) -> np.ndarray:
-    """Resize to ``size = (H, W)`` with PIL bicubic (antialiased; PIDM author's advice), return uint8 (H, W, 3).
+RESIZE_METHODS = ("pil_bicubic", "cv2_bilinear")
 
-    The model generates square images (the dataset squashes 256x176 to 256x256); this undoes the squash.
+
+def resize_for_eval(img: np.ndarray | Image.Image, size: tuple[int, int] = EVAL_SIZE,
+                    method: str = "pil_bicubic") -> np.ndarray:
+    """Resize to ``size = (H, W)``, return uint8 (H, W, 3).
+
+    ``pil_bicubic``: PIL bicubic with antialiasing (CFLD; the PIDM author's advice). ``cv2_bilinear``:
+    ``cv2.resize(img, (W, H))`` with the default INTER_LINEAR (PIDM ``utils/metrics.py``). The model
+    generates square images (the dataset squashes 256x176 to 256x256); this undoes the squash.
     """
-    if not isinstance(img, Image.Image):
+    if method not in RESIZE_METHODS:
+        raise ValueError(f"unknown resize method {method!r}; expected one of {list(RESIZE_METHODS)}")
+    if isinstance(img, Image.Image):
+        a = np.asarray(img.convert("RGB"))
+    else:
         a = np.asarray(img)
         if a.dtype != np.uint8:
             a = np.round(as_float01(a) * 255.0).astype(np.uint8)
-        img = Image.fromarray(a)
     h, w = size
-    return np.asarray(img.convert("RGB").resize((w, h), Image.BICUBIC))
+    if method == "cv2_bilinear":
+        import cv2
+
+        return np.ascontiguousarray(cv2.resize(a, (w, h), interpolation=cv2.INTER_LINEAR))
+    return np.asarray(Image.fromarray(a).convert("RGB").resize((w, h), Image.BICUBIC))
 
 
 def ssim(a: np.ndarray, b: np.ndarray, win_size: int = 51) -> float:
@@ -54,12 +67,14 @@ def ssim(a: np.ndarray, b: np.ndarray, win_size: int = 51) -> float:
     return float(structural_similarity(a, b, win_size=win, channel_axis=2, data_range=1.0))
 
 
-def ssim_256(a: np.ndarray, b: np.ndarray, sigma: float = 1.2) -> float:
-    """"SSIM_256" of PIDM: Gaussian-weighted window (sigma 1.2), population covariance, data range 1."""
-    a, b = as_float01(a), as_float01(b)
+def ssim_256(pred: np.ndarray, gt: np.ndarray, sigma: float = 1.2) -> float:
+    """"SSIM_256" as the peers compute it: images on the 0–255 scale, Gaussian-weighted window (σ 1.2
+    in PIDM, 1.5 in CFLD), population covariance, ``data_range = pred.max() - pred.min()``."""
+    a, b = as_float01(pred) * 255.0, as_float01(gt) * 255.0
     _same_shape(a, b)
+    data_range = float(a.max() - a.min()) or 255.0  # a constant prediction: the full scale
     return float(structural_similarity(a, b, gaussian_weights=True, sigma=sigma, use_sample_covariance=False,
-                                       channel_axis=2, data_range=1.0))
+                                       channel_axis=2, data_range=data_range))
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
