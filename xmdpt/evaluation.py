@@ -179,7 +179,8 @@ def generate_pairs(cfg: XMDPTConfig, model_dir: str, pairs: Sequence[dict[str, A
     sample = cfg.to_dict()["sample"]
     ds = map_generation(items, absolute(str(model_dir)), batch_size=cfg.evaluate.batch_size,
                         actors=cfg.evaluate.num_actors, num_cpus_per_actor=cfg.evaluate.num_cpus_per_actor,
-                        num_gpus_per_actor=gpus, sample=sample, square=True, return_images=True)
+                        num_gpus_per_actor=gpus, sample=sample, square=True, return_images=True,
+                        pad=False)  # dataset images: squashed without padding, as in training
     out: dict[str, dict[int, np.ndarray]] = defaultdict(dict)
     failed: dict[int, str] = {}
     seen = 0

@@ -183,7 +183,7 @@ class GenerationActor:
     def __init__(self, model_uri: str, *, sample: Optional[dict[str, Any]] = None, out_images: Optional[str] = None,
                  square: bool = False, return_images: bool = False, num_cpus: float = 1.0,
                  pose_model_path: Optional[str] = None, device: Optional[str] = None,
-                 tracking_uri: Optional[str] = None) -> None:
+                 tracking_uri: Optional[str] = None, pad: bool = True) -> None:
         import torch
 
         from xmdpt.sampling.pipeline import XMDPTPipeline
@@ -202,6 +202,9 @@ class GenerationActor:
             fs.makedirs(path, exist_ok=True)
         self.square = square
         self.return_images = return_images
+        # True: any photo, padded to 176:256 with its background first; False: dataset images squashed as
+        # the features stage squashes them for training (the evaluate stage)
+        self.pad = pad
 
     def _read_bytes(self, uri: str) -> bytes:
         from xmdpt.storage import filesystem
@@ -241,7 +244,7 @@ class GenerationActor:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from PIL import Image
 
-        from xmdpt.data.images import ImageError, load_rgb
+        from xmdpt.data.images import ImageError, load_rgb, resize_square
         from xmdpt.sampling.inputs import PoseError, prepare_source, restore_aspect
         from xmdpt.storage import filesystem, join
 
@@ -265,7 +268,7 @@ class GenerationActor:
                     raise ImageError(f"{src}: cannot read ({type(e).__name__}: {e})") from None
                 raw = load_rgb(data, name=src)
                 raw_hw[i] = raw.shape[:2]
-                sources[i] = prepare_source(raw, S)
+                sources[i] = prepare_source(raw, S) if self.pad else resize_square(raw, S)
                 field = "pose"
                 poses[i] = self._load_pose(str(batch["pose"][i]), f"{rid} pose")
             except (ImageError, PoseError, OSError, ValueError) as e:
@@ -282,9 +285,9 @@ class GenerationActor:
             if "guidance_interval" in kw and isinstance(kw["guidance_interval"], list):
                 kw["guidance_interval"] = tuple(kw["guidance_interval"])
             images[idx] = self.pipe.generate_arrays(np.stack([sources[i] for i in idx]), [poses[i] for i in idx],
-                                                    seeds=[int(batch["seed"][i]) for i in idx], **kw)
+                                                    seeds=[int(batch["seed"][i]) for i in idx], pad=self.pad, **kw)
         for i in sources:
-            img = images[i] if self.square else restore_aspect(images[i], raw_hw[i])
+            img = images[i] if self.square else restore_aspect(images[i], raw_hw[i], padded=self.pad)
             heights[i], widths[i] = img.shape[:2]
             if self.out_images:
                 uri = join(self.out_images, f"{batch['id'][i]}.png")

@@ -268,7 +268,8 @@ def load_pose_annotation(pose: Union[str, Path]) -> Pose:
     return parse_annotation_row(rows[0], name=str(p))
 
 
-def restore_aspect(img: np.ndarray, source_hw: tuple[int, int], aspect_hw: tuple[int, int] = DATASET_HW) -> np.ndarray:
+def restore_aspect(img: np.ndarray, source_hw: tuple[int, int], aspect_hw: tuple[int, int] = DATASET_HW,
+                   padded: bool = True) -> np.ndarray:
     """Undo :func:`prepare_source` on a square generation: un-squash to the ``aspect_hw`` aspect (bicubic,
     the PIDM protocol's 256x256 -> 256x176), then crop away the padding that was added to the source.
 
@@ -280,6 +281,9 @@ def restore_aspect(img: np.ndarray, source_hw: tuple[int, int], aspect_hw: tuple
         ``uint8 (S, W', 3)`` with the source's aspect (176x256 W x H at S = 256 for a DeepFashion source).
     """
     S = img.shape[0]
+    if not padded:  # the source was squashed to the square as it was: stretch back to its own aspect
+        w = max(1, int(round(S * source_hw[1] / source_hw[0])))
+        return np.asarray(Image.fromarray(img).resize((w, S), Image.BICUBIC))
     out_w = max(1, int(round(S * aspect_hw[1] / aspect_hw[0])))
     unsquashed = np.asarray(Image.fromarray(img).resize((out_w, S), Image.BICUBIC))
     top, bottom, left, right = pad_offsets(source_hw, aspect_hw)

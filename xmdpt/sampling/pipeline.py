@@ -145,7 +145,7 @@ class XMDPTPipeline:
                                name=str(pose) if isinstance(pose, (str, Path)) else name)
 
     def _encode(self, sources: np.ndarray, poses: Sequence[Pose], sc: Optional[SampleConfig] = None,
-                seeds: Optional[Sequence[int]] = None) -> dict[str, torch.Tensor]:
+                seeds: Optional[Sequence[int]] = None, pad: bool = True) -> dict[str, torch.Tensor]:
         """Conditions for uint8 square sources ``(N, S, S, 3)`` and poses (any frame).
 
         The encoders run as in the `features` stage (same preprocessing; fp16 rounding for our own
@@ -161,7 +161,7 @@ class XMDPTPipeline:
         S = self.image_size
         skeletons = []
         for p in poses:
-            padded = pad_pose(p)
+            padded = pad_pose(p) if pad else p  # pad: as the source was (prepare_source); else squash only
             skeletons.append(render_skeleton(padded.keypoints, padded.hw, (S, S)))  # (S, S, 3) uint8
         for enc in (self.image_encoder, self.pose_encoder):
             enc.precision = sc.precision
@@ -201,7 +201,8 @@ class XMDPTPipeline:
                         cfg_scale: Optional[float] = None, cfg_power: Optional[float] = None,
                         seed: Optional[int] = None, guidance_interval: Any = KEEP,
                         source_latent: Optional[str] = None, precision: Optional[str] = None,
-                        progress: bool = False, seeds: Optional[Sequence[int]] = None) -> np.ndarray:
+                        progress: bool = False, seeds: Optional[Sequence[int]] = None,
+                        pad: bool = True) -> np.ndarray:
         """Batch generation on prepared inputs.
 
         Args:
@@ -211,6 +212,8 @@ class XMDPTPipeline:
                 the model's ``sample`` config (``guidance_interval=None`` guides at every step; leave it
                 out for the model's).
             progress: a progress bar over the DDIM steps.
+            pad: the poses are padded to 176:256 like sources prepared by :func:`prepare_source` (any
+                photo); False for dataset images squashed without padding, as training sees them.
             seeds: one seed per image (its initial noise and source-posterior noise come from its own
                 generator, so an image does not depend on the batch it is in); None: one generator
                 seeded by ``seed`` for the whole batch.
@@ -227,7 +230,7 @@ class XMDPTPipeline:
         inference_dtype(sc.precision, self.device)  # refuse an unsupported precision before any compute
         if seeds is not None and len(seeds) != len(sources):
             raise ValueError(f"{len(seeds)} seeds for {len(sources)} images")
-        cond = self._encode(sources, poses, sc, seeds)
+        cond = self._encode(sources, poses, sc, seeds, pad)
         generator = torch.Generator(device=self.device).manual_seed(sc.seed)
         x_T = None
         if seeds is not None:
