@@ -69,6 +69,9 @@ class PathsConfig:
     artifacts_dir: str = "artifacts"  # manifests, metrics, plots tracked by DVC
     data_specs_dir: str = "data_specs"  # Great Expectations suites (relative: to the cwd, else to the repo)
     mlflow_tracking_uri: str = ""  # "" -> $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the repo
+    # the folder of model files the stages read (pose estimator, metric backbones): a DVC dep of the
+    # stages that read them, so a changed file reruns them; the configured files must lie inside it
+    models_dir: str = "assets/models"
 
 
 @dataclass(frozen=True)

@@ -410,16 +410,28 @@ def _fid(cfg: XMDPTConfig, validate_manifest: dict[str, Any], gens: Sequence[np.
     ext = InceptionFeatures(cfg.evaluate.inception_weights, device=device)
     listed, source = fid_real_paths(cfg, validate_manifest)
     train = listed[: cfg.evaluate.max_real_images or None]
-    real = []
+    from xmdpt.data.images import ImageError
+
+    real, unreadable = [], []
     for i in range(0, len(train), 64):
-        imgs = [dataset_image_for_eval(load_rgb(read_image_bytes(cfg.paths.dataset_root, p), name=p),
-                                       tuple(cfg.evaluate.eval_size), cfg.evaluate.protocol) for p in train[i:i + 64]]
-        real.append(ext(np.stack(imgs)))
+        imgs = []
+        for p in train[i:i + 64]:
+            try:
+                imgs.append(dataset_image_for_eval(load_rgb(read_image_bytes(cfg.paths.dataset_root, p), name=p),
+                                                   tuple(cfg.evaluate.eval_size), cfg.evaluate.protocol))
+            except (ImageError, OSError) as e:  # counted against the list, never silently dropped
+                unreadable.append(str(e))
+        if imgs:
+            real.append(ext(np.stack(imgs)))
+    if unreadable:
+        logger.warning("FID real set: %d of %d listed images unreadable, e.g. %s", len(unreadable), len(train),
+                       unreadable[0])
     fake = ext(np.stack(list(gens)))
-    real_f = np.concatenate(real)
+    real_f = np.concatenate(real) if real else np.zeros((0, 2048))
     if len(real_f) < 2 or len(fake) < 2:
         return {"fid": None, "fid_unavailable": f"too few images for FID ({len(real_f)} real, {len(fake)} generated)"}
     return {"fid": fid_from_features(real_f, fake), "fid_real_images": len(real_f), "fid_real_listed": len(listed),
+            "fid_real_unreadable": unreadable[:20],
             "fid_real_source": source, "fid_generated_images": len(fake),
             **_provenance("fid", cfg.evaluate.inception_weights, TORCHVISION_SHA256_PREFIX["inception_v3"])}
 
@@ -531,6 +543,8 @@ def compute_metrics(cfg: XMDPTConfig, validate_manifest: dict[str, Any], pairs: 
     gen_arr, gt_arr = np.stack([gens[r] for r in rows]), np.stack([gts[r] for r in rows])
     metrics.update(_lpips(cfg, gen_arr, gt_arr))
     metrics.update(_fid(cfg, validate_manifest, gen_arr))
+    metrics["image_counts"] = {"generated": len(rows), "ground_truth": len(rows),
+                               "real": metrics.get("fid_real_images")}
     metrics.update(synthetic_metrics(pairs, gens, gts, srcs, eval_hw, others))
     metrics["synthetic_metrics_note"] = ("synthetic_* metrics assume a light near-uniform background (the synthetic "
                                          "benchmark); they are meaningless on real photos")

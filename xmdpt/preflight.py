@@ -57,10 +57,15 @@ def _file_check(stage: str, cfg: XMDPTConfig, key: str) -> Check:
     path = _setting(cfg, key)
     if not path:
         return Check(stage, key, True, "not configured (the metric is reported unavailable)")
-    if Path(path).is_file():
-        return Check(stage, key, True, path)
-    fetch = FETCH.get(key)
-    return Check(stage, key, False, f"{path} not found" + (f"; fetch it with: {fetch}" if fetch else ""))
+    if not Path(path).is_file():
+        fetch = FETCH.get(key)
+        return Check(stage, key, False, f"{path} not found" + (f"; fetch it with: {fetch}" if fetch else ""))
+    models = Path(cfg.paths.models_dir).resolve()
+    if models not in Path(path).resolve().parents:
+        return Check(stage, key, False, f"{path} lies outside paths.models_dir ({cfg.paths.models_dir}), the folder "
+                     "dvc.yaml tracks for the stages that read it: move it there (or point paths.models_dir at "
+                     "its folder)")
+    return Check(stage, key, True, path)
 
 
 def check_metric_weights(stage: str, cfg: XMDPTConfig) -> list[Check]:
@@ -234,7 +239,7 @@ def _synth_writes_it(cfg: XMDPTConfig) -> bool:
 
 def preflight(cfg: XMDPTConfig, stage: str) -> list[Check]:
     """The checks a stage runs at start: its own and the DAG-wide ones. Raises :class:`PreflightError`."""
-    checks = run_checks(cfg, [stage])
+    checks = run_checks(cfg, [stage] if stage in STAGE_CHECKS else [])  # another entry point: the DAG-wide checks
     failed = [c for c in checks if not c.ok]
     if failed:
         lines = "\n".join(f"  - {c.name}: {c.detail}" for c in failed)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -77,3 +78,20 @@ def test_unwritable_storage_is_named(tmp_path):
     cfg = load_config(_params(tmp_path, paths={"storage_root": str(blocker / "store")}))
     bad = [c for c in run_checks(cfg, ["validate"]) if not c.ok]
     assert len(bad) == 1 and bad[0].name == "paths.storage_root" and "is not writable" in bad[0].detail
+
+
+def test_weights_outside_the_tracked_models_dir_are_refused(tmp_path):
+    """The metric backbones are DVC deps through paths.models_dir: a file elsewhere would not rerun evaluate."""
+    (tmp_path / "models").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "inception.pth").write_bytes(b"x")
+    (tmp_path / "models" / "inception.pth").write_bytes(b"x")
+    outside = load_config(_params(tmp_path, paths={"models_dir": str(tmp_path / "models")},
+                                  evaluate={"inception_weights": str(tmp_path / "elsewhere" / "inception.pth")}))
+    bad = [c for c in run_checks(outside, ["evaluate"]) if not c.ok]
+    assert bad and all("lies outside paths.models_dir" in c.detail for c in bad)
+    inside = load_config(_params(tmp_path, paths={"models_dir": str(tmp_path / "models")},
+                                 evaluate={"inception_weights": str(tmp_path / "models" / "inception.pth")}))
+    assert all(c.ok for c in run_checks(inside, ["evaluate"]))
+    stages = yaml.safe_load(open(Path(__file__).resolve().parents[2] / "dvc.yaml"))["stages"]
+    assert "${paths.models_dir}" in stages["evaluate"]["deps"] and "${paths.models_dir}" in stages["poses"]["deps"]

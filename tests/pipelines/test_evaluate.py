@@ -69,7 +69,8 @@ def _stage_inputs(tmp_path: Path, monkeypatch, **evaluate) -> tuple[dict, Path]:
                                                       "run_id": "not-in-this-store"})
     params = tiny_config(
         paths={"dataset_root": str(tmp_path / "data"), "storage_root": str(tmp_path / "store"),
-               "artifacts_dir": str(art), "mlflow_tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+               "artifacts_dir": str(art), "mlflow_tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+               "models_dir": str(tmp_path)},
         evaluate={"max_pairs": 12, "batch_size": 4, "unguided_pairs": 3, "grid_rows": 3, "protocol": "cfld",
                   **evaluate},
         sample={"num_steps": 2}).to_dict()
