@@ -144,6 +144,9 @@ def main() -> None:
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
     device = torch.device(args.device)
+    if device.type != "cuda" and not args.smoke:
+        print("bench_gpu: no CUDA device here; the full run needs a GPU (use --smoke to check the script on CPU)")
+        return
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"device {device} ({name}), torch {torch.__version__}{', SMOKE sizes' if args.smoke else ''}", flush=True)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
