@@ -452,13 +452,9 @@ def _lpips(cfg: XMDPTConfig, gens: np.ndarray, gts: np.ndarray) -> dict[str, Any
 
 def _provenance(metric: str, path: str, torchvision_prefix: str) -> dict[str, Any]:
     """sha256 of the backbone file, and whether it is torchvision's published checkpoint (by hash prefix)."""
-    import hashlib
+    from xmdpt.storage import file_sha256
 
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    digest = h.hexdigest()
+    digest = file_sha256(path)
     return {f"{metric}_weights_sha256": digest, f"{metric}_weights_are_torchvision": digest.startswith(torchvision_prefix)}
 
 

@@ -11,7 +11,6 @@ devices, a writable storage prefix and a reachable tracking server.
 
 from __future__ import annotations
 
-import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,10 +133,10 @@ def check_tracking(stage: str, cfg: XMDPTConfig) -> list[Check]:
 
 def _hub_cached(model_id: str, role: str) -> Optional[str]:
     """None when the hub weights can be had (online, or cached offline); else the reason."""
-    from xmdpt.encoders.dino import _check_hub_reachable
+    from xmdpt.encoders.dino import check_hub_reachable
 
     try:
-        _check_hub_reachable(model_id, role)
+        check_hub_reachable(model_id, role)
     except RuntimeError as e:
         return str(e)
     return None
@@ -172,10 +171,10 @@ def check_vae(stage: str, cfg: XMDPTConfig) -> list[Check]:
         except FileNotFoundError as e:
             return [Check(stage, "encoders.vae_pretrained_id", False, str(e))]
         return [Check(stage, "encoders.vae_pretrained_id", True, vid)]
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
-        from huggingface_hub import try_to_load_from_cache
+    from xmdpt.encoders.dino import hf_cache_dir, hub_offline
 
-        from xmdpt.encoders.dino import hf_cache_dir
+    if hub_offline():
+        from huggingface_hub import try_to_load_from_cache
 
         if not any(isinstance(try_to_load_from_cache(vid, f), str)
                    for f in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")):

@@ -27,6 +27,17 @@ logger = logging.getLogger(__name__)
 MANIFEST_VERSION = 1
 
 
+def file_sha256(path: str | Path) -> str:
+    """sha256 hex digest of a local file, read in 1 MiB chunks."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def is_url(path: str) -> bool:
     return "://" in str(path)
 

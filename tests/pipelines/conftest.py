@@ -352,6 +352,12 @@ def mlflow_server(tmp_path_factory):
 
 
 @pytest.fixture
+def free_port():
+    """A function returning a free TCP port on 127.0.0.1."""
+    return _free_port
+
+
+@pytest.fixture
 def local_server():
     """Start ``LocalServer(cmd, log, port, health, env)`` processes; all are stopped after the test."""
     started: list[LocalServer] = []

@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -22,12 +21,6 @@ from tiny_pipeline_folder import build_tiny_pipeline_folder  # noqa: E402
 from xmdpt.cli import app  # noqa: E402
 
 BIN = Path(sys.executable).parent
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 from xmdpt.sampling.inputs import EXAMPLE_POSE  # noqa: E402
 
 POSE = EXAMPLE_POSE
@@ -121,7 +114,7 @@ def test_register_then_generate_from_champion_in_a_subprocess(mlflow_server, fol
     assert r.exit_code == 2 and "unknown model URI 'models:/xmdpt@nope'" in r.output
 
 
-def test_mlflow_models_serve_answers_base64_json(mlflow_server, local_server, folder, inputs, tmp_path):
+def test_mlflow_models_serve_answers_base64_json(mlflow_server, local_server, free_port, folder, inputs, tmp_path):
     """`mlflow models serve -m models:/NAME@ALIAS --env-manager local` on 127.0.0.1, fed the documented
     dataframe_split JSON with a base64 image, answers base64 PNGs equal to `xmdpt generate`'s."""
     import base64
@@ -131,7 +124,7 @@ def test_mlflow_models_serve_answers_base64_json(mlflow_server, local_server, fo
 
     server = mlflow_server()
     register_pipeline_folder(folder, "xmdpt-pyfunc", alias="prod", tracking_uri=server)
-    port = _port()
+    port = free_port()
     # as in an activated venv: mlflow starts the scoring server with `uvicorn` from PATH
     env = {"MLFLOW_TRACKING_URI": server, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     url = local_server([str(BIN / "mlflow"), "models", "serve", "-m", "models:/xmdpt-pyfunc@prod", "--env-manager",

@@ -102,7 +102,8 @@ def skeletons_to_tensor(skeletons) -> torch.Tensor:
     return t.permute(0, 3, 1, 2).contiguous()
 
 
-def _hub_offline() -> bool:
+def hub_offline() -> bool:
+    """Whether ``HF_HUB_OFFLINE`` is set (as huggingface_hub reads it)."""
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
@@ -120,9 +121,9 @@ def _weights_setting(role: Optional[str]) -> str:
     return f"encoders.{role}_encoder_weights" if role else "encoders.<role>_encoder_weights"
 
 
-def _check_hub_reachable(model_id: str, role: Optional[str] = None) -> None:
+def check_hub_reachable(model_id: str, role: Optional[str] = None) -> None:
     """Offline and not cached: fail now with the model id, the cache folder and the setting to use."""
-    if not _hub_offline():
+    if not hub_offline():
         return
     import timm
     from huggingface_hub import try_to_load_from_cache
@@ -257,7 +258,7 @@ def build_backbone(model_id: str, *, pretrained: bool, img_size: int, depth: Opt
         load_backbone_weights(model, weights)
         logger.info("loaded %s weights from %s", model_id, weights)
     elif pretrained:
-        _check_hub_reachable(model_id, role)
+        check_hub_reachable(model_id, role)
         logger.info("loading pretrained %s from the model hub", model_id)
         try:
             model = timm.create_model(model_id, pretrained=True, **kwargs)

@@ -9,7 +9,6 @@ checks that each index buffer equals ours, refusing anything else with a message
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import math
 import pickle  # only for its error type: nothing is unpickled beyond tensors
@@ -22,6 +21,7 @@ from xmdpt.config import MODEL_PRESETS, ConfigError, DataConfig, DiffusionConfig
 from xmdpt.model.folder import check_state_dict, write_model_folder
 from xmdpt.model.layers import relative_position_index
 from xmdpt.model.xmdpt import XMDPT
+from xmdpt.storage import file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -187,14 +187,6 @@ def load_official_checkpoint(ckpt_path: str | Path) -> dict[str, torch.Tensor]:
     return sd
 
 
-def _sha256(path: Path) -> str:
-    sha = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            sha.update(chunk)
-    return sha.hexdigest()
-
-
 def official_config(cfg: ModelConfig, *, encoders: Optional[Mapping[str, Any]] = None,
                     data: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
     """The config an imported checkpoint runs with: the authors' inference (PAPER.md §1.7-1.8).
@@ -275,12 +267,12 @@ def import_official(ckpt_path: str | Path, preset: str, out_dir: str | Path, *,
     check_preset_fits(sd, cfg, str(ckpt_path))
     for role in ("image", "pose"):  # fail now, not after the copies, when a hub encoder is unreachable
         if not weights[role]:
-            from xmdpt.encoders.dino import _check_hub_reachable
+            from xmdpt.encoders.dino import check_hub_reachable
 
-            _check_hub_reachable(enc_cfg.image_encoder if role == "image" else enc_cfg.pose_encoder, role)
+            check_hub_reachable(enc_cfg.image_encoder if role == "image" else enc_cfg.pose_encoder, role)
     vae_model = load_pretrained_vae(enc_cfg.vae_pretrained_id)  # fails fast offline, before the conversion
     converted = convert_official_state_dict(sd, cfg)
-    sha = _sha256(ckpt_path)
+    sha = file_sha256(ckpt_path)
     logger.info("converted %s (%d tensors) for %s", ckpt_path, len(converted), cfg.preset)
 
     decoder = {"decoder": f"{enc_cfg.vae_pretrained_id} (the VAE's own decoder)", "decoder_finetuned": False}
