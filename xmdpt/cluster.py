@@ -177,7 +177,7 @@ def job_config(cfg: XMDPTConfig, repo_root: str | Path, shared_filesystem: bool)
             data={"pose_model_path": _absolute(cfg.data.pose_model_path, root)},
             evaluate={k: _absolute(getattr(cfg.evaluate, k), root) if getattr(cfg.evaluate, k) else ""
                       for k in _WEIGHT_KEYS},
-            cluster={"submit": False},
+            cluster={"submit": False, "shared_filesystem": True},
         )
     for key in ("dataset_root", "storage_root"):
         value = getattr(paths, key)
@@ -198,7 +198,7 @@ def job_config(cfg: XMDPTConfig, repo_root: str | Path, shared_filesystem: bool)
         logger.warning("MLflow tracking URI %r is local: runs made on the cluster stay on the cluster's disk; "
                        "set paths.mlflow_tracking_uri or $MLFLOW_TRACKING_URI to an MLflow server",
                        tracking or "(unset)")
-    return cfg.replace(cluster={"submit": False})
+    return cfg.replace(cluster={"submit": False, "shared_filesystem": False})
 
 
 # --------------------------------------------------------------------------------------------
@@ -360,7 +360,9 @@ def submit_stage(
     stream = stream if stream is not None else sys.stderr
     module = module or f"pipelines.{stage}"
     address = resolve_address(cfg)
-    shared = cfg.cluster.shared_filesystem or is_loopback(address)
+    shared = cfg.cluster.shared_filesystem
+    if shared is None:  # not said: a head on this machine sees this machine's disk
+        shared = is_loopback(address)
     run_cfg = job_config(cfg, root, shared_filesystem=shared)
 
     try:

@@ -265,7 +265,9 @@ class TrainConfig:
     sample_steps: int = 10  # DDIM steps of the in-training sample grid (cfg.sample for everything else)
     sample_rows: int = 4  # examples in the in-training sample grid
     shuffle_buffer: int = 256  # rows in each worker's local shuffle buffer
-    max_failures: int = 2
+    max_failures: int = 2  # worker-group restarts (a lost worker or node) from the latest checkpoint
+    placement_strategy: str = "PACK"  # Ray placement of the DDP workers: PACK | SPREAD (one per node where possible) | STRICT_*
+    init_from: str = ""  # a checkpoint folder (checkpoint_step*/, local or URL) a new run starts from: weights, EMA, optimizer, step
     mlflow_experiment: str = "xmdpt"
 
     def __post_init__(self) -> None:
@@ -274,6 +276,9 @@ class TrainConfig:
         _check(0.0 <= self.cond_drop_prob < 1.0, "train.cond_drop_prob", "must be in [0, 1)")
         _check(0.0 <= self.ema_decay < 1.0, "train.ema_decay", "must be in [0, 1)")
         _check(self.num_workers >= 1, "train.num_workers", "must be >= 1")
+        _check(self.placement_strategy in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"),
+               "train.placement_strategy", f"unknown strategy {self.placement_strategy!r}; expected one of "
+               "['PACK', 'SPREAD', 'STRICT_PACK', 'STRICT_SPREAD']")
         _check(self.threads_per_worker is None or self.threads_per_worker >= 1, "train.threads_per_worker",
                "must be >= 1 or null")
         _check(self.max_steps >= 1, "train.max_steps", "must be >= 1")
@@ -372,7 +377,10 @@ class ClusterConfig:
 
     submit: bool = False
     address: str = ""  # "" -> $RAY_ADDRESS; the dashboard URL, e.g. http://head:8265
-    shared_filesystem: bool = False  # nodes see this machine's paths (NFS); implied for a loopback address
+    # every node sees the same local paths (NFS, or one machine): true allows a local storage_root on a
+    # cluster of several nodes; null: assumed only for a head on this machine when submitting
+    shared_filesystem: Optional[bool] = None
+    autoscaling: bool = False  # the cluster adds nodes on demand: a request above what it has now is not refused
     entrypoint_num_cpus: float = 0.0  # reserved for the stage's driver process (its Ray tasks ask for their own)
     entrypoint_num_gpus: float = 0.0
     autoencoder_num_gpus: float = 0.0  # the autoencoder stage's driver fits the VAE itself: GPUs for it (else entrypoint_num_gpus)

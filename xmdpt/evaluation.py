@@ -159,7 +159,7 @@ def generate_pairs(cfg: XMDPTConfig, model_dir: str, pairs: Sequence[dict[str, A
     from xmdpt.sampling.batch import map_generation
     from xmdpt.storage import join
 
-    init_ray()  # before asking the cluster for GPUs
+    init_ray(cfg=cfg)  # before asking the cluster for GPUs
     root = absolute(cfg.paths.dataset_root)
     items = []
     for i, p in enumerate(pairs):

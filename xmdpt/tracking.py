@@ -128,13 +128,18 @@ def start_run(uri: str, experiment: str, *, run_id: Optional[str] = None, run_na
     return run.info.run_id
 
 
-def log_metrics(uri: str, run_id: str, metrics: Mapping[str, float], step: int) -> None:
-    """Log scalar metrics at ``step`` (non-numeric values are skipped)."""
+def log_metrics(uri: str, run_id: str, metrics: Mapping[str, float], step: int,
+                timestamp_ms: Optional[int] = None) -> None:
+    """Log scalar metrics at ``step`` (non-numeric values are skipped).
+
+    With ``timestamp_ms`` given, logging the same values again adds nothing (MLflow keeps one copy
+    of an identical key, value, timestamp and step).
+    """
     import time
 
     from mlflow.entities import Metric
 
-    ts = int(time.time() * 1000)
+    ts = int(time.time() * 1000) if timestamp_ms is None else int(timestamp_ms)
     items = [Metric(k, float(v), ts, int(step)) for k, v in metrics.items()
              if isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool)]
     if items:

@@ -14,7 +14,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from local_servers import free_port, kill_all, pids_under
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -33,12 +33,6 @@ VENV_BIN = Path(sys.executable).parent
 S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                   "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
 S3_BUCKET = "xmdpt-store"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -52,21 +46,6 @@ class RayHead:
         return [{"id": j["submission_id"], "status": j["status"], "entrypoint": j["entrypoint"],
                  "metadata": j.get("metadata") or {}, "runtime_env": j.get("runtime_env") or {}}
                 for j in jobs_api(self.address, self.env["RAY_AUTH_TOKEN"]) if j.get("submission_id")]
-
-
-def _pids_under(marker: str) -> list[int]:
-    pids = []
-    for p in Path("/proc").iterdir():
-        if not p.name.isdigit() or int(p.name) == os.getpid():
-            continue
-        try:
-            cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            cwd = os.readlink(p / "cwd")
-        except OSError:
-            continue
-        if marker in cmd or cwd.startswith(marker):
-            pids.append(int(p.name))
-    return pids
 
 
 @pytest.fixture(scope="session")
@@ -111,11 +90,7 @@ def ray_head():
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=10)
-        for pid in _pids_under(str(temp_dir)):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_all(pids_under(str(temp_dir)))
         shutil.rmtree(temp_dir, ignore_errors=True)
         log.unlink(missing_ok=True)
 

@@ -289,50 +289,11 @@ def dfx():
 # ------------------------------------------------------------------------------------------------
 # A real MLflow tracking + registry server on 127.0.0.1 (for the registry consumers)
 # ------------------------------------------------------------------------------------------------
-import socket  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
-import time  # noqa: E402
-import urllib.request  # noqa: E402
+
+from local_servers import LocalServer, free_port as _free_port, mlflow_server_cmd  # noqa: E402
 
 BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class LocalServer:
-    """A server process on 127.0.0.1 with its output in a log file; ``wait()`` polls its health path."""
-
-    def __init__(self, cmd: list[str], log: Path, port: int, health: str, env: dict | None = None) -> None:
-        self.url, self.health, self.log_path = f"http://127.0.0.1:{port}", health, log
-        self._log = open(log, "w")
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", **(env or {})})
-
-    def wait(self, timeout: float = 180) -> str:
-        deadline = time.time() + timeout
-        while True:
-            try:
-                with urllib.request.urlopen(f"{self.url}{self.health}", timeout=2) as r:
-                    if r.status == 200:
-                        return self.url
-            except OSError:
-                pass
-            if self.proc.poll() is not None or time.time() > deadline:
-                pytest.fail(f"{self.proc.args[:3]} did not start: {self.log_path.read_text()[-2000:]}")
-            time.sleep(0.5)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self._log.close()
 
 
 @pytest.fixture(scope="module")
@@ -343,10 +304,7 @@ def mlflow_server(tmp_path_factory):
     """
     root = tmp_path_factory.mktemp("mlflow")
     port = _free_port()
-    server = LocalServer(
-        [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts")],
-        root / "server.log", port, "/health")
+    server = LocalServer(mlflow_server_cmd(BIN, root, port), root / "server.log", port, "/health")
     yield server.wait
     server.stop()
 
@@ -369,5 +327,3 @@ def local_server():
     yield start
     for server in started:
         server.stop()
-
-

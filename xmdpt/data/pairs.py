@@ -90,6 +90,9 @@ def probe_images(root: str, paths: list[str], num_cpus: float) -> pd.DataFrame:
 
 def build_pairs(cfg: XMDPTConfig) -> dict:
     """Run the `pairs` stage; return the manifest (also written to ``{artifacts_dir}/pairs/manifest.json``)."""
+    from xmdpt.ray_utils import init_ray
+
+    init_ray(cfg=cfg)  # joins $RAY_ADDRESS; a local storage_root on a cluster of several nodes stops here
     root = resolve_root(cfg.paths.dataset_root)
     layout = detect_layout(root, cfg.data.layout)
     readout = read_pairs(root, layout, cfg.data.split_test_fraction)

@@ -167,7 +167,7 @@ def extract_poses(cfg: XMDPTConfig) -> dict:
             if p.row_key not in gfla_errors and "/" in p.row_key:
                 logger.info("ignored (image not referenced by any pair): %s", p.reason)
 
-    init_ray()
+    init_ray(cfg=cfg)
     annotated = pd.DataFrame(columns=[*images.columns, KEYPOINTS, CONFIDENCE, POSE_SOURCE, _ERROR])
     if len(images):
         ds = ray.data.from_items(images.to_dict("records"), override_num_blocks=max(1, min(len(images) // 32, 64)))

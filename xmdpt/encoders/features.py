@@ -39,9 +39,11 @@ logger = logging.getLogger(__name__)
 STAGE = "features"
 CHUNK = "chunk"  # internal column: the shard an image belongs to
 ERROR = "error"  # internal column: "" or why the image was quarantined
+NODE = "node"  # internal column: the Ray node id of the actor that encoded the row
 TENSOR_DTYPE = np.dtype("<f2")  # fp16, little-endian raw bytes
 
-_OUT_SCHEMA = pa.schema([*schema.FEATURES_SCHEMA, pa.field(CHUNK, pa.int32()), pa.field(ERROR, pa.string())])
+_OUT_SCHEMA = pa.schema([*schema.FEATURES_SCHEMA, pa.field(CHUNK, pa.int32()), pa.field(ERROR, pa.string()),
+                         pa.field(NODE, pa.string())])
 
 
 def token_params(enc: EncodersConfig) -> dict[str, Any]:
@@ -130,9 +132,12 @@ class EncoderActor:
         from xmdpt.encoders.dino import TokenEncoder
         from xmdpt.encoders.vae import LatentCodec
 
+        import ray
+
         cfg = XMDPTConfig.from_dict(config)
         enc = cfg.encoders
         self.cfg = cfg
+        self.node_id = ray.get_runtime_context().get_node_id()  # recorded per row: where the encoding ran
         use_gpu = enc.num_gpus_per_actor > 0 and torch.cuda.is_available()
         device = "cuda" if use_gpu else "cpu"
         if not use_gpu:
@@ -177,8 +182,10 @@ class EncoderActor:
         for name in schema.FEATURE_TENSORS:
             tensors[name] += [b""] * len(bad_rows)
         rows = ok_rows + bad_rows
-        cols = {f.name: [r[f.name] for r in rows] for f in _OUT_SCHEMA if f.name not in schema.FEATURE_TENSORS}
+        cols = {f.name: [r[f.name] for r in rows] for f in _OUT_SCHEMA
+                if f.name not in (*schema.FEATURE_TENSORS, NODE)}
         cols.update(tensors)
+        cols[NODE] = [self.node_id] * len(rows)
         return pa.Table.from_pydict(cols, schema=_OUT_SCHEMA)
 
 
@@ -317,8 +324,9 @@ def build_feature_cache(
                 "STAND-IN random-feature" if not enc.pretrained else "pretrained")
 
     t0 = time.perf_counter()
+    rows_by_node: dict[str, int] = {}  # Ray node id -> rows its actors encoded in this run
     if todo:
-        init_ray()
+        init_ray(cfg=cfg)
         sel = np.isin(chunk_ids, todo)
         rows = table.filter(pa.array(sel)).select([schema.IMAGE_PATH, schema.SPLIT, schema.KEYPOINTS])
         rows = rows.append_column(CHUNK, pa.array(chunk_ids[sel], pa.int32()))
@@ -341,6 +349,8 @@ def build_feature_cache(
             pending: dict[int, list[pa.Table]] = {}
             counts: dict[int, int] = {}
             for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+                for node in batch.column(NODE).to_pylist():
+                    rows_by_node[node] = rows_by_node.get(node, 0) + 1
                 for c in sorted(set(batch.column(CHUNK).to_pylist())):
                     part = batch.filter(pc.equal(batch.column(CHUNK), c))
                     pending.setdefault(c, []).append(part)
@@ -394,6 +404,7 @@ def build_feature_cache(
         "bytes_per_image": int(nbytes / max(1, n - quarantined)),
         "encode_seconds": round(seconds, 1),
         "shards_encoded": len(todo),
+        "rows_by_node": rows_by_node,  # this run's encoding, by Ray node id (empty when nothing was left to do)
     }
     if validate:
         report = validate_feature_cache(manifest)

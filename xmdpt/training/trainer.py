@@ -116,6 +116,15 @@ def _all_reduce_mean(values: dict[str, float], device: torch.device) -> dict[str
     return dict(zip(keys, t.tolist()))
 
 
+def _send_metrics(uri: str, run_id: str, history: list[dict[str, Any]], history_ms: list[int],
+                  after_step: int) -> None:
+    """Log the history entries after ``after_step`` to MLflow, each with the time it was made."""
+    for entry, ms in zip(history, history_ms):
+        if entry["step"] > after_step:
+            tracking.log_metrics(uri, run_id, {k: v for k, v in entry.items() if k != "step"}, entry["step"],
+                                 timestamp_ms=ms)
+
+
 def _grid_image(rows: list[np.ndarray]) -> np.ndarray:
     """Stack ``uint8 (h, W, 3)`` rows into one image with 2-px white separators."""
     sep = np.full((2, rows[0].shape[1], 3), 255, np.uint8)
@@ -182,13 +191,52 @@ class _SampleGrid:
         return _grid_image(rows)
 
 
-def _write_pid(run_dir: str, rank: int) -> None:
-    """Record this worker's pid (tests kill it; operators can find it)."""
+def _write_pid(run_dir: str, rank: int, node: str) -> None:
+    """Record this worker's pid and Ray node (tests kill it; operators can find it): the latest in
+    ``workers/rank_{r}.pid.json``, every start of a worker in ``workers/starts/``."""
+    record = {"pid": os.getpid(), "rank": rank, "node_id": node, "time": time.time()}
     try:
-        _write_json(storage.join(run_dir, WORKERS_DIR, f"rank_{rank}.pid.json"),
-                    {"pid": os.getpid(), "rank": rank, "time": time.time()})
+        _write_json(storage.join(run_dir, WORKERS_DIR, f"rank_{rank}.pid.json"), record)
+        _write_json(storage.join(run_dir, WORKERS_DIR, "starts", f"{time.time_ns()}-rank_{rank}.json"), record)
     except OSError as e:  # best effort: a read-only or remote store must not stop training
         logger.warning("could not write the worker pid file under %s: %s", run_dir, e)
+
+
+def worker_starts(run_dir: str) -> list[dict[str, Any]]:
+    """Every start of a training worker of the run, oldest first (``pid, rank, node_id, time``)."""
+    fs, path = storage.filesystem(storage.join(run_dir, WORKERS_DIR, "starts"))
+    if not fs.exists(path):
+        return []
+    starts = []
+    for f in sorted(fs.ls(path, detail=False)):
+        with fs.open(f) as fh:
+            starts.append(json.load(fh))
+    return sorted(starts, key=lambda r: r["time"])
+
+
+def _initial_checkpoint(ray_checkpoint: Any, init_from: str) -> tuple[Any, Optional[str]]:
+    """``(context manager giving a local checkpoint folder, its name)``: the run's own latest
+    checkpoint, else ``train.init_from`` (local or URL), else ``(None, None)``."""
+    import contextlib
+
+    if ray_checkpoint:
+        return ray_checkpoint.as_directory(), ray_checkpoint.path  # [ray]
+    if not init_from:
+        return None, None
+
+    @contextlib.contextmanager
+    def fetched():
+        fs, path = storage.filesystem(init_from)
+        if not fs.exists(f"{path.rstrip('/')}/trainer_state.json"):
+            raise FileNotFoundError(f"train.init_from: {init_from!r} is not a checkpoint folder (no trainer_state.json)")
+        if not storage.is_url(init_from):
+            yield init_from
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            fs.get(path.rstrip("/") + "/", tmp + "/", recursive=True)
+            yield tmp
+
+    return fetched(), init_from
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -208,7 +256,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()  # [ray]
     rank, world = ctx.get_world_rank(), ctx.get_world_size()  # [ray]
     device = ray.train.torch.get_device()  # [ray]
-    _write_pid(meta["run_dir"], rank)
+    _write_pid(meta["run_dir"], rank, ray.get_runtime_context().get_node_id())  # [ray]
     spec = FeatureSpec.from_dict(meta["spec"])
     uri, run_id = meta["tracking_uri"], meta["run_id"]
 
@@ -221,17 +269,22 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     ema = EMA(model, tc.ema_decay)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     diffusion = GaussianDiffusion.from_config(cfg.diffusion)
-    step, history = 0, []
-    checkpoint = ray.train.get_checkpoint()  # [ray] latest reported checkpoint, on restart or relaunch
-    if checkpoint:
-        with checkpoint.as_directory() as d:  # [ray]
+    step, history, history_ms = 0, [], []  # logged metrics, and when each entry was made (ms since the epoch)
+    # [ray] the latest reported checkpoint, on restart or relaunch; else train.init_from for a new run
+    opened, source = _initial_checkpoint(ray.train.get_checkpoint(), tc.init_from)
+    if opened is not None:
+        with opened as d:
             state = load_checkpoint(d, model=model, ema=ema, opt=opt, device=device)
         if state.get("data_hash") != meta["data_hash"]:
-            raise RuntimeError(f"checkpoint {checkpoint.path} was trained on data {state.get('data_hash')}, "
+            raise RuntimeError(f"checkpoint {source} was trained on data {state.get('data_hash')}, "
                                f"this run uses {meta['data_hash']}")
         step, history = int(state["step"]), list(state.get("history", []))
+        history_ms = list(state.get("history_ms", []))[:len(history)]
         ema.num_updates = step  # one EMA update per optimizer step: the warm-up resumes where it was
-        logger.info("rank %d resumed from step %d (%s)", rank, step, checkpoint.path)
+        logger.info("rank %d resumed from step %d (%s)", rank, step, source)
+        if rank == 0 and ray.train.get_checkpoint():  # [ray] the last checkpoint's entries may not have reached
+            # MLflow before the failure: sent again with their own timestamps, which MLflow keeps once
+            _send_metrics(uri, run_id, history, history_ms, after_step=step - tc.checkpoint_every)
     start_step = step
     model = ray.train.torch.prepare_model(model)  # [ray] DDP (gloo on CPU, NCCL on GPU)
     model.train()
@@ -246,18 +299,24 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     window_steps, window_t0 = 0, time.perf_counter()
     last: dict[str, float] = {}
 
+    sent_step = step  # history entries up to here are in MLflow
+
     def save_and_report(extra: Mapping[str, float]) -> None:
+        nonlocal sent_step
         metrics = {"step": step, "start_step": start_step, **last, **extra}
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None
             if rank == 0:
                 state = {"step": step, "data_hash": meta["data_hash"], "run_id": run_id, "run_name": meta["run_name"],
-                         "history": history, "world_size": world}
+                         "history": history, "history_ms": history_ms, "world_size": world}
                 save_checkpoint(Path(tmp) / "ckpt", model=getattr(model, "module", model), ema=ema, opt=opt,
                                 config=meta["model_config"], trainer_state=state)
                 ckpt = ray.train.Checkpoint.from_directory(str(Path(tmp) / "ckpt"))  # [ray]
             ray.train.report(metrics, checkpoint=ckpt,  # [ray] a barrier over all workers
                              checkpoint_dir_name=f"{CHECKPOINT_PREFIX}{step:08d}")
+        if rank == 0:  # metrics reach MLflow once a checkpoint holds them: a restart never logs a step twice
+            _send_metrics(uri, run_id, history, history_ms, after_step=sent_step)
+            sent_step = step
 
     while step < tc.max_steps:
         batches = shard.iter_torch_batches(  # [ray] one pass over this worker's shard
@@ -288,7 +347,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                         "step_time_s": elapsed / window_steps, "last_step_time_s": time.perf_counter() - t0}
                 if rank == 0:
                     history.append({"step": step, **{k: round(v, 6) for k, v in last.items()}})
-                    tracking.log_metrics(uri, run_id, last, step)
+                    history_ms.append(int(time.time() * 1000))
                     bar.set_postfix(loss=f"{avg['loss']:.4f}", sps=f"{last['samples_per_s']:.1f}")
                 window = {k: 0.0 for k in LOSS_KEYS}
                 window_steps, window_t0 = 0, time.perf_counter()
@@ -376,13 +435,18 @@ def train(cfg: XMDPTConfig) -> dict[str, Any]:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig  # [ray]
     from ray.train.torch import TorchTrainer  # [ray]
 
-    from xmdpt.ray_utils import init_ray
+    from xmdpt.ray_utils import check_resources, init_ray
 
     t0 = time.time()
     uri = tracking.resolve_tracking_uri(cfg.paths.mlflow_tracking_uri)
     tracking.check_tracking_server(uri)
     manifests, paths = _read_manifests(cfg)
-    init_ray(num_cpus=max(4, os.cpu_count() or 1))  # logical CPUs above the cores: workers + Ray Data
+    init_ray(num_cpus=max(4, os.cpu_count() or 1), cfg=cfg)  # logical CPUs above the cores: workers + Ray Data
+    tc = cfg.train
+    worker = {"CPU": tc.cpus_per_worker, **({"GPU": 1} if tc.use_gpu else {})}
+    check_resources(worker, tc.num_workers, f"train.num_workers={tc.num_workers} x (train.cpus_per_worker="
+                    f"{tc.cpus_per_worker:g}{', train.use_gpu' if tc.use_gpu else ''})", cfg,
+                    spread=tc.placement_strategy == "STRICT_SPREAD")
     table = build_train_table(cfg, manifests["features"], manifests["validate"])
     spec: FeatureSpec = table["spec"]
     run_name = run_name_for(cfg, table["data_hash"])
@@ -414,13 +478,11 @@ def train(cfg: XMDPTConfig) -> dict[str, Any]:
         "autoencoder_manifest": manifests.get("autoencoder"),
         "model_config": _model_config(cfg, manifests, spec, table["data_hash"], paths),
     }
-    tc = cfg.train
     trainer = TorchTrainer(  # [ray]
         train_loop_per_worker,
         train_loop_config={"config": cfg.to_dict(), "meta": meta},
-        scaling_config=ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu,
-                                     resources_per_worker={"CPU": tc.cpus_per_worker,
-                                                           **({"GPU": 1} if tc.use_gpu else {})}),
+        scaling_config=ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker=worker,
+                                     placement_strategy=tc.placement_strategy),
         run_config=RunConfig(storage_path=runs_root, name=run_name,
                              checkpoint_config=CheckpointConfig(num_to_keep=tc.keep_checkpoints),
                              failure_config=FailureConfig(max_failures=tc.max_failures)),
@@ -450,7 +512,7 @@ def train(cfg: XMDPTConfig) -> dict[str, Any]:
         "run_name": run_name, "run_dir": run_dir, "run_id": run_id, "tracking_uri": uri, "model_uri": final_uri,
         "steps": int(state["step"]), "start_step": int(result.metrics.get("start_step", 0)),
         "data": data_info, "history": history, "final": final, "wall_s": round(time.time() - t0, 1),
-        "world_size": tc.num_workers,
+        "world_size": tc.num_workers, "worker_starts": worker_starts(run_dir),
     }
     tracking.log_metrics(uri, run_id, {f"final_{k}": v for k, v in final.items() if k != "step"}, summary["steps"])
     tracking.end_run(uri, run_id)
@@ -482,7 +544,8 @@ def write_stage_outputs(summary: Mapping[str, Any], artifacts_dir: str | Path) -
         "run_name": summary["run_name"], "run_id": summary["run_id"], "tracking_uri": summary["tracking_uri"],
         "data_hash": summary["data"]["data_hash"], "train_table": summary["data"]["uri"],
         "train_rows": summary["data"]["rows"], "dropped_examples": summary["data"]["dropped"],
-        "world_size": summary.get("world_size"),
+        "world_size": summary.get("world_size"), "start_step": summary.get("start_step", 0),
+        "worker_starts": [{k: w[k] for k in ("rank", "node_id", "time")} for w in summary.get("worker_starts", [])],
     })
 
 

@@ -1,0 +1,82 @@
+"""Processes the tests start on 127.0.0.1: free ports, servers with a health path, and cleanup of
+whatever a test's processes left behind (matched by a marker in their command line or working dir)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LocalServer:
+    """A server process on 127.0.0.1 with its output in a log file; ``wait()`` polls its health path."""
+
+    def __init__(self, cmd: list[str], log: Path, port: int, health: str, env: dict | None = None) -> None:
+        self.url, self.health, self.log_path = f"http://127.0.0.1:{port}", health, log
+        self._log = open(log, "w")
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", **(env or {})})
+
+    def wait(self, timeout: float = 180) -> str:
+        deadline = time.time() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.url}{self.health}", timeout=2) as r:
+                    if r.status == 200:
+                        return self.url
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.time() > deadline:
+                pytest.fail(f"{self.proc.args[:3]} did not start: {self.log_path.read_text()[-2000:]}")
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self._log.close()
+
+
+def mlflow_server_cmd(bin_dir: Path, root: Path, port: int) -> list[str]:
+    """``mlflow server`` on 127.0.0.1 with an SQLite store and proxied artifacts under ``root``."""
+    return [str(bin_dir / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+            "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts")]
+
+
+def pids_under(marker: str) -> list[int]:
+    """Pids (not this one) whose command line names ``marker`` or whose working dir is under it."""
+    pids = []
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit() or int(p.name) == os.getpid():
+            continue
+        try:
+            cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            cwd = os.readlink(p / "cwd")
+        except OSError:
+            continue
+        if marker in cmd or cwd.startswith(marker):
+            pids.append(int(p.name))
+    return pids
+
+
+def kill_all(pids: list[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
