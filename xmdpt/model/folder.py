@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from xmdpt.config import ConfigError, ModelConfig, _from_dict
 from xmdpt.model.xmdpt import XMDPT
+from xmdpt.state_dict import check_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -21,29 +22,6 @@ __all__ = ["save_model_folder", "load_model_folder", "write_model_folder", "chec
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
-
-
-def check_state_dict(expected: Mapping[str, tuple[int, ...]], state_dict: Mapping[str, torch.Tensor], what: str) -> None:
-    """Raise ``ValueError`` naming every missing key, unexpected key and shape mismatch.
-
-    Args:
-        expected: key -> shape the model needs.
-        state_dict: key -> tensor offered.
-        what: the source, for the message (a path or "authors' checkpoint").
-    """
-    missing = sorted(set(expected) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected))
-    wrong = sorted(f"{k}: expected {tuple(expected[k])}, got {tuple(state_dict[k].shape)}"
-                   for k in set(expected) & set(state_dict) if tuple(state_dict[k].shape) != tuple(expected[k]))
-    problems = []
-    if missing:
-        problems.append(f"missing keys {missing}")
-    if unexpected:
-        problems.append(f"unexpected keys {unexpected}")
-    if wrong:
-        problems.append(f"shape mismatches [{'; '.join(wrong)}]")
-    if problems:
-        raise ValueError(f"{what}: state dict does not fit the model: " + ", ".join(problems))
 
 
 def _model_config(config: Mapping[str, Any], what: str) -> ModelConfig:

@@ -1,0 +1,103 @@
+"""The `config` stage: every stage's resolved config (all defaults filled in) is a DVC dep of that
+stage, holds the sections the stage reads and never ``cluster``; the fingerprint of
+``xmdpt/config.py`` ignores its values and sees its code."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import yaml
+
+from pipelines.config import main as config_main
+from xmdpt.config import XMDPTConfig, load_config
+from xmdpt.preflight import STAGES
+from xmdpt.stage_config import CONFIG_SOURCE, STAGE_SECTIONS, config_code_fingerprint, resolved_stage_configs
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _dvc_stages() -> dict:
+    return yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+
+
+def test_every_stage_has_a_resolved_config_it_depends_on():
+    stages = _dvc_stages()
+    assert set(STAGE_SECTIONS) == set(stages) - {"config"} == set(STAGES)
+    config = stages["config"]
+    files = [f"${{paths.artifacts_dir}}/config/{s}.yaml" for s in STAGE_SECTIONS]
+    assert [next(iter(o)) for o in config["outs"]] == files
+    assert all(next(iter(o.values())) == {"cache": False} for o in config["outs"])
+    assert {"params.yaml", "xmdpt/config.py", "xmdpt/stage_config.py"} <= set(config["deps"])
+    for stage in STAGE_SECTIONS:
+        assert f"${{paths.artifacts_dir}}/config/{stage}.yaml" in stages[stage]["deps"], stage
+        assert "xmdpt/config.py" not in stages[stage]["deps"], stage  # a default reruns only its readers
+
+
+def test_sections_are_real_and_cluster_is_in_none():
+    names = {f.name for f in dataclasses.fields(XMDPTConfig)}
+    for stage, sections in STAGE_SECTIONS.items():
+        assert set(sections) <= names - {"cluster"}, stage
+    # every stage that reads params.yaml's `params:` keys of a section also reads the whole section
+    for name, stage in _dvc_stages().items():
+        for key in stage.get("params", []):
+            assert key.split(".")[0] in STAGE_SECTIONS[name], (name, key)
+
+
+def test_resolved_configs_hold_the_defaults_params_yaml_leaves_out():
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    cfg = load_config(REPO / "params.yaml")
+    resolved = resolved_stage_configs(cfg)
+    assert "data_specs_dir" not in raw["paths"] and "log_every" not in raw["train"]
+    assert resolved["validate"]["paths"]["data_specs_dir"] == cfg.paths.data_specs_dir
+    assert resolved["train"]["train"]["log_every"] == cfg.train.log_every
+    assert resolved["train"]["model"]["depth"] == 4  # filled in from the preset
+    for stage, sections in STAGE_SECTIONS.items():
+        assert list(resolved[stage]) == ["config_code", *sections]
+
+
+def test_where_a_stage_runs_changes_no_resolved_config():
+    cfg = load_config(REPO / "params.yaml")
+    on_cluster = cfg.replace(cluster={"submit": True, "address": "http://head:8265", "timeout_s": 60.0})
+    assert resolved_stage_configs(cfg) == resolved_stage_configs(on_cluster)
+    changed = cfg.replace(evaluate={"grid_rows": cfg.evaluate.grid_rows + 1})
+    diff = {s for s, r in resolved_stage_configs(changed).items() if r != resolved_stage_configs(cfg)[s]}
+    assert diff == {"evaluate"}
+
+
+def test_the_fingerprint_ignores_values_and_sees_code():
+    src = CONFIG_SOURCE.read_text()
+    base = config_code_fingerprint(src)
+    assert base == config_code_fingerprint()
+
+    def edited(old: str, new: str) -> str:
+        assert src.count(old) == 1, old
+        return src.replace(old, new)
+
+    same = [
+        edited("    grid_rows: int = 8\n", "    grid_rows: int = 4\n"),  # a default
+        edited("    grid_rows: int = 8\n", "    grid_rows: int = 8\n    grid_cols: int = 4\n"),  # a new field
+        edited('"xmdpt-tiny/4": dict(depth=4,', '"xmdpt-tiny/4": dict(depth=6,'),  # a preset
+        edited('    """Stable short hash of config sections', '    """Stable hash of config sections'),  # a docstring
+        edited("class ConfigError(ValueError):\n", "class ConfigError(ValueError):  # note\n"),  # a comment
+    ]
+    for text in same:
+        assert config_code_fingerprint(text) == base
+    different = [
+        edited("return hashlib.sha256(blob).hexdigest()[:16]", "return hashlib.sha256(blob).hexdigest()[:12]"),
+        edited('"must be a positive multiple of 8")', '"must be a positive multiple of 16")'),
+    ]
+    for text in different:
+        assert config_code_fingerprint(text) != base
+
+
+def test_the_config_stage_writes_one_file_per_stage(tmp_path, monkeypatch):
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"paths": {"artifacts_dir": "out"}, "train": {"max_steps": 7}}))
+    monkeypatch.chdir(tmp_path)
+    written = config_main(["--params", str(params)])
+    assert sorted(written) == sorted(STAGE_SECTIONS)
+    assert {p.name for p in (tmp_path / "out" / "config").iterdir()} == {f"{s}.yaml" for s in STAGE_SECTIONS}
+    train = yaml.safe_load((tmp_path / "out" / "config" / "train.yaml").read_text())
+    assert train["train"]["max_steps"] == 7 and train["train"]["lr"] == XMDPTConfig().train.lr
+    assert train["config_code"] == config_code_fingerprint()
