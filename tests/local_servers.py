@@ -1,9 +1,11 @@
-"""Processes the tests start on 127.0.0.1: free ports, servers with a health path, and cleanup of
-whatever a test's processes left behind (matched by a marker in their command line or working dir)."""
+"""Processes the tests start on 127.0.0.1 (free ports, servers with a health path, an S3 API, cleanup of
+whatever a test's processes left behind) and throwaway copies of the project to run DVC in."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -12,6 +14,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                  "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+S3_BUCKET = "xmdpt-store"
 
 
 def free_port() -> int:
@@ -80,3 +88,40 @@ def kill_all(pids: list[int]) -> None:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+@contextlib.contextmanager
+def moto_s3():
+    """An S3 API (moto) on 127.0.0.1 with the bucket ``xmdpt-store``; yields the env that reaches it."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {**S3_CREDENTIALS, "AWS_ENDPOINT_URL": f"http://{host}:{port}"}
+    client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id="testing",
+                          aws_secret_access_key="testing", region_name="us-east-1")
+    client.create_bucket(Bucket=S3_BUCKET)
+    try:
+        yield env, client
+    finally:
+        server.stop()
+
+
+def make_project_copy(root: Path, params_update: dict, assets: bool = False) -> Path:
+    """Copy the code, data specs, dvc.yaml and params.yaml (updated section by section) under ``root``
+    (and ``assets/``, the pose model, for DAGs that reach the poses stage)."""
+    root.mkdir(parents=True, exist_ok=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for folder in ("xmdpt", "pipelines", "data_specs", *(("assets",) if assets else ())):
+        shutil.copytree(REPO_ROOT / folder, root / folder, ignore=ignore)
+    shutil.copy(REPO_ROOT / "dvc.yaml", root / "dvc.yaml")
+    # every key written out: DVC wants each `params:` entry of dvc.yaml present in params.yaml
+    from xmdpt.config import load_config
+
+    params = load_config(REPO_ROOT / "params.yaml").to_dict()
+    for section, values in params_update.items():
+        params[section].update(values)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return root

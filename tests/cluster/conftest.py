@@ -23,16 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import yaml
-from local_servers import free_port, kill_all, pids_under
+from local_servers import S3_CREDENTIALS, free_port, kill_all, make_project_copy, moto_s3, pids_under  # noqa: F401
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 
 
-S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                  "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
-S3_BUCKET = "xmdpt-store"
 
 
 @dataclass
@@ -118,42 +114,12 @@ def _wait_ready(proc: subprocess.Popen, address: str, env: dict, log: Path, time
 
 @pytest.fixture
 def s3_store():
-    """An S3 API (moto) on 127.0.0.1 with the bucket ``xmdpt-store``; yields the env that reaches it."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    env = {**S3_CREDENTIALS, "AWS_ENDPOINT_URL": f"http://{host}:{port}"}
-    client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id="testing",
-                          aws_secret_access_key="testing", region_name="us-east-1")
-    client.create_bucket(Bucket=S3_BUCKET)
-    try:
-        yield env, client
-    finally:
-        server.stop()
+    """``(env, boto3 client)`` of an S3 API on 127.0.0.1 with the bucket ``xmdpt-store``."""
+    with moto_s3() as store:
+        yield store
 
 
 @pytest.fixture
 def make_project():
     """``make_project(root, {"data": {...}})``: a throwaway copy of the project to submit from."""
-    return _make_project
-
-
-def _make_project(root: Path, params_update: dict) -> Path:
-    """Copy the code, data specs, dvc.yaml and params.yaml (updated section by section) under ``root``."""
-    root.mkdir(parents=True, exist_ok=True)
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    shutil.copytree(REPO_ROOT / "xmdpt", root / "xmdpt", ignore=ignore)
-    shutil.copytree(REPO_ROOT / "pipelines", root / "pipelines", ignore=ignore)
-    shutil.copytree(REPO_ROOT / "data_specs", root / "data_specs", ignore=ignore)
-    shutil.copy(REPO_ROOT / "dvc.yaml", root / "dvc.yaml")
-    # every key written out: DVC wants each `params:` entry of dvc.yaml present in params.yaml
-    from xmdpt.config import load_config
-
-    params = load_config(REPO_ROOT / "params.yaml").to_dict()
-    for section, values in params_update.items():
-        params[section].update(values)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    return root
+    return make_project_copy
