@@ -2,7 +2,7 @@
 
 Paper setting: 256 px images -> 32x32x4 latents (256 tokens), pose tokens 257x768, image tokens
 257x1536, batch 2. "Slow" carries the source-latent tokens through every block of every pass (the
-authors' loop, ``carry_source=True``); "fast" only where MIPNet reads them. Both measured here, side by
+authors' loop, ``tests/model/authors_loop.py``); "fast" only where MIPNet reads them. Both measured here, side by
 side (interleaved) after a warm-up; the median of ``--reps`` runs is printed.
 
     python benchmarks/bench_model.py [--reps 3] [--threads 2]
@@ -13,7 +13,9 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -21,6 +23,9 @@ from xmdpt.config import DiffusionConfig, ModelConfig
 from xmdpt.diffusion import GaussianDiffusion
 from xmdpt.diffusion.losses import training_losses
 from xmdpt.model import XMDPT
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "model"))  # the reference loop
+from authors_loop import authors_forward, authors_forward_with_cfg  # noqa: E402
 
 
 def _median_seconds_side_by_side(fast, slow, reps: int) -> tuple[float, float]:
@@ -59,21 +64,21 @@ def main() -> None:
             "ref_latent": torch.randn(N, cfg.in_channels, H, H)}
     t = torch.full((N,), 500, dtype=torch.long)
 
-    def train_step(carry_source: bool):
+    def train_step(authors: bool):
         def run():
             model.train()
             model.zero_grad(set_to_none=True)
-            fwd = lambda *a, **kw: model(*a, carry_source=carry_source, **kw)  # noqa: E731
+            fwd = (lambda *a, **kw: authors_forward(model, *a, **kw)) if authors else model  # noqa: E731
             out = training_losses(fwd, diffusion, x_0, cond, cond_drop_prob=0.1, mask_ratio=cfg.mask_ratio,
                                   generator=torch.Generator().manual_seed(0))
             out["loss"].backward()
         return run
 
-    def cfg_step(carry_source: bool):
+    def cfg_step(authors: bool):
         def run():
             model.eval()
-            model.forward_with_cfg(x_0, t, cond["pose_tokens"], cond["ref_tokens"], cond["ref_latent"],
-                                   2.0, 0.01, carry_source=carry_source)
+            cfg = (lambda *a: authors_forward_with_cfg(model, *a)) if authors else model.forward_with_cfg
+            cfg(x_0, t, cond["pose_tokens"], cond["ref_tokens"], cond["ref_latent"], 2.0, 0.01)
         return run
 
     print(f"X-MDPT-S/2, CPU fp32, batch {N}, {H}x{H} latents, pose {cfg.pose_num_tokens}x{cfg.pose_token_dim}, "
@@ -84,7 +89,7 @@ def main() -> None:
                        ("sampling: one DDIM step, CFG batched (2N forward)", cfg_step)):
         fast, slow = _median_seconds_side_by_side(make(False), make(True), args.reps)
         rows[name] = (fast, slow)
-        print(f"{name}: fast {fast:.3f} s, slow (carry_source) {slow:.3f} s, fast/slow {fast / slow:.2f}")
+        print(f"{name}: fast {fast:.3f} s, slow (authors' loop) {slow:.3f} s, fast/slow {fast / slow:.2f}")
     fast, slow = rows["sampling: one DDIM step, CFG batched (2N forward)"]
     print(f"sampling per image ({args.steps} DDIM steps, CFG): fast {fast * args.steps / N:.1f} s, "
           f"slow {slow * args.steps / N:.1f} s")

@@ -72,11 +72,13 @@ def test_batched_cfg_equals_two_separate_passes(model, inputs):
 
 @pytest.mark.parametrize("mask_ratio", [0.0, 0.3])
 def test_fast_path_equals_authors_slow_path(model, inputs, mask_ratio):
+    from authors_loop import authors_forward, authors_forward_with_cfg
+
     with torch.no_grad():
         fast = model(*_args(inputs), mask_ratio=mask_ratio, generator=torch.Generator().manual_seed(3))
-        slow = model(*_args(inputs), mask_ratio=mask_ratio, carry_source=True, generator=torch.Generator().manual_seed(3))
+        slow = authors_forward(model, *_args(inputs), mask_ratio=mask_ratio, generator=torch.Generator().manual_seed(3))
         cfg_fast = model.forward_with_cfg(*_args(inputs), 2.0, 0.01)
-        cfg_slow = model.forward_with_cfg(*_args(inputs), 2.0, 0.01, carry_source=True)
+        cfg_slow = authors_forward_with_cfg(model, *_args(inputs), 2.0, 0.01)
     torch.testing.assert_close(fast, slow, rtol=0, atol=1e-6)
     torch.testing.assert_close(cfg_fast, cfg_slow, rtol=0, atol=1e-6)
 

@@ -5,10 +5,10 @@ of the target pose tokens, the source-image tokens and the source-latent tokens 
 denoiser's patch embedding). In the masked training pass, MIPNet at block ``depth - decode_layer``
 fills the dropped tokens in, attending to the source-latent tokens carried through the encoder blocks.
 
-Speed without changing outputs (``carry_source=False``, the default): the source-latent tokens are
-carried through blocks only when something reads them, i.e. through the encoder blocks of a masked
-pass. ``carry_source=True`` reproduces the authors' loop (source tokens through every block of every
-pass, no gradient) for the parity test and the benchmark; its output is the same.
+The source-latent tokens are carried through blocks only where something reads them: the encoder
+blocks of a masked pass. The authors' loop carries them through every block of every pass (no
+gradient) with the same output; it lives in ``tests/model/authors_loop.py`` for the parity test and
+``benchmarks/bench_model.py``.
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ class XMDPT(nn.Module):
     # ---------------------------------------------------------------- forward
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, pose_tokens: torch.Tensor, ref_tokens: torch.Tensor,
                 ref_latent: torch.Tensor, *, mask_ratio: float = 0.0, drop_cond: Optional[torch.Tensor] = None,
-                carry_source: bool = False, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+                generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """Predict eps (and the variance interpolation v) for noisy latents.
 
         Args:
@@ -125,7 +125,6 @@ class XMDPT(nn.Module):
             ref_latent: (N, C, H, W) source latent.
             mask_ratio: > 0 runs the masked (MIPNet) pass, dropping ``T - int(T * (1 - mask_ratio))`` tokens.
             drop_cond: (N,) bool, True -> null condition (CFG dropout; the training step passes it).
-            carry_source: the authors' loop (source tokens through every block); same output, slower.
             generator: for the mask draw.
         Returns:
             (N, C_out, H, W), C_out = 2C with ``learn_sigma``.
@@ -133,10 +132,10 @@ class XMDPT(nn.Module):
         self._check_inputs(x_t, t, pose_tokens, ref_tokens, ref_latent, drop_cond)
         c, ref = self.condition(t, pose_tokens, ref_tokens, ref_latent, drop_cond)  # (N, D), (N, T, D)
         x = self.tdnet.embed(x_t)  # (N, T, D)
-        return self._denoise(x, c, ref, mask_ratio=mask_ratio, carry_source=carry_source, generator=generator)
+        return self._denoise(x, c, ref, mask_ratio=mask_ratio, generator=generator)
 
     def _denoise(self, x: torch.Tensor, c: torch.Tensor, ref: torch.Tensor, *, mask_ratio: float,
-                 carry_source: bool, generator: Optional[torch.Generator]) -> torch.Tensor:
+                 generator: Optional[torch.Generator]) -> torch.Tensor:
         """Block loop: x (N, T, D), c (N, D), ref (N, T, D) -> (N, C_out, H, W)."""
         tdnet = self.tdnet
         N, T, _ = x.shape
@@ -148,7 +147,7 @@ class XMDPT(nn.Module):
             x = gather_tokens(x, keep_idx)  # (N, K, D)
             index = full_index[keep_idx.unsqueeze(2), keep_idx.unsqueeze(1)]  # (N, K, K)
         # Source tokens are read only by MIPNet's cross-attention (masked pass, encoder blocks).
-        context = ref.detach() if (masked or carry_source) else None  # (N, T, D)
+        context = ref.detach() if masked else None  # (N, T, D)
         split = len(tdnet.blocks) - self.cfg.decode_layer
         for i, block in enumerate(tdnet.blocks):
             if i == split:
@@ -157,8 +156,7 @@ class XMDPT(nn.Module):
                 else:
                     x = x + tdnet.decoder_pos_embed  # (N, T, D)
                 index = full_index
-                if not carry_source:
-                    context = None
+                context = None
             if context is not None:
                 with torch.no_grad():
                     context = block(context, c, full_index)  # (N, T, D)
@@ -168,7 +166,7 @@ class XMDPT(nn.Module):
     @torch.no_grad()
     def forward_with_cfg(self, x_t: torch.Tensor, t: torch.Tensor, pose_tokens: torch.Tensor,
                          ref_tokens: torch.Tensor, ref_latent: torch.Tensor, cfg_scale: float, cfg_power: float,
-                         *, num_timesteps: int = 1000, carry_source: bool = False) -> torch.Tensor:
+                         *, num_timesteps: int = 1000) -> torch.Tensor:
         """Classifier-free guidance in one batched forward of 2N (conditional | null condition).
 
         ``out = out_u + s_t * (out_c - out_u)`` on all output channels, ``s_t = guidance_scale(t, ...)``.
@@ -185,7 +183,7 @@ class XMDPT(nn.Module):
         c_null = self.tdnet.t_embed(t)  # (N, D): t_emb + 0
         x = self.tdnet.embed(x_t)  # (N, T, D)
         out = self._denoise(torch.cat([x, x]), torch.cat([c_cond, c_null]), torch.cat([ref, ref]),
-                            mask_ratio=0.0, carry_source=carry_source, generator=None)  # (2N, C_out, H, W)
+                            mask_ratio=0.0, generator=None)  # (2N, C_out, H, W)
         out_c, out_u = out[:N], out[N:]
         scale = guidance_scale(t, cfg_scale, cfg_power, num_timesteps).to(out.dtype).view(N, 1, 1, 1)  # (N, 1, 1, 1)
         return out_u + scale * (out_c - out_u)
