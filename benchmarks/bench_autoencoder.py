@@ -65,7 +65,7 @@ def load_split(root: str, size: int):
 
 
 def main() -> None:
-    from xmdpt.data.synth import write_synthetic_dataset
+    from xmdpt.synth import write_synthetic_dataset
     from xmdpt.encoders.vae import LatentCodec, _train_steps, build_fitted_vae, reconstruct, reconstruction_metrics
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -6,7 +6,7 @@ Two kinds of figures, printed as one markdown table:
 
 - CPU stages (``pairs``, ``poses``, ``validate``): the real stage functions (``build_pairs``,
   ``extract_poses``, ``validate_dataset``) run on a synthetic DeepFashion-layout dataset
-  (``xmdpt.data.synth``, ``--identities`` people x 5 views) on local disk, after a small warm-up run
+  (``xmdpt.synth``, ``--identities`` people x 5 views) on local disk, after a small warm-up run
   of the same chain (Ray workers, Great Expectations import). The rows/s measured here are
   extrapolated linearly to DeepFashion (110,536 pairs, 52,712 images).
 - GPU stages (``autoencoder``, ``features``, ``train``, ``evaluate``): FLOPs counted per sample with
@@ -195,7 +195,7 @@ def run_cpu_chain(root: Path, identities: int) -> dict:
     from xmdpt.config import XMDPTConfig
     from xmdpt.data.pairs import build_pairs
     from xmdpt.data.poses import extract_poses
-    from xmdpt.data.synth import write_synthetic_dataset
+    from xmdpt.synth import write_synthetic_dataset
     from xmdpt.data.validation import validate_dataset
 
     data = root / "data"

@@ -1,6 +1,6 @@
 """Feature-cache throughput and size: `python benchmarks/bench_features.py [--images 64] [--actors 1 2]`.
 
-Encodes synthetic DeepFashion-layout images (``xmdpt.data.synth``) with the embedded default's
+Encodes synthetic DeepFashion-layout images (``xmdpt.synth``) with the embedded default's
 encoders as ``params.yaml`` sets them (fitted-architecture VAE, 64 px -> 4x32x32 latents; random-
 feature stand-in tokens 65 x 384 at 112 px) through the real `features` stage code (Ray Data actor pool), once per actor count, and
 prints images/s (wall time of the stage, actor start-up included), the bytes per image of the
@@ -38,7 +38,7 @@ def tensor_bytes(latent: tuple[int, int, int], image_tokens: tuple[int, int], po
 
 def make_fixture(root: Path, n_images: int) -> dict:
     """Synthetic images + a validated-poses table (keypoints from the synthetic annotations)."""
-    from xmdpt.data.synth import write_synthetic_dataset
+    from xmdpt.synth import write_synthetic_dataset
 
     data = root / "data"
     write_synthetic_dataset(str(data), identities=max(2, math.ceil(n_images / 5)), seed=0, test_fraction=0.2)

@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 
 from pipelines.common import stage_main
 from xmdpt.config import XMDPTConfig
-from xmdpt.data.synth import write_synthetic_dataset
+from xmdpt.synth import write_synthetic_dataset
 from xmdpt.storage import filesystem, is_url
 
 logger = logging.getLogger("pipelines.synth")

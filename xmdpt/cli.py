@@ -38,7 +38,7 @@ def synth(
     both public annotation layouts (PATN/GFLA csv and PIDM/X-MDPT txt) and train/test lists.
     """
     _logging(verbose)
-    from xmdpt.data.synth import write_synthetic_dataset
+    from xmdpt.synth import write_synthetic_dataset
 
     summary = write_synthetic_dataset(str(out), identities=identities, seed=seed, test_fraction=test_fraction)
     typer.echo(f"wrote {summary['images']} images of {summary['identities']} identities to {out}")

@@ -44,7 +44,7 @@ def _tree_equal(a: Path, b: Path) -> None:
 
 @pytest.mark.timeout(240)
 def test_dvc_repro_runs_synth_as_a_ray_job(ray_head, s3_store, make_project, tmp_path):
-    from xmdpt.data.synth import write_synthetic_dataset
+    from xmdpt.synth import write_synthetic_dataset
 
     s3_env, s3 = s3_store
     synth = {"synth_identities": 4, "synth_seed": 3, "synth_test_fraction": 0.25}

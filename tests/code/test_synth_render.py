@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from xmdpt.data.synth import IMAGE_HW, VIEWS, SynthView, render_identity_views
+from xmdpt.synth import IMAGE_HW, VIEWS, SynthView, render_identity_views
 
 NOSE, R_EYE, L_EYE, R_EAR, L_EAR = 0, 14, 15, 16, 17
 FACE = [NOSE, R_EYE, L_EYE]

@@ -17,7 +17,7 @@ from xmdpt.data.deepfashion import (
 
 @pytest.fixture(scope="module")
 def synth_root(tmp_path_factory):
-    from xmdpt.data.synth import write_synthetic_dataset
+    from xmdpt.synth import write_synthetic_dataset
 
     root = tmp_path_factory.mktemp("synth") / "ds"
     write_synthetic_dataset(str(root), identities=3, seed=0, test_fraction=0.34)

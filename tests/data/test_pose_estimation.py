@@ -71,7 +71,7 @@ def test_higher_visibility_threshold_drops_points(pose_task_path, estimator):
 
 def test_finds_the_synthetic_people(estimator):
     """Informational in spirit: the estimator sees a person in the synthetic front views, near the annotations."""
-    from xmdpt.data.synth import render_identity_views
+    from xmdpt.synth import render_identity_views
 
     found, errors = 0, []
     for seed in range(4):

@@ -16,7 +16,7 @@ from PIL import Image
 
 from xmdpt.data.keypoints import gfla_lists_to_kps, pidm_txt_to_image_frame
 from xmdpt.data.deepfashion import path_to_fashion_name
-from xmdpt.data.synth import write_synthetic_dataset
+from xmdpt.synth import write_synthetic_dataset
 
 PATH_RE = re.compile(r"^img/(MEN|WOMEN)/[A-Z][A-Za-z_]+/id_\d{8}/\d{2}_[1-7]_(front|side|back|full|additional)\.jpg$")
 NAME_RE = re.compile(r"^fashion(MEN|WOMEN)[A-Z][A-Za-z_]+id\d{8}\d{2}_[1-7](front|side|back|full|additional)\.jpg$")

@@ -196,7 +196,7 @@ def test_view_consistency():
 
 def test_foreground_mask_matches_synthetic_silhouettes():
     """On the synthetic benchmark the colour-threshold mask recovers the renderer's silhouette."""
-    from xmdpt.data.synth import render_identity_views
+    from xmdpt.synth import render_identity_views
 
     ious = []
     for seed, (gender, cat) in enumerate((("MEN", "Denim"), ("WOMEN", "Dresses"), ("MEN", "Shorts"))):

@@ -23,7 +23,7 @@ VIEWS = ("1_front", "2_side", "4_full")
 
 def _write_split(root: Path) -> dict:
     """Two test identities x 3 views of the synthetic renderer, with pairs/poses tables and a validate manifest."""
-    from xmdpt.data.synth import render_identity_views
+    from xmdpt.synth import render_identity_views
 
     pairs, poses = [], []
     for gender, cat, seed in PEOPLE:

@@ -54,7 +54,7 @@ def _cached(repo: Path, md5: str) -> Path:
 
 
 def test_parallel_experiments_do_not_mix_outputs(tmp_path):
-    from xmdpt.data.synth import write_synthetic_dataset
+    from xmdpt.synth import write_synthetic_dataset
 
     repo, store = tmp_path / "repo", tmp_path / "store"
     repo.mkdir()
