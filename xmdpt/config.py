@@ -186,7 +186,7 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The X-MDPT network (TDNet + CANet + MIPNet). See ``xmdpt.model.presets`` for named presets.
+    """The X-MDPT network (TDNet + CANet + MIPNet). Named presets: ``MODEL_PRESETS`` above.
 
     In ``params.yaml``, ``preset`` fills the architecture fields and explicitly given fields override
     it (see :func:`XMDPTConfig.from_dict`). Token counts and widths of the condition encoders come

@@ -6,7 +6,7 @@ aspect with its own background colour (the per-channel median of its border pixe
 and then squashed exactly like a dataset image — so a person keeps the proportions the model
 learned. Keypoints follow the same two steps (offset by the padding, then scaled).
 
-**Pose JSON** (``DESIGN.md``)::
+**Pose JSON** (what ``xmdpt generate --pose`` and the service take)::
 
     {"format": "coco18", "image_size": [H, W], "keypoints": [[x, y], ... 18 ...]}
 
