@@ -20,7 +20,8 @@ logger = logging.getLogger("pipelines.autoencoder")
 
 def run(cfg: XMDPTConfig) -> dict:
     from xmdpt.encoders.vae import fit_autoencoder
-    from xmdpt.storage import filesystem, write_manifest
+    from xmdpt.manifests import AutoencoderManifest
+    from xmdpt.storage import filesystem
 
     manifest = fit_autoencoder(cfg)
     out = Path(cfg.paths.artifacts_dir) / "autoencoder"
@@ -28,7 +29,7 @@ def run(cfg: XMDPTConfig) -> dict:
     fs, recon = filesystem(manifest["recon_uri"])
     (out / "recon.png").write_bytes(fs.cat_file(recon))
     (out / "metrics.json").write_text(json.dumps(manifest["metrics"], indent=2, sort_keys=True) + "\n")
-    write_manifest(out / "manifest.json", manifest)
+    manifest = AutoencoderManifest.coerce(manifest).write(out / "manifest.json")
     logger.info("autoencoder (%s): latent scale %.5f, metrics %s -> %s", manifest["source"],
                 manifest["latent_scale"], manifest["metrics"], manifest["uri"])
     return manifest

@@ -8,7 +8,6 @@ Writes ``{artifacts_dir}/features/manifest.json``.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Optional, Sequence
 
 from pipelines.common import stage_main
@@ -20,7 +19,7 @@ logger = logging.getLogger("pipelines.features")
 def run(cfg: XMDPTConfig) -> dict:
     from xmdpt.encoders.cache_validation import FeatureCacheError
     from xmdpt.encoders.features import build_feature_cache
-    from xmdpt.storage import write_manifest
+    from xmdpt.manifests import FeaturesManifest
 
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
     try:
@@ -28,7 +27,7 @@ def run(cfg: XMDPTConfig) -> dict:
     except FeatureCacheError as e:
         logger.error("feature cache failed its checks:\n%s", e)
         raise SystemExit(1) from e
-    write_manifest(Path(cfg.paths.artifacts_dir) / "features" / "manifest.json", manifest)
+    manifest = FeaturesManifest.coerce(manifest).write(FeaturesManifest.path(cfg.paths.artifacts_dir))
     logger.info("features: %d rows (%d images quarantined), %.1f MB%s -> %s", manifest["tables"]["features"]["rows"],
                 manifest["images"]["quarantined"], manifest["bytes"] / 1e6,
                 " [STAND-IN token encoders]" if manifest["standin"] else "", manifest["uri"])

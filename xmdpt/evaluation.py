@@ -34,7 +34,7 @@ import logging
 import math
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
@@ -45,11 +45,13 @@ from xmdpt.metrics.protocol import get_protocol
 from xmdpt.metrics.stats import paired_comparison
 from xmdpt.metrics.synthetic import (foreground_mask, mask_iou, part_colour_error, part_masks, pose_match,
                                      view_consistency)
+from xmdpt.manifests import EvaluateLineage, EvaluateManifest, FeaturesManifest, TrainManifest, ValidateManifest
 from xmdpt.storage import absolute
 
 logger = logging.getLogger(__name__)
 
 STAGE = "evaluate"
+ValidateLike = Union[ValidateManifest, Mapping[str, Any]]  # the typed `validate` manifest or its JSON dict
 GUIDED, COND_ONLY, NULL_COND = "guided", "cond_only", "null_cond"
 VARIANT_SCALES = {COND_ONLY: 1.0, NULL_COND: 0.0}
 # sha256 prefixes in torchvision's published file names (inception_v3_google-0cc3c7bd.pth, alexnet-owt-7be5be79.pth)
@@ -62,7 +64,7 @@ PSNR_CAP = 100.0  # identical images give inf; capped so that means stay finite
 # ------------------------------------------------------------------------------------------------
 
 
-def load_test_pairs(validate_manifest: dict[str, Any], max_pairs: Optional[int] = None, *,
+def load_test_pairs(validate_manifest: ValidateLike, max_pairs: Optional[int] = None, *,
                     rule: str = "every_row", seed: int = 0) -> list[dict[str, Any]]:
     """Test pairs joined with the target keypoints, sorted by pair id; ``max_pairs`` of them evenly spaced.
 
@@ -76,11 +78,8 @@ def load_test_pairs(validate_manifest: dict[str, Any], max_pairs: Optional[int] 
     """
     from xmdpt.encoders.inputs import read_table
 
-    try:
-        pairs_uri = validate_manifest["tables"]["pairs"]["uri"]
-        poses_uri = validate_manifest["tables"]["poses"]["uri"]
-    except (KeyError, TypeError):
-        raise ValueError("validate manifest: missing tables.pairs.uri / tables.poses.uri; rerun `dvc repro validate`") from None
+    tables = ValidateManifest.coerce(validate_manifest).tables
+    pairs_uri, poses_uri = tables.pairs.uri, tables.poses.uri
     pairs = read_table(pairs_uri).to_pylist()
     poses = {r[schema.IMAGE_PATH]: r for r in read_table(poses_uri, [schema.IMAGE_PATH, schema.HEIGHT, schema.WIDTH,
                                                                       schema.KEYPOINTS]).to_pylist()}
@@ -289,7 +288,7 @@ def pixel_metrics(gen: np.ndarray, gt: np.ndarray, ssim_256_sigma: float = 1.2) 
             "psnr": min(psnr(gen, gt), PSNR_CAP)}
 
 
-def fid_real_paths(cfg: XMDPTConfig, validate_manifest: dict[str, Any]) -> tuple[list[str], str]:
+def fid_real_paths(cfg: XMDPTConfig, validate_manifest: ValidateLike) -> tuple[list[str], str]:
     """The FID real set: every image ``train.lst`` names (as both peers use), else the validated train split.
 
     Returns:
@@ -396,7 +395,7 @@ def synthetic_metrics(pairs: Sequence[dict[str, Any]], gens: dict[int, np.ndarra
     return out
 
 
-def _fid(cfg: XMDPTConfig, validate_manifest: dict[str, Any], gens: Sequence[np.ndarray]) -> dict[str, Any]:
+def _fid(cfg: XMDPTConfig, validate_manifest: ValidateLike, gens: Sequence[np.ndarray]) -> dict[str, Any]:
     if not cfg.evaluate.inception_weights:
         return {"fid": None, "fid_unavailable": "no Inception-v3 weights configured (evaluate.inception_weights); "
                 "FID is only reported with torchvision's ImageNet Inception-v3 weights"}
@@ -485,7 +484,7 @@ def _other_poses(pairs: Sequence[dict[str, Any]], rows: Sequence[int], load) -> 
     return out
 
 
-def compute_metrics(cfg: XMDPTConfig, validate_manifest: dict[str, Any], pairs: Sequence[dict[str, Any]],
+def compute_metrics(cfg: XMDPTConfig, validate_manifest: ValidateLike, pairs: Sequence[dict[str, Any]],
                     generated: dict[str, dict[int, np.ndarray]], quarantined: Optional[dict[int, str]] = None
                     ) -> tuple[dict[str, Any], dict[str, Any]]:
     """All metrics, and the eval-size images used (for the grid).
@@ -601,7 +600,7 @@ def _png(img: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def evaluate(cfg: XMDPTConfig, model_dir: str, validate_manifest: dict[str, Any], *, out_dir: str | Path,
+def evaluate(cfg: XMDPTConfig, model_dir: str, validate_manifest: ValidateLike, *, out_dir: str | Path,
              images_uri: Optional[str] = None, generation_uri: Optional[str] = None) -> dict[str, Any]:
     """Generate the test pairs with the pipeline folder ``model_dir`` and write grid + metrics.
 
@@ -662,33 +661,18 @@ def evaluate(cfg: XMDPTConfig, model_dir: str, validate_manifest: dict[str, Any]
 # ------------------------------------------------------------------------------------------------
 
 
-def _first(d: dict[str, Any], *keys: str, what: str) -> Any:
-    """The first present (dotted) key of a manifest, or a clear error naming all tried."""
-    for key in keys:
-        cur: Any = d
-        for part in key.split("."):
-            cur = cur.get(part) if isinstance(cur, dict) else None
-        if cur is not None:
-            return cur
-    raise ValueError(f"{what}: none of the keys {list(keys)} present; rerun the upstream stage")
-
-
-def pipeline_inputs(train_manifest: dict[str, Any], features_manifest: dict[str, Any]) -> dict[str, Any]:
+def pipeline_inputs(train_manifest: TrainManifest, features_manifest: FeaturesManifest) -> dict[str, Any]:
     """What :func:`xmdpt.sampling.folder.write_pipeline_folder` needs, read from the upstream manifests."""
-    codec_uri = str(_first(features_manifest, "codec_uri", "autoencoder_uri", "vae_uri", what="features manifest"))
+    codec_uri = features_manifest.vae_uri
     if codec_uri.rstrip("/").endswith("/vae"):  # the diffusers folder inside the codec folder
         codec_uri = codec_uri.rstrip("/")[: -len("/vae")]
-    weights = features_manifest.get("encoder_weights") or {}
-    if not isinstance(weights, dict):
-        raise ValueError(f"features manifest: encoder_weights must map role -> uri, got {type(weights).__name__}")
     return {
-        "model_folder": str(_first(train_manifest, "model_uri", "model.uri", "final_model_uri", "uri",
-                                   what="train manifest")),
+        "model_folder": train_manifest.model_uri,
         "codec_uri": codec_uri,
-        "encoder_weights": {k: (v["uri"] if isinstance(v, dict) else v) for k, v in weights.items()},
-        "encoders": features_manifest.get("encoders") or {},
-        "standin": bool(features_manifest.get("standin", True)),
-        "latent_scale": float(_first(features_manifest, "latent_scale", what="features manifest")),
+        "encoder_weights": dict(features_manifest.encoder_weights),
+        "encoders": {k: dict(v) for k, v in features_manifest.encoders.items()},
+        "standin": features_manifest.standin,
+        "latent_scale": float(features_manifest.latent_scale),
     }
 
 
@@ -701,20 +685,20 @@ def evaluate_stage(cfg: XMDPTConfig) -> dict[str, Any]:
     import shutil
 
     from xmdpt.sampling.folder import write_pipeline_folder
-    from xmdpt.storage import is_url, join, manifest_key, read_manifest, stage_prefix, write_manifest
+    from xmdpt.storage import is_url, join, stage_prefix
 
     art = Path(cfg.paths.artifacts_dir)
-    manifests = {s: read_manifest(art / s / "manifest.json") for s in ("validate", "features", "train")}
-    inputs = pipeline_inputs(manifests["train"], manifests["features"])
-    prefix = stage_prefix(cfg.paths.storage_root, STAGE, cfg.sample, cfg.evaluate, cfg.paths.dataset_root,
-                          *(manifest_key(m) for m in manifests.values()))
-    lineage = {
-        "train_run_id": manifests["train"].get("run_id") or manifests["train"].get("mlflow_run_id"),
-        "train_manifest": str(art / "train" / "manifest.json"),
-        "features_manifest": str(art / "features" / "manifest.json"),
-        "model_folder": inputs["model_folder"],
-        "evaluate_prefix": prefix,
-    }
+    validate, features, train = (ValidateManifest.load(art), FeaturesManifest.load(art), TrainManifest.load(art))
+    keys = [m.key() for m in (validate, features, train)]
+    inputs = pipeline_inputs(train, features)
+    prefix = stage_prefix(cfg.paths.storage_root, STAGE, cfg.sample, cfg.evaluate, cfg.paths.dataset_root, *keys)
+    lineage = EvaluateLineage(
+        train_run_id=train.run_id,
+        train_manifest=str(TrainManifest.path(art)),
+        features_manifest=str(FeaturesManifest.path(art)),
+        model_folder=inputs["model_folder"],
+        evaluate_prefix=prefix,
+    )
     if is_url(prefix):
         local = Path.home() / ".cache" / "xmdpt" / "pipelines" / Path(prefix.rstrip("/")).name
     else:
@@ -727,7 +711,7 @@ def evaluate_stage(cfg: XMDPTConfig) -> dict[str, Any]:
         shutil.rmtree(tmp_model, ignore_errors=True)
         fs.get(path.rstrip("/") + "/", str(tmp_model) + "/", recursive=True)
         inputs["model_folder"] = str(tmp_model)
-    write_pipeline_folder(local, lineage=lineage, **inputs)
+    write_pipeline_folder(local, lineage=lineage.to_dict(), **inputs)
     pipeline_uri = str(local)
     if is_url(prefix):
         from xmdpt.storage import filesystem
@@ -740,19 +724,18 @@ def evaluate_stage(cfg: XMDPTConfig) -> dict[str, Any]:
                                        {"max_pairs": cfg.evaluate.max_pairs,
                                         "unguided_pairs": cfg.evaluate.unguided_pairs,
                                         "test_pairs": get_protocol(cfg.evaluate.protocol).test_pairs},
-                                       cfg.paths.dataset_root, *(manifest_key(m) for m in manifests.values())),
+                                       cfg.paths.dataset_root, *keys),
                           "generated")
-    metrics = evaluate(cfg, str(local), manifests["validate"], out_dir=art / STAGE, images_uri=join(prefix, "images"),
+    metrics = evaluate(cfg, str(local), validate, out_dir=art / STAGE, images_uri=join(prefix, "images"),
                        generation_uri=generation_uri)
-    return write_manifest(art / STAGE / "manifest.json", {
-        "stage": STAGE,
-        "uri": prefix,
-        "pipeline_uri": pipeline_uri,
-        "pipeline_local": str(local),
-        "standin_encoders": inputs["standin"],
-        "metrics_path": str(art / STAGE / "metrics.json"),
-        "grid_path": str(art / STAGE / "grid.png"),
-        "num_pairs": metrics["num_pairs"],
-        "lineage": lineage,
-        "tracking_uri": manifests["train"].get("tracking_uri"),
-    })
+    return EvaluateManifest(
+        uri=prefix,
+        pipeline_uri=pipeline_uri,
+        pipeline_local=str(local),
+        standin_encoders=inputs["standin"],
+        metrics_path=str(art / STAGE / "metrics.json"),
+        grid_path=str(art / STAGE / "grid.png"),
+        num_pairs=metrics["num_pairs"],
+        lineage=lineage,
+        tracking_uri=train.tracking_uri,
+    ).write(EvaluateManifest.path(art))

@@ -371,30 +371,31 @@ def register_stage(cfg) -> dict[str, Any]:
     Returns:
         The ``registered.json`` record.
     """
-    from xmdpt.storage import read_manifest
+    from xmdpt.manifests import EvaluateManifest, FeaturesManifest, TrainManifest, ValidateManifest
 
     art = Path(cfg.paths.artifacts_dir)
-    ev = read_manifest(art / "evaluate" / "manifest.json")
+    ev = EvaluateManifest.load(art)
     metrics_path = art / "evaluate" / "metrics.json"
     if not metrics_path.is_file():
         raise FileNotFoundError(f"{metrics_path}: evaluation metrics not found; run `dvc repro evaluate`")
     metrics = json.loads(metrics_path.read_text())
-    model_dir = ev.get("pipeline_local")
+    model_dir = ev.pipeline_local
     if not model_dir or not Path(model_dir).is_dir():  # evaluated elsewhere (cluster job): fetch the folder
         from xmdpt.storage import filesystem
 
-        fs, path = filesystem(ev["pipeline_uri"])
-        model_dir = default_cache_dir() / "pipelines" / hashlib.sha256(ev["pipeline_uri"].encode()).hexdigest()[:16]
+        fs, path = filesystem(ev.pipeline_uri)
+        model_dir = default_cache_dir() / "pipelines" / hashlib.sha256(ev.pipeline_uri.encode()).hexdigest()[:16]
         shutil.rmtree(model_dir, ignore_errors=True)
         fs.get(path.rstrip("/") + "/", str(model_dir) + "/", recursive=True)
-    manifest_paths = {s: str(art / s / "manifest.json") for s in ("validate", "features", "train", "evaluate")}
-    manifests = {s: read_manifest(p) for s, p in manifest_paths.items() if Path(p).is_file()}
-    train = manifests.get("train", {})
+    kinds = (ValidateManifest, FeaturesManifest, TrainManifest, EvaluateManifest)
+    manifest_paths = {m.STAGE: str(m.path(art)) for m in kinds}
+    manifests = {m.STAGE: m.read(m.path(art)) for m in kinds if m.path(art).is_file()}
+    train = manifests.get("train")
     tracking_uri = resolve_tracking_uri(cfg.paths.mlflow_tracking_uri)
     lineage = lineage_tags(manifests, manifest_paths, extra={
-        "train_run_id": train.get("run_id") or ev.get("lineage", {}).get("train_run_id") or "",
-        "train_model_uri": train.get("model_uri", ""),
-        "standin_encoders": ev.get("standin_encoders"),
+        "train_run_id": (train.run_id if train else None) or ev.lineage.train_run_id or "",
+        "train_model_uri": train.model_uri if train else "",
+        "standin_encoders": ev.standin_encoders,
     })
     record = log_and_register(
         model_dir,
@@ -404,7 +405,7 @@ def register_stage(cfg) -> dict[str, Any]:
         metrics={k: v for k, v in metrics.items() if not isinstance(v, (dict, list))},
         tracking_uri=tracking_uri,
         lineage=lineage,
-        run_id=train.get("run_id") or train.get("mlflow_run_id") or None,
+        run_id=(train.run_id if train else None) or None,
     )
     out = art / "register" / "registered.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -95,6 +95,9 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
         return json.load(f)
 
 
-def manifest_key(manifest: dict[str, Any]) -> str:
-    """Identity of an upstream output, for hashing into downstream prefixes."""
+def manifest_key(manifest: Any) -> str:
+    """Identity of an upstream output (its JSON dict, or a typed manifest of
+    :mod:`xmdpt.manifests`), for hashing into downstream prefixes."""
+    if hasattr(manifest, "to_dict"):
+        manifest = manifest.to_dict()
     return section_hash(manifest)

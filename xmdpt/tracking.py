@@ -224,16 +224,19 @@ def dvc_stage_hashes(lock_path: str | Path = "dvc.lock") -> dict[str, str]:
     return out
 
 
-def lineage_tags(manifests: Mapping[str, Mapping[str, Any]], manifest_paths: Mapping[str, str],
+def lineage_tags(manifests: Mapping[str, Any], manifest_paths: Mapping[str, str],
                  extra: Optional[Mapping[str, Any]] = None, repo: str | Path = ".") -> dict[str, str]:
-    """Tags: git commit, DVC stage hashes, upstream manifest paths and URIs (+ ``extra``)."""
+    """Tags: git commit, DVC stage hashes, upstream manifest paths and URIs (+ ``extra``).
+
+    ``manifests``: stage -> its typed manifest (:mod:`xmdpt.manifests`; each has a ``uri``).
+    """
     tags = {"git_commit": git_commit(repo)}
     for stage, h in dvc_stage_hashes(Path(repo) / "dvc.lock").items():
         tags[f"dvc.stage.{stage}"] = h
     for name, m in manifests.items():
         tags[f"manifest.{name}.path"] = str(manifest_paths.get(name, ""))
-        if m.get("uri"):
-            tags[f"manifest.{name}.uri"] = str(m["uri"])
+        if m.uri:
+            tags[f"manifest.{name}.uri"] = str(m.uri)
     for k, v in (extra or {}).items():
         tags[k] = str(v)
     return tags

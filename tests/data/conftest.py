@@ -9,6 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from xmdpt.manifests import MANIFESTS
+
 from xmdpt.data.schema import (
     CONFIDENCE,
     HEIGHT,
@@ -59,9 +61,18 @@ def write_stage(tmp: Path, stage: str, tables: dict[str, pa.Table], counts: dict
         entries[name] = {"uri": str(prefix / name), "rows": table.num_rows, "columns": table.schema.names}
     main = next(iter(tables))
     q = entries["quarantine"]["rows"]
-    manifest = {"stage": stage, "uri": str(prefix), "layout": "pidm", "tables": entries,
-                "counts": counts or {"input_rows": entries[main]["rows"] + q, "valid": entries[main]["rows"],
-                                     "quarantined": q}}
+    counts = counts or {"input_rows": entries[main]["rows"] + q, "valid": entries[main]["rows"], "quarantined": q}
+    if stage == "pairs":  # the parts validate does not read: an empty images table, no split counts
+        entries.setdefault("images", {"uri": str(prefix / "images"), "rows": 0})
+        counts = {"images": 0, "images_unusable": 0, "by_split": {}, **counts}
+    else:
+        counts = {"by_source": {}, **counts}
+    cls = MANIFESTS[stage]
+    manifest = cls.from_dict({
+        "stage": stage, "format_version": cls.FORMAT_VERSION, "uri": str(prefix), "layout": "pidm",
+        "params": {}, "dataset_root": str(tmp / "data"), "inputs": {}, "tables": entries, "counts": counts,
+        "quarantine_reasons": {}, **({"num_keypoints": 18} if stage == "poses" else {}),
+    }).to_dict()
     out = tmp / "artifacts" / stage / "manifest.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(manifest))

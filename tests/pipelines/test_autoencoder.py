@@ -14,6 +14,7 @@ from PIL import Image
 
 from xmdpt.config import XMDPTConfig
 from xmdpt.data import schema
+from xmdpt.manifests import AutoencoderManifest
 
 IMAGE_HW = (40, 28)  # the DeepFashion aspect (256 x 176), small
 
@@ -47,12 +48,15 @@ def write_image_dataset(root: Path, n_train: int = 8, n_test: int = 4, corrupt: 
     poses_dir = root / "store" / "validate" / "fixture" / "poses"
     poses_dir.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pydict(rows, schema=schema.POSES_SCHEMA), poses_dir / "part-0.parquet")
-    manifest = {"stage": "validate", "uri": str(root / "store" / "validate" / "fixture"),
-                "tables": {"poses": {"uri": str(poses_dir), "rows": n_train + n_test}}}
-    art = root / "artifacts" / "validate"
-    art.mkdir(parents=True, exist_ok=True)
-    (art / "manifest.json").write_text(json.dumps(manifest))
-    return manifest
+    from xmdpt.manifests import TableEntry, ValidateManifest, ValidateTables
+
+    prefix, n = root / "store" / "validate" / "fixture", n_train + n_test
+    unused = TableEntry(uri=str(prefix / "unused"), rows=0)  # the autoencoder reads the poses table only
+    return ValidateManifest(
+        uri=str(prefix), params={}, dataset_root=str(root / "data"), layout="pidm", inputs={},
+        tables=ValidateTables(pairs=unused, poses=TableEntry(uri=str(poses_dir), rows=n), quarantine=unused),
+        counts={"input_rows": n, "valid": n, "quarantined": 0},
+    ).write(ValidateManifest.path(root / "artifacts"))
 
 
 def tiny_config(root: Path, **encoders) -> XMDPTConfig:
@@ -74,7 +78,9 @@ def test_autoencoder_stage_fits_measures_and_reuses(tmp_path):
     cfg = tiny_config(tmp_path)
     m = run(cfg)
     art = tmp_path / "artifacts" / "autoencoder"
-    assert json.loads((art / "manifest.json").read_text())["uri"] == m["uri"]
+    on_disk = json.loads((art / "manifest.json").read_text())
+    assert on_disk["uri"] == m["uri"]
+    assert AutoencoderManifest.read(art / "manifest.json").to_dict() == on_disk  # the typed contract round-trips
     metrics = json.loads((art / "metrics.json").read_text())
     assert metrics["num_eval_images"] == 4 and metrics["num_train_images"] == 7 and metrics["num_skipped_images"] == 1
     assert 0 < metrics["heldout_psnr"] < 100 and -1 <= metrics["heldout_ssim"] <= 1

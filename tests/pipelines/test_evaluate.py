@@ -45,28 +45,44 @@ def _write_split(root: Path) -> dict:
     (root / "tables").mkdir()
     pq.write_table(pa.Table.from_pylist(pairs, schema.PAIRS_SCHEMA), root / "tables" / "pairs.parquet")
     pq.write_table(pa.Table.from_pylist(poses, schema.POSES_SCHEMA), root / "tables" / "poses.parquet")
-    return {"tables": {"pairs": {"uri": str(root / "tables" / "pairs.parquet")},
-                       "poses": {"uri": str(root / "tables" / "poses.parquet")}}}
+    from xmdpt.manifests import TableEntry, ValidateManifest, ValidateTables
+
+    tables = ValidateTables(pairs=TableEntry(uri=str(root / "tables" / "pairs.parquet"), rows=len(pairs)),
+                            poses=TableEntry(uri=str(root / "tables" / "poses.parquet"), rows=len(poses)),
+                            quarantine=TableEntry(uri=str(root / "tables" / "quarantine"), rows=0))
+    return ValidateManifest(uri=str(root / "tables"), params={}, dataset_root=str(root / "data"), layout="pidm",
+                            inputs={}, tables=tables, counts={"input_rows": len(pairs), "valid": len(pairs),
+                                                               "quarantined": 0}).to_dict()
 
 
 def _stage_inputs(tmp_path: Path, monkeypatch, **evaluate) -> tuple[dict, Path]:
     """Upstream manifests shaped as the stages write them, and params.yaml; returns (validate manifest, artifacts)."""
     import yaml
 
-    from xmdpt.storage import write_manifest
+    from xmdpt.manifests import (FeatureImages, FeaturesManifest, FeatureTables, TableEntry, TrainManifest,
+                                 ValidateManifest)
 
     validate = _write_split(tmp_path)
     bad = tmp_path / "data" / "img/MEN/Denim/id_00000003/01_4_full.jpg"  # source of 2 pairs, target of 2
     bad.write_bytes(bad.read_bytes()[:200])  # truncated JPEG
     build_tiny_pipeline_folder(tmp_path / "up")  # writes up/autoencoder, up/encoders, up/model like the stages
     art = tmp_path / "artifacts"
-    write_manifest(art / "validate" / "manifest.json", validate)
-    write_manifest(art / "features" / "manifest.json", {
-        "stage": "features", "vae_uri": str(tmp_path / "up" / "autoencoder"), "latent_scale": 1.0, "standin": True,
-        "encoder_weights": {r: str(tmp_path / "up" / "encoders" / f"{r}.safetensors") for r in ("image", "pose")},
-        "encoders": {"image": {"standin": True}, "pose": {"standin": True}}})
-    write_manifest(art / "train" / "manifest.json", {"stage": "train", "model_uri": str(tmp_path / "up" / "model"),
-                                                      "run_id": "not-in-this-store"})
+    ValidateManifest.from_dict(validate).write(ValidateManifest.path(art))
+    unused = TableEntry(uri=str(tmp_path / "up" / "unused"), rows=0)  # fields evaluate does not read
+    FeaturesManifest(
+        uri=str(tmp_path / "up"), tables=FeatureTables(features=unused, quarantine=unused),
+        images=FeatureImages(total=0, cached=0, quarantined=0), augmentations=(), tensors={}, keypoints_frame=(),
+        latent_scale=1.0, image_size=0, encoders={"image": {"standin": True}, "pose": {"standin": True}},
+        standin=True, encoder_weights={r: str(tmp_path / "up" / "encoders" / f"{r}.safetensors")
+                                       for r in ("image", "pose")},
+        vae_uri=str(tmp_path / "up" / "autoencoder"), bytes=0, bytes_per_image=0, encode_seconds=0.0,
+        shards_encoded=0, rows_by_node={},
+    ).write(FeaturesManifest.path(art))
+    TrainManifest(
+        model_uri=str(tmp_path / "up" / "model"), uri=str(tmp_path / "up"), steps=0, run_name="",
+        run_id="not-in-this-store", tracking_uri="", data_hash="", train_table="", train_rows=0, dropped_examples=0,
+        world_size=1, start_step=0, worker_starts=(),
+    ).write(TrainManifest.path(art))
     params = tiny_config(
         paths={"dataset_root": str(tmp_path / "data"), "storage_root": str(tmp_path / "store"),
                "artifacts_dir": str(art), "mlflow_tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
@@ -91,6 +107,9 @@ def test_evaluate_and_register_stages(tmp_path, ray_local, monkeypatch):
 
     manifest = evaluate_entry.main(["--params", str(tmp_path / "params.yaml"), "--no-submit"])
     out = art / "evaluate"
+    from xmdpt.manifests import EvaluateManifest
+
+    assert EvaluateManifest.read(out / "manifest.json").to_dict() == json.loads((out / "manifest.json").read_text())
     metrics = json.loads((out / "metrics.json").read_text())
     # the 4 pairs touching the truncated image are quarantined with the reason; the rest is evaluated
     assert metrics["num_pairs"] == 8 and metrics["num_pairs_quarantined"] == 4 and metrics["subset_size"] == 2

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from xmdpt.data import schema
+from xmdpt.manifests import FeaturesManifest
 
 pytestmark = pytest.mark.ray
 
@@ -90,6 +91,7 @@ def test_cache_contents_match_the_manifest_and_the_encoders(fitted, ray_local):
         "random-feature stand-in"
     assert m["tensors"]["latent_mean"]["shape"] == [4, 16, 16] and m["tensors"]["image_tokens"]["shape"] == [5, 384]
     assert m["latent_scale"] == ae["latent_scale"] and m["vae_uri"] == ae["uri"]
+    assert FeaturesManifest.from_dict(json.loads(json.dumps(m))).to_dict() == m  # the typed contract round-trips
 
     rows = read_rows(m).to_pylist()
     by_key = {(r[schema.IMAGE_PATH], r[schema.FLIP]): r for r in rows}

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from xmdpt.data.schema import PAIR_ID, PAIRS_SCHEMA, PERSON_ID, REASON, ROW_KEY, SOURCE_PATH, SPLIT, TARGET_PATH
+from xmdpt.manifests import PairsManifest
 
 pytestmark = pytest.mark.ray
 
@@ -26,6 +27,7 @@ def test_pidm_layout_pairs_and_manifest(pidm_bad_chain, dfx):
     assert m["uri"].startswith(str(pidm_bad_chain["cfg"].paths.storage_root) + "/pairs/")
     on_disk = json.loads((Path(pidm_bad_chain["cfg"].paths.artifacts_dir) / "pairs" / "manifest.json").read_text())
     assert on_disk["tables"] == m["tables"]
+    assert PairsManifest.from_dict(on_disk).to_dict() == on_disk  # the typed contract round-trips
     pairs = load(m["tables"]["pairs"])
     # every pair of the clean fixture is kept, plus the three with converted (gray/RGBA/CMYK) sources
     expected = info["pairs"] | {("train", f"{ID1}/01_1_front.jpg", s) for s in CONVERTED}

@@ -19,6 +19,7 @@ from xmdpt.data.schema import (
     STAGE,
     TARGET_PATH,
 )
+from xmdpt.manifests import PairsManifest, PosesManifest, ValidateManifest
 
 pytestmark = pytest.mark.ray
 
@@ -56,7 +57,12 @@ def test_validate_quarantines_bad_rows_and_keeps_the_rest(pidm_bad_chain, dfx):
     assert report["success"] and report["num_table_failures"] == 0
     assert all(t["adds_up"] for t in report["tables"].values())
     assert "PASSED" in (art / "report.md").read_text()
-    assert json.loads((art / "manifest.json").read_text())["tables"] == m["tables"]
+    on_disk = json.loads((art / "manifest.json").read_text())
+    assert on_disk["tables"] == m["tables"]
+    # the typed contracts round-trip what the real pairs, poses and validate stages wrote
+    for cls in (PairsManifest, PosesManifest, ValidateManifest):
+        path = cls.path(pidm_bad_chain["cfg"].paths.artifacts_dir)
+        assert cls.read(path).to_dict() == json.loads(path.read_text())
 
 
 def test_validate_on_gfla_layout(gfla_chain, dfx):

@@ -94,5 +94,10 @@ def write_validated_poses(root: Path, n: int = 64) -> dict:
                      (schema.CONFIDENCE, [1.0] * 18), (schema.POSE_SOURCE, "annotation")):
             rows[k].append(v)
     prefix = str(root / "store" / "validate" / "x")
-    entry = write_table(prefix, "poses", pa.Table.from_pydict(rows, schema=schema.POSES_SCHEMA))
-    return {"stage": "validate", "uri": prefix, "tables": {"poses": entry}}
+    from xmdpt.manifests import TableEntry, ValidateManifest, ValidateTables
+
+    entry = TableEntry(**write_table(prefix, "poses", pa.Table.from_pydict(rows, schema=schema.POSES_SCHEMA)))
+    unused = TableEntry(uri=f"{prefix}/unused", rows=0)
+    return ValidateManifest(uri=prefix, params={}, dataset_root=str(root), layout="pidm", inputs={},
+                            tables=ValidateTables(pairs=unused, poses=entry, quarantine=unused),
+                            counts={"input_rows": n, "valid": n, "quarantined": 0}).to_dict()

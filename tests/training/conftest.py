@@ -17,7 +17,8 @@ import pytest
 
 from xmdpt.config import XMDPTConfig
 from xmdpt.data import schema
-from xmdpt.storage import write_manifest
+from xmdpt.manifests import (AutoencoderManifest, FeatureImages, FeaturesManifest, FeatureTables, TableEntry,
+                             TensorSpec, ValidateManifest, ValidateTables)
 
 # a model small enough for a CPU test step: 8x8x4 latents, 5 tokens of width 16
 TINY_MODEL = dict(preset="", input_size=8, in_channels=4, patch_size=2, hidden_size=32, depth=2, num_heads=2,
@@ -69,21 +70,30 @@ def _write_fixture_cache(root: Path, *, persons: int = 3, views: int = 3, latent
     pq.write_table(pa.Table.from_pylist(rows, schema=schema.FEATURES_SCHEMA), root / "features" / "part-0.parquet")
     pq.write_table(pa.Table.from_pylist(pairs, schema=schema.PAIRS_SCHEMA), root / "pairs" / "part-0.parquet")
     tensor_meta = {
-        schema.LATENT_MEAN: {"shape": list(latent), "dtype": "float16"},
-        schema.LATENT_STD: {"shape": list(latent), "dtype": "float16"},
-        schema.IMAGE_TOKENS: {"shape": list(tokens), "dtype": "float16"},
-        schema.POSE_TOKENS: {"shape": list(tokens), "dtype": "float16"},
+        schema.LATENT_MEAN: TensorSpec(shape=latent, dtype="float16"),
+        schema.LATENT_STD: TensorSpec(shape=latent, dtype="float16"),
+        schema.IMAGE_TOKENS: TensorSpec(shape=tokens, dtype="float16"),
+        schema.POSE_TOKENS: TensorSpec(shape=tokens, dtype="float16"),
     }
-    features_manifest = write_manifest(root / "artifacts" / "features" / "manifest.json", {
-        "stage": "features", "uri": str(root / "features"),
-        "tables": {"features": {"uri": str(root / "features"), "rows": len(rows)}},
-        "tensors": tensor_meta, "latent_scale": 0.5, "image_size": 4 * latent[1],
-        "encoders": {"image": "fixture", "pose": "fixture"}, "standin": True, "vae_uri": "",
-        "seed": seed,
-    })
-    validate_manifest = write_manifest(root / "artifacts" / "validate" / "manifest.json", {
-        "stage": "validate", "tables": {"pairs": {"uri": str(root / "pairs"), "rows": len(pairs)}},
-    })
+    size = 4 * latent[1]
+    cached = len({path for path, _ in images} - set(missing))
+    features_manifest = FeaturesManifest(
+        uri=str(root / "features"),
+        tables=FeatureTables(features=TableEntry(uri=str(root / "features"), rows=len(rows)),
+                             quarantine=TableEntry(uri=str(root / "features-quarantine"), rows=0)),
+        images=FeatureImages(total=len(images), cached=cached, quarantined=len(images) - cached),
+        augmentations=("identity", "hflip"), tensors=tensor_meta, keypoints_frame=(size, size), latent_scale=0.5,
+        image_size=size, encoders={r: {"id": "fixture", "seed": seed} for r in ("image", "pose")}, standin=True,
+        encoder_weights={}, vae_uri="", bytes=0, bytes_per_image=0, encode_seconds=0.0, shards_encoded=1,
+        rows_by_node={},
+    ).write(FeaturesManifest.path(root / "artifacts"))
+    no_table = TableEntry(uri=str(root / "unused"), rows=0)  # not read by training
+    validate_manifest = ValidateManifest(
+        uri=str(root), params={}, dataset_root=str(root), layout="pidm", inputs={},
+        tables=ValidateTables(pairs=TableEntry(uri=str(root / "pairs"), rows=len(pairs)), poses=no_table,
+                              quarantine=no_table),
+        counts={"input_rows": len(pairs), "valid": len(pairs), "quarantined": 0},
+    ).write(ValidateManifest.path(root / "artifacts"))
     train_pairs = sum(1 for p in pairs if p[schema.SPLIT] == "train")
     return {"features": features_manifest, "validate": validate_manifest, "train_pairs": train_pairs,
             "images": images, "rows": rows}
@@ -100,8 +110,10 @@ def _write_fixture_autoencoder(root: Path, latent_scale: float = 0.5) -> dict:
     vae = build_fitted_vae(EncodersConfig(vae_block_channels=(8, 8, 8)), image_size=32)
     uri = str(root / "autoencoder")
     LatentCodec(vae, latent_scale, source="fitted").save(uri)
-    return write_manifest(root / "artifacts" / "autoencoder" / "manifest.json",
-                          {"stage": "autoencoder", "uri": uri, "latent_scale": latent_scale})
+    return AutoencoderManifest(
+        uri=uri, vae_uri=f"{uri}/vae", recon_uri=f"{uri}/recon.png", source="fitted", latent_scale=latent_scale,
+        latent_shape=(4, 8, 8), image_size=32, config={}, metrics={},
+    ).write(AutoencoderManifest.path(root / "artifacts"))
 
 
 @pytest.fixture(autouse=True)

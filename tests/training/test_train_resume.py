@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from xmdpt import tracking
+from xmdpt.manifests import TrainManifest
 from xmdpt.model.folder import load_model_folder
 from xmdpt.training.trainer import run_train_stage
 
@@ -27,6 +28,7 @@ def test_train_stage_outputs_and_relaunch(ray_local, fixture_cache_with_vae, mak
 
     art = root / "artifacts" / "train"
     manifest = json.loads((art / "manifest.json").read_text())
+    assert TrainManifest.read(art / "manifest.json").to_dict() == manifest  # the typed contract round-trips
     assert manifest["model_uri"] == out["model_uri"] and manifest["run_id"] == out["run_id"]
     assert manifest["tracking_uri"] == f"sqlite:///{root / 'mlflow.db'}" and manifest["data_hash"]
     rows = list(csv.DictReader((art / "loss.csv").open()))

@@ -17,7 +17,6 @@ Counts add up: ``input_rows = valid + quarantined`` where an input row is one ca
 from __future__ import annotations
 
 import logging
-import os
 
 import pandas as pd
 import pyarrow as pa
@@ -36,7 +35,8 @@ from xmdpt.data.schema import (
     TARGET_PATH,
     WIDTH,
 )
-from xmdpt.storage import stage_prefix, write_manifest
+from xmdpt.manifests import PairsCounts, PairsManifest, PairsTables, TableEntry
+from xmdpt.storage import stage_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -137,27 +137,26 @@ def build_pairs(cfg: XMDPTConfig) -> dict:
     for key, reason in problems[:20]:
         logger.warning("quarantined %s", reason)
 
-    manifest = {
-        "stage": STAGE_NAME,
-        "uri": prefix,
-        "params": params,
-        "layout": layout,
-        "dataset_root": cfg.paths.dataset_root,
-        "inputs": {"dataset": fingerprint},
-        "tables": {
-            "pairs": write_table(prefix, "pairs", pairs),
-            "images": write_table(prefix, "images", images),
-            "quarantine": write_table(prefix, "quarantine", quarantine),
-        },
-        "counts": {
-            "input_rows": readout.input_rows,
-            "valid": pairs.num_rows,
-            "quarantined": quarantine.num_rows,
-            "images": images.num_rows,
-            "images_unusable": int((probe[_ERROR] != "").sum()),
-            "by_split": {s: int(n) for s, n in pairs.to_pandas()[SPLIT].value_counts().items()},
-        },
-        "quarantine_reasons": summarize_reasons(quarantine),
-    }
-    logger.info("pairs: %d kept, %d quarantined (%s)", pairs.num_rows, quarantine.num_rows, manifest["counts"])
-    return write_manifest(os.path.join(cfg.paths.artifacts_dir, STAGE_NAME, "manifest.json"), manifest)
+    manifest = PairsManifest(
+        uri=prefix,
+        params=params,
+        layout=layout,
+        dataset_root=cfg.paths.dataset_root,
+        inputs={"dataset": fingerprint},
+        tables=PairsTables(
+            pairs=TableEntry(**write_table(prefix, "pairs", pairs)),
+            images=TableEntry(**write_table(prefix, "images", images)),
+            quarantine=TableEntry(**write_table(prefix, "quarantine", quarantine)),
+        ),
+        counts=PairsCounts(
+            input_rows=readout.input_rows,
+            valid=pairs.num_rows,
+            quarantined=quarantine.num_rows,
+            images=images.num_rows,
+            images_unusable=int((probe[_ERROR] != "").sum()),
+            by_split={s: int(n) for s, n in pairs.to_pandas()[SPLIT].value_counts().items()},
+        ),
+        quarantine_reasons=summarize_reasons(quarantine),
+    )
+    logger.info("pairs: %d kept, %d quarantined (%s)", pairs.num_rows, quarantine.num_rows, manifest.counts)
+    return manifest.write(PairsManifest.path(cfg.paths.artifacts_dir))

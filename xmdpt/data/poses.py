@@ -50,7 +50,8 @@ from xmdpt.data.schema import (
     SPLIT,
     WIDTH,
 )
-from xmdpt.storage import manifest_key, read_manifest, stage_prefix, write_manifest
+from xmdpt.manifests import PairsManifest, PosesCounts, PosesManifest, PosesTables, TableEntry
+from xmdpt.storage import stage_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -147,14 +148,14 @@ def extract_poses(cfg: XMDPTConfig) -> dict:
 
     from xmdpt.ray_utils import init_ray
 
-    pairs_manifest = read_manifest(os.path.join(cfg.paths.artifacts_dir, PAIRS_STAGE, "manifest.json"))
-    root, layout = resolve_root(cfg.paths.dataset_root), pairs_manifest["layout"]
-    entry = pairs_manifest["tables"]["images"]
-    images = read_table(entry["uri"], rows=entry.get("rows")).to_pandas()
+    pairs_manifest = PairsManifest.load(cfg.paths.artifacts_dir)
+    root, layout = resolve_root(cfg.paths.dataset_root), pairs_manifest.layout
+    entry = pairs_manifest.tables.images
+    images = read_table(entry.uri, rows=entry.rows).to_pandas()
     params = {"layout": layout, "pose_model": _model_id(cfg.data.pose_model_path),
               "pose_min_visibility": cfg.data.pose_min_visibility}
     prefix = fresh_prefix(stage_prefix(cfg.paths.storage_root, STAGE_NAME, params,
-                                       {PAIRS_STAGE: manifest_key(pairs_manifest)}))
+                                       {PAIRS_STAGE: pairs_manifest.key()}))
 
     # GFLA annotations are two csv files: parse them once here; PIDM's are one file per image.
     gfla, gfla_errors, loose = None, None, []
@@ -212,25 +213,24 @@ def extract_poses(cfg: XMDPTConfig) -> dict:
         raise AssertionError(f"poses: {input_rows} input rows != {poses.num_rows} + {quarantine.num_rows}")
 
     by_source = ok[POSE_SOURCE].value_counts()
-    manifest = {
-        "stage": STAGE_NAME,
-        "uri": prefix,
-        "params": params,
-        "layout": layout,
-        "dataset_root": cfg.paths.dataset_root,
-        "num_keypoints": NUM_KEYPOINTS,
-        "inputs": {PAIRS_STAGE: manifest_key(pairs_manifest)},
-        "tables": {
-            "poses": write_table(prefix, "poses", poses),
-            "quarantine": write_table(prefix, "quarantine", quarantine),
-        },
-        "counts": {
-            "input_rows": input_rows,
-            "valid": poses.num_rows,
-            "quarantined": quarantine.num_rows,
-            "by_source": {s: int(by_source.get(s, 0)) for s in POSE_SOURCES},
-        },
-        "quarantine_reasons": summarize_reasons(quarantine),
-    }
-    logger.info("poses: %s", manifest["counts"])
-    return write_manifest(os.path.join(cfg.paths.artifacts_dir, STAGE_NAME, "manifest.json"), manifest)
+    manifest = PosesManifest(
+        uri=prefix,
+        params=params,
+        layout=layout,
+        dataset_root=cfg.paths.dataset_root,
+        num_keypoints=NUM_KEYPOINTS,
+        inputs={PAIRS_STAGE: pairs_manifest.key()},
+        tables=PosesTables(
+            poses=TableEntry(**write_table(prefix, "poses", poses)),
+            quarantine=TableEntry(**write_table(prefix, "quarantine", quarantine)),
+        ),
+        counts=PosesCounts(
+            input_rows=input_rows,
+            valid=poses.num_rows,
+            quarantined=quarantine.num_rows,
+            by_source={s: int(by_source.get(s, 0)) for s in POSE_SOURCES},
+        ),
+        quarantine_reasons=summarize_reasons(quarantine),
+    )
+    logger.info("poses: %s", manifest.counts)
+    return manifest.write(PosesManifest.path(cfg.paths.artifacts_dir))

@@ -35,7 +35,8 @@ import pyarrow as pa
 from xmdpt.config import XMDPTConfig
 from xmdpt.data.quarantine import fresh_prefix, quarantine_table, read_table, summarize_reasons, write_table
 from xmdpt.data.schema import IMAGE_PATH, QUARANTINE_SCHEMA, SPLIT
-from xmdpt.storage import manifest_key, read_manifest, stage_prefix, write_manifest
+from xmdpt.manifests import PairsManifest, PosesManifest, TableEntry, ValidateManifest, ValidateTables
+from xmdpt.storage import stage_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -218,7 +219,7 @@ def validate_dataset(cfg: XMDPTConfig) -> tuple[dict, dict]:
             the message is the readable report.
     """
     art = cfg.paths.artifacts_dir
-    upstream = {s: read_manifest(os.path.join(art, s, "manifest.json")) for s in UPSTREAM}
+    upstream = {"pairs": PairsManifest.load(art), "poses": PosesManifest.load(art)}
     directory = specs_dir(cfg)
     specs = {name: load_spec(directory, name) for name in SUITES}
     runner = SuiteRunner()
@@ -231,25 +232,24 @@ def validate_dataset(cfg: XMDPTConfig) -> tuple[dict, dict]:
     quarantine_parts = []
 
     for stage, m in upstream.items():
-        c = m["counts"]
-        if c["input_rows"] != c["valid"] + c["quarantined"]:
-            table_failures.append(f"{stage} manifest: input_rows {c['input_rows']} != valid {c['valid']} "
-                                  f"+ quarantined {c['quarantined']}")
-        q = read_table(m["tables"]["quarantine"]["uri"])
-        if q.num_rows != c["quarantined"]:
-            table_failures.append(f"{stage} quarantine table has {q.num_rows} rows, manifest says {c['quarantined']}")
+        c = m.counts
+        if c.input_rows != c.valid + c.quarantined:
+            table_failures.append(f"{stage} manifest: input_rows {c.input_rows} != valid {c.valid} "
+                                  f"+ quarantined {c.quarantined}")
+        q = read_table(m.tables.quarantine.uri)
+        if q.num_rows != c.quarantined:
+            table_failures.append(f"{stage} quarantine table has {q.num_rows} rows, manifest says {c.quarantined}")
         quarantine_parts.append(q.select(QUARANTINE_SCHEMA.names).cast(QUARANTINE_SCHEMA))
 
     for name in SUITES:
         spec = specs[name]
-        manifest = upstream[name]
-        entry = manifest["tables"][spec.TABLE]
-        table = read_table(entry["uri"])
+        entry: TableEntry = getattr(upstream[name].tables, spec.TABLE)
+        table = read_table(entry.uri)
         raw_tables[name] = table
-        table_failures += _schema_problems(table, spec.SCHEMA, f"{name} table ({entry['uri']})")
+        table_failures += _schema_problems(table, spec.SCHEMA, f"{name} table ({entry.uri})")
         df = table.to_pandas()
         res = runner.run(f"{name}.input", df, spec.input_expectations(), spec.ROW_KEY,
-                         {"manifest_rows": int(entry["rows"])})
+                         {"manifest_rows": entry.rows})
         expectations += res
         table_failures += [f"{name}: {r['reason']} (observed {r['observed_value']})" for r in res if not r["success"]]
     if table_failures:
@@ -284,30 +284,29 @@ def validate_dataset(cfg: XMDPTConfig) -> tuple[dict, dict]:
     quarantine = pa.concat_tables(quarantine_parts)
     directory_hash = specs_hash(directory)
     prefix = fresh_prefix(stage_prefix(cfg.paths.storage_root, STAGE_NAME, {"data_specs": directory_hash},
-                                       {s: manifest_key(m) for s, m in upstream.items()}))
-    out_tables = {
-        "pairs": write_table(prefix, "pairs", pa.Table.from_pandas(clean["pairs"], schema=specs["pairs"].SCHEMA,
-                                                                   preserve_index=False)),
-        "poses": write_table(prefix, "poses", pa.Table.from_pandas(clean["poses"], schema=specs["poses"].SCHEMA,
-                                                                   preserve_index=False)),
-        "quarantine": write_table(prefix, "quarantine", quarantine),
-    }
+                                       {s: m.key() for s, m in upstream.items()}))
+    out_tables = ValidateTables(
+        pairs=TableEntry(**write_table(prefix, "pairs", pa.Table.from_pandas(
+            clean["pairs"], schema=specs["pairs"].SCHEMA, preserve_index=False))),
+        poses=TableEntry(**write_table(prefix, "poses", pa.Table.from_pandas(
+            clean["poses"], schema=specs["poses"].SCHEMA, preserve_index=False))),
+        quarantine=TableEntry(**write_table(prefix, "quarantine", quarantine)),
+    )
     report = _report(True, [], expectations, tables_report, quarantine)
     _write_report(cfg, report)
     n_in = sum(t["input_rows"] for t in tables_report.values())
     n_ok = sum(t["valid"] for t in tables_report.values())
-    manifest = write_manifest(os.path.join(art, STAGE_NAME, "manifest.json"), {
-        "stage": STAGE_NAME,
-        "uri": prefix,
-        "params": {"data_specs": directory_hash},
-        "dataset_root": cfg.paths.dataset_root,
-        "layout": upstream["pairs"].get("layout"),
-        "inputs": {s: manifest_key(m) for s, m in upstream.items()},
-        "tables": out_tables,
-        "counts": {"input_rows": n_in, "valid": n_ok, "quarantined": n_in - n_ok,
-                   "quarantined_upstream": quarantine.num_rows - (n_in - n_ok),
-                   **{f"{t}_{k}": v for t, c in tables_report.items() for k, v in c.items() if k != "adds_up"}},
-    })
+    manifest = ValidateManifest(
+        uri=prefix,
+        params={"data_specs": directory_hash},
+        dataset_root=cfg.paths.dataset_root,
+        layout=upstream["pairs"].layout,
+        inputs={s: m.key() for s, m in upstream.items()},
+        tables=out_tables,
+        counts={"input_rows": n_in, "valid": n_ok, "quarantined": n_in - n_ok,
+                "quarantined_upstream": quarantine.num_rows - (n_in - n_ok),
+                **{f"{t}_{k}": v for t, c in tables_report.items() for k, v in c.items() if k != "adds_up"}},
+    ).write(ValidateManifest.path(art))
     return manifest, report
 
 

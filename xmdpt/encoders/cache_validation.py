@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow.dataset as pads
 
 from xmdpt.data import schema
+from xmdpt.manifests import FeaturesManifest
 from xmdpt.storage import filesystem
 
 logger = logging.getLogger(__name__)
@@ -34,24 +35,25 @@ class FeatureCacheError(RuntimeError):
     """The feature cache failed its checks; the message is the readable report."""
 
 
-def _tensor_nbytes(manifest: dict[str, Any]) -> dict[str, int]:
+def _tensor_nbytes(manifest: FeaturesManifest) -> dict[str, int]:
     out = {}
     for name in schema.FEATURE_TENSORS:
         try:
-            spec = manifest["tensors"][name]
-            out[name] = math.prod(spec["shape"]) * DTYPE_BYTES[spec["dtype"]]
+            spec = manifest.tensors[name]
+            out[name] = math.prod(spec.shape) * DTYPE_BYTES[spec.dtype]
         except KeyError as e:
-            raise ValueError(f"feature manifest: tensors.{name} lacks {e} (need shape and dtype)") from None
+            raise ValueError(f"feature manifest: tensors.{name}: unknown tensor or dtype {e}") from None
     return out
 
 
-def summarize_cache(manifest: dict[str, Any], batch_size: int = 256):
+def summarize_cache(manifest: FeaturesManifest | dict[str, Any], batch_size: int = 256):
     """One summary row per cache row (pandas DataFrame), streaming over the shards."""
     import pandas as pd
 
-    uri = manifest["tables"]["features"]["uri"]
+    manifest = FeaturesManifest.coerce(manifest)
+    uri = manifest.tables.features.uri
     fs, path = filesystem(uri)
-    dtypes = {name: np.dtype(manifest["tensors"][name]["dtype"]).newbyteorder("<") for name in schema.FEATURE_TENSORS}
+    dtypes = {name: np.dtype(manifest.tensors[name].dtype).newbyteorder("<") for name in schema.FEATURE_TENSORS}
     cols: dict[str, list] = {k: [] for k in ("image_path", "flip", "split", "keypoints_finite", "keypoints_max",
                                               "latent_std_min")}
     for name in schema.FEATURE_TENSORS:
@@ -94,11 +96,12 @@ def _load_suite(gx, params: dict[str, Any]):
     return suite
 
 
-def validate_feature_cache(manifest: dict[str, Any]) -> dict[str, Any]:
+def validate_feature_cache(manifest: FeaturesManifest | dict[str, Any]) -> dict[str, Any]:
     """Run the feature-cache suite on the cache a `features` manifest describes.
 
     Args:
-        manifest: the `features` stage manifest (``tables.features``, ``tensors``, ``image_size``).
+        manifest: the `features` stage manifest (``tables.features``, ``tensors``, ``image_size``);
+            a dict is parsed as one.
 
     Returns:
         ``{"success": bool, "rows": int, "evaluated": int, "failures": [{"expectation", "column",
@@ -106,9 +109,10 @@ def validate_feature_cache(manifest: dict[str, Any]) -> dict[str, Any]:
     """
     import great_expectations as gx
 
+    manifest = FeaturesManifest.coerce(manifest)
     df = summarize_cache(manifest)
     nbytes = _tensor_nbytes(manifest)
-    params = {"rows": int(manifest["tables"]["features"]["rows"]), "image_size": float(manifest["image_size"]),
+    params = {"rows": manifest.tables.features.rows, "image_size": float(manifest.image_size),
               **{f"{k}_nbytes": v for k, v in nbytes.items()}}
     context = gx.get_context(mode="ephemeral")
     asset = context.data_sources.add_pandas("feature_cache").add_dataframe_asset("summary")
@@ -135,7 +139,7 @@ def validate_feature_cache(manifest: dict[str, Any]) -> dict[str, Any]:
                 "exception": (r.exception_info or {}).get("exception_message") if r.exception_info else None,
             })
     success = bool(result.success) and not failures
-    lines = [f"feature cache {manifest['tables']['features']['uri']}: {len(df)} rows, "
+    lines = [f"feature cache {manifest.tables.features.uri}: {len(df)} rows, "
              f"{evaluated} expectations, {len(failures)} failed"]
     for f in failures:
         lines.append(f"  FAILED {f['expectation']} on {f['column']}: observed={f['observed']} "

@@ -21,8 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict
-from pathlib import Path
+from dataclasses import asdict, replace
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -32,7 +31,9 @@ import pyarrow.parquet as pq
 
 from xmdpt.config import EncodersConfig, XMDPTConfig
 from xmdpt.data import schema
-from xmdpt.storage import filesystem, join, manifest_key, read_manifest, stage_prefix
+from xmdpt.manifests import (AutoencoderManifest, FeatureImages, FeaturesManifest, FeatureTables, TableEntry,
+                             TensorSpec, ValidateManifest)
+from xmdpt.storage import filesystem, join, stage_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -266,8 +267,8 @@ def _standin_weights(enc: EncodersConfig, prefix: str) -> tuple[dict[str, Option
 def build_feature_cache(
     cfg: XMDPTConfig,
     *,
-    ae_manifest: Optional[dict[str, Any]] = None,
-    validate_manifest: Optional[dict[str, Any]] = None,
+    ae_manifest: Optional[AutoencoderManifest | dict[str, Any]] = None,
+    validate_manifest: Optional[ValidateManifest | dict[str, Any]] = None,
     on_shard: Optional[Callable[[int], None]] = None,
     validate: bool = True,
 ) -> dict[str, Any]:
@@ -281,7 +282,8 @@ def build_feature_cache(
         validate: run :func:`validate_feature_cache` at the end and raise if it fails.
 
     Returns:
-        The stage manifest (see the module docstring and ``DESIGN.md``).
+        The stage manifest (:class:`~xmdpt.manifests.FeaturesManifest`) as its JSON dict (see the
+        module docstring and ``DESIGN.md``).
 
     Raises:
         FeatureCacheError: the finished cache fails its Great Expectations checks.
@@ -289,20 +291,17 @@ def build_feature_cache(
     import ray
 
     from xmdpt.encoders.cache_validation import FeatureCacheError, validate_feature_cache
-    from xmdpt.encoders.inputs import read_image_table, validate_manifest_path
+    from xmdpt.encoders.inputs import read_image_table
     from xmdpt.ray_utils import init_ray
 
     enc, size = cfg.encoders, cfg.data.image_size
-    if validate_manifest is None:
-        validate_manifest = read_manifest(validate_manifest_path(cfg.paths.artifacts_dir))
-    if ae_manifest is None:
-        ae_manifest = read_manifest(Path(cfg.paths.artifacts_dir) / "autoencoder" / "manifest.json")
-    if ae_manifest.get("image_size") != size:
-        raise ValueError(f"autoencoder manifest image_size={ae_manifest.get('image_size')} != data.image_size={size}; "
+    validate_manifest = ValidateManifest.coerce(validate_manifest or ValidateManifest.load(cfg.paths.artifacts_dir))
+    ae_manifest = AutoencoderManifest.coerce(ae_manifest or AutoencoderManifest.load(cfg.paths.artifacts_dir))
+    if ae_manifest.image_size != size:
+        raise ValueError(f"autoencoder manifest image_size={ae_manifest.image_size} != data.image_size={size}; "
                          "rerun the autoencoder stage")
     prefix = stage_prefix(cfg.paths.storage_root, STAGE, token_params(enc), size,
-                          manifest_key(validate_manifest), {"uri": ae_manifest["uri"],
-                                                            "latent_scale": ae_manifest["latent_scale"]})
+                          validate_manifest.key(), {"uri": ae_manifest.uri, "latent_scale": ae_manifest.latent_scale})
     data_uri, quarantine_uri = join(prefix, "data"), join(prefix, "quarantine")
     fs, data_dir = filesystem(data_uri)
     _, quarantine_dir = filesystem(quarantine_uri)
@@ -338,7 +337,7 @@ def build_feature_cache(
         try:
             ds = ray.data.from_arrow(blocks).map_batches(
                 EncoderActor,
-                fn_constructor_kwargs={"config": cfg.to_dict(), "vae_uri": ae_manifest["uri"],
+                fn_constructor_kwargs={"config": cfg.to_dict(), "vae_uri": ae_manifest.uri,
                                        "encoder_weights": weights},
                 compute=ray.data.ActorPoolStrategy(size=enc.num_actors),
                 num_gpus=enc.num_gpus_per_actor or None,
@@ -372,44 +371,42 @@ def build_feature_cache(
     if rows_total != 2 * (n - quarantined):
         raise RuntimeError(f"feature cache {prefix}: {rows_total} rows != 2 x ({n} images - {quarantined} quarantined)")
     nbytes = sum(fs.size(f"{data_dir}/{shard_name(c)}") for c in range(num_chunks))
-    latent = [int(v) for v in ae_manifest["latent_shape"]]
-    manifest = {
-        "stage": STAGE,
-        "uri": prefix,
-        "tables": {
-            "features": {"uri": data_uri, "rows": rows_total, "shards": num_chunks},
-            "quarantine": {"uri": quarantine_uri, "rows": quarantined},
+    latent = tuple(int(v) for v in ae_manifest.latent_shape)
+    manifest = FeaturesManifest(
+        uri=prefix,
+        tables=FeatureTables(
+            features=TableEntry(uri=data_uri, rows=rows_total, shards=num_chunks),
+            quarantine=TableEntry(uri=quarantine_uri, rows=quarantined),
+        ),
+        images=FeatureImages(total=n, cached=n - quarantined, quarantined=quarantined),
+        augmentations=("identity", "hflip"),
+        tensors={
+            schema.LATENT_MEAN: TensorSpec(shape=latent, dtype="float16"),
+            schema.LATENT_STD: TensorSpec(shape=latent, dtype="float16"),
+            **{name: TensorSpec(shape=(specs[role]["num_tokens"], specs[role]["dim"]), dtype="float16")
+               for name, role in ((schema.IMAGE_TOKENS, "image"), (schema.POSE_TOKENS, "pose"))},
         },
-        "images": {"total": n, "cached": n - quarantined, "quarantined": quarantined},
-        "augmentations": ["identity", "hflip"],
-        "tensors": {
-            schema.LATENT_MEAN: {"shape": latent, "dtype": "float16"},
-            schema.LATENT_STD: {"shape": latent, "dtype": "float16"},
-            schema.IMAGE_TOKENS: {"shape": [specs["image"]["num_tokens"], specs["image"]["dim"]], "dtype": "float16"},
-            schema.POSE_TOKENS: {"shape": [specs["pose"]["num_tokens"], specs["pose"]["dim"]], "dtype": "float16"},
-        },
-        "keypoints_frame": [size, size],
-        "latent_scale": float(ae_manifest["latent_scale"]),
-        "image_size": size,
-        "encoders": {
-            "vae": {"source": ae_manifest["source"], "uri": ae_manifest["uri"],
-                    "latent_scale": ae_manifest["latent_scale"]},
+        keypoints_frame=(size, size),
+        latent_scale=float(ae_manifest.latent_scale),
+        image_size=size,
+        encoders={
+            "vae": {"source": ae_manifest.source, "uri": ae_manifest.uri, "latent_scale": ae_manifest.latent_scale},
             "image": specs["image"],
             "pose": specs["pose"],
         },
-        "standin": not enc.pretrained,
-        "encoder_weights": {r: weights[r] or f"hf-hub:timm/{specs[r]['id']}" for r in ("image", "pose")},
-        "vae_uri": ae_manifest["uri"],
-        "bytes": int(nbytes),
-        "bytes_per_image": int(nbytes / max(1, n - quarantined)),
-        "encode_seconds": round(seconds, 1),
-        "shards_encoded": len(todo),
-        "rows_by_node": rows_by_node,  # this run's encoding, by Ray node id (empty when nothing was left to do)
-    }
+        standin=not enc.pretrained,
+        encoder_weights={r: weights[r] or f"hf-hub:timm/{specs[r]['id']}" for r in ("image", "pose")},
+        vae_uri=ae_manifest.uri,
+        bytes=int(nbytes),
+        bytes_per_image=int(nbytes / max(1, n - quarantined)),
+        encode_seconds=round(seconds, 1),
+        shards_encoded=len(todo),
+        rows_by_node=rows_by_node,  # this run's encoding, by Ray node id (empty when nothing was left to do)
+    )
     if validate:
         report = validate_feature_cache(manifest)
-        manifest["validation"] = {"success": report["success"], "evaluated": report["evaluated"],
-                                  "failures": report["failures"]}
+        manifest = replace(manifest, validation={
+            "success": report["success"], "evaluated": report["evaluated"], "failures": report["failures"]})
         if not report["success"]:
             raise FeatureCacheError(report["text"])
-    return manifest
+    return manifest.to_dict()

@@ -10,13 +10,14 @@ from __future__ import annotations
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
 
 from xmdpt.data import schema
-from xmdpt.storage import filesystem, read_manifest
+from xmdpt.manifests import ValidateManifest
+from xmdpt.storage import filesystem
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ IMAGE_COLUMNS = (schema.IMAGE_PATH, schema.SPLIT, schema.HEIGHT, schema.WIDTH, s
 
 
 def validate_manifest_path(artifacts_dir: str) -> Path:
-    return Path(artifacts_dir) / "validate" / "manifest.json"
+    return ValidateManifest.path(artifacts_dir)
 
 
 def read_table(uri: str, columns: Sequence[str] | None = None, rows: int | None = None) -> pa.Table:
@@ -36,21 +37,18 @@ def read_table(uri: str, columns: Sequence[str] | None = None, rows: int | None 
     return table.select(list(columns)) if columns else table
 
 
-def read_image_table(validate_manifest: dict[str, Any]) -> pa.Table:
+def read_image_table(validate_manifest: ValidateManifest | Mapping[str, Any]) -> pa.Table:
     """The validated images (poses table columns :data:`IMAGE_COLUMNS`), sorted by path.
 
     Args:
-        validate_manifest: the `validate` stage manifest (``tables.poses.uri``).
+        validate_manifest: the `validate` stage manifest (``tables.poses``); a dict is parsed.
 
     Returns:
         Arrow table with one row per image, sorted by ``image_path`` (deterministic chunking).
     """
-    try:
-        uri = validate_manifest["tables"]["poses"]["uri"]
-        rows = validate_manifest["tables"]["poses"].get("rows")
-    except (KeyError, TypeError):
-        raise ValueError("validate manifest: missing tables.poses.uri; rerun `dvc repro validate`") from None
-    table = read_table(uri, rows=rows)
+    entry = ValidateManifest.coerce(validate_manifest).tables.poses
+    uri = entry.uri
+    table = read_table(uri, rows=entry.rows)
     missing = [c for c in IMAGE_COLUMNS if c not in table.column_names]
     if missing:
         raise ValueError(f"{uri}: poses table lacks columns {missing}")
@@ -64,7 +62,7 @@ def read_image_table(validate_manifest: dict[str, Any]) -> pa.Table:
 
 def load_image_table(artifacts_dir: str) -> pa.Table:
     """:func:`read_image_table` of ``{artifacts_dir}/validate/manifest.json``."""
-    return read_image_table(read_manifest(validate_manifest_path(artifacts_dir)))
+    return read_image_table(ValidateManifest.load(artifacts_dir))
 
 
 def read_image_bytes(dataset_root: str, rel_path: str) -> bytes:

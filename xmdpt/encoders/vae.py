@@ -42,7 +42,8 @@ from fsspec.implementations.local import LocalFileSystem
 
 from xmdpt.config import EncodersConfig, XMDPTConfig
 from xmdpt.data import schema
-from xmdpt.storage import filesystem, join, manifest_key, read_manifest, stage_prefix
+from xmdpt.manifests import AutoencoderManifest, ValidateManifest
+from xmdpt.storage import filesystem, join, stage_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -276,16 +277,16 @@ class LatentCodec:
         return cls(vae, info["latent_scale"], source=info["source"], uri=uri, device=device)
 
     @classmethod
-    def from_manifest(cls, manifest: dict[str, Any] | str | Path, device: str | torch.device = "cpu") -> "LatentCodec":
-        """Load from an `autoencoder` stage manifest (dict or path to ``manifest.json``)."""
-        if not isinstance(manifest, dict):
-            manifest = read_manifest(manifest)
-        if manifest.get("stage") != STAGE:
-            raise ValueError(f"not an autoencoder manifest (stage={manifest.get('stage')!r})")
-        codec = cls.from_folder(manifest["uri"], device=device)
-        if not math.isclose(codec.latent_scale, manifest["latent_scale"], rel_tol=1e-6):
-            raise ValueError(f"{manifest['uri']}: latent_scale {codec.latent_scale} differs from the manifest's "
-                             f"{manifest['latent_scale']}")
+    def from_manifest(cls, manifest: AutoencoderManifest | dict[str, Any] | str | Path,
+                      device: str | torch.device = "cpu") -> "LatentCodec":
+        """Load from an `autoencoder` stage manifest (typed, its dict, or the path to ``manifest.json``)."""
+        if isinstance(manifest, (str, Path)):
+            manifest = AutoencoderManifest.read(manifest)
+        manifest = AutoencoderManifest.coerce(manifest)
+        codec = cls.from_folder(manifest.uri, device=device)
+        if not math.isclose(codec.latent_scale, manifest.latent_scale, rel_tol=1e-6):
+            raise ValueError(f"{manifest.uri}: latent_scale {codec.latent_scale} differs from the manifest's "
+                             f"{manifest.latent_scale}")
         return codec
 
 
@@ -464,7 +465,8 @@ def standardize_latent_channels(vae, images_u8: np.ndarray, seed: int = 0, batch
     return {"mean": [round(float(v), 6) for v in mu], "std": [round(float(v), 6) for v in sd]}
 
 
-def fit_autoencoder(cfg: XMDPTConfig, validate_manifest: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+def fit_autoencoder(cfg: XMDPTConfig,
+                    validate_manifest: Optional[ValidateManifest | dict[str, Any]] = None) -> dict[str, Any]:
     """The `autoencoder` stage: fit (or fine-tune the decoder of) the VAE and measure it.
 
     Reads the validated image list (``{artifacts_dir}/validate/manifest.json`` unless given), trains
@@ -473,15 +475,17 @@ def fit_autoencoder(cfg: XMDPTConfig, validate_manifest: Optional[dict[str, Any]
     a finished codec is reused (content-addressed: same params and data give the same weights).
 
     Returns:
-        The stage manifest: ``stage, uri, latent_scale, latent_shape, image_size, config (the
-        AutoencoderKL config), source, metrics, recon_uri``.
+        The stage manifest (:class:`~xmdpt.manifests.AutoencoderManifest`) as its JSON dict: ``stage,
+        uri, latent_scale, latent_shape, image_size, config (the AutoencoderKL config), source,
+        metrics, recon_uri``.
     """
-    from xmdpt.encoders.inputs import load_square_images, read_image_table, validate_manifest_path
+    from xmdpt.encoders.inputs import load_square_images, read_image_table
 
     enc, size = cfg.encoders, cfg.data.image_size
     if validate_manifest is None:
-        validate_manifest = read_manifest(validate_manifest_path(cfg.paths.artifacts_dir))
-    prefix = stage_prefix(cfg.paths.storage_root, STAGE, vae_params(enc), size, manifest_key(validate_manifest))
+        validate_manifest = ValidateManifest.load(cfg.paths.artifacts_dir)
+    validate_manifest = ValidateManifest.coerce(validate_manifest)
+    prefix = stage_prefix(cfg.paths.storage_root, STAGE, vae_params(enc), size, validate_manifest.key())
     fs, path = filesystem(prefix)
     codec_path = f"{path.rstrip('/')}/{CODEC_FILE}"
     if fs.exists(codec_path) and fs.exists(f"{path.rstrip('/')}/{VAE_FOLDER}/config.json"):
@@ -496,7 +500,7 @@ def fit_autoencoder(cfg: XMDPTConfig, validate_manifest: Optional[dict[str, Any]
     train_paths = [p for p, s in zip(paths, splits) if s == "train"]
     test_paths = [p for p, s in zip(paths, splits) if s == "test"]
     if not train_paths:
-        raise ValueError(f"{validate_manifest.get('uri')}: no train-split images to fit the autoencoder on")
+        raise ValueError(f"{validate_manifest.uri}: no train-split images to fit the autoencoder on")
     heldout = bool(test_paths)
     if not heldout:
         logger.warning("no test-split images: reconstruction metrics are measured on train images")
@@ -577,15 +581,14 @@ def _write_png(img: np.ndarray, uri: str) -> None:
 
 def _manifest(codec: LatentCodec, prefix: str, size: int, metrics: dict[str, Any]) -> dict[str, Any]:
     f = codec.downsample_factor
-    return {
-        "stage": STAGE,
-        "uri": prefix,
-        "vae_uri": join(prefix, VAE_FOLDER),
-        "recon_uri": join(prefix, RECON_FILE),
-        "source": codec.source,
-        "latent_scale": codec.latent_scale,
-        "latent_shape": [codec.latent_channels, size // f, size // f],
-        "image_size": size,
-        "config": {k: v for k, v in dict(codec.vae.config).items() if not k.startswith("_")},
-        "metrics": metrics,
-    }
+    return AutoencoderManifest(
+        uri=prefix,
+        vae_uri=join(prefix, VAE_FOLDER),
+        recon_uri=join(prefix, RECON_FILE),
+        source=codec.source,
+        latent_scale=codec.latent_scale,
+        latent_shape=(codec.latent_channels, size // f, size // f),
+        image_size=size,
+        config={k: v for k, v in dict(codec.vae.config).items() if not k.startswith("_")},
+        metrics=metrics,
+    ).to_dict()

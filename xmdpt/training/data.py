@@ -41,6 +41,7 @@ from xmdpt import storage
 from xmdpt.config import ModelConfig, XMDPTConfig, section_hash
 from xmdpt.data import schema
 from xmdpt.encoders.inputs import read_table
+from xmdpt.manifests import FeaturesManifest, ValidateManifest
 
 logger = logging.getLogger(__name__)
 
@@ -103,19 +104,17 @@ class FeatureSpec:
     latent_scale: float
 
     @classmethod
-    def from_manifest(cls, manifest: Mapping[str, Any], source: str = "features manifest") -> "FeatureSpec":
-        tensors = manifest.get("tensors")
-        if not isinstance(tensors, Mapping):
-            raise TrainDataError(f"{source}: missing 'tensors' (shapes of the cached tensors)")
+    def from_manifest(cls, manifest: FeaturesManifest | Mapping[str, Any],
+                      source: str = "features manifest") -> "FeatureSpec":
+        """From the `features` manifest (a dict is parsed as one)."""
+        manifest = FeaturesManifest.coerce(manifest, source)
         shapes, dtypes = {}, {}
         for name in schema.FEATURE_TENSORS:
-            if name not in tensors:
+            if name not in manifest.tensors:
                 raise TrainDataError(f"{source}: tensors.{name} missing; expected {list(schema.FEATURE_TENSORS)}")
-            shapes[name] = tuple(int(s) for s in tensors[name]["shape"])
-            dtypes[name] = str(tensors[name].get("dtype", "float16"))
-        if "latent_scale" not in manifest:
-            raise TrainDataError(f"{source}: missing 'latent_scale'")
-        return cls(shapes=shapes, dtypes=dtypes, latent_scale=float(manifest["latent_scale"]))
+            shapes[name] = tuple(manifest.tensors[name].shape)
+            dtypes[name] = manifest.tensors[name].dtype
+        return cls(shapes=shapes, dtypes=dtypes, latent_scale=float(manifest.latent_scale))
 
     def check_model(self, model: ModelConfig) -> None:
         """Raise :class:`TrainDataError` naming both sides if the cache cannot feed ``model``."""
@@ -243,22 +242,22 @@ def _arrow_fs(uri: str):
     return PyFileSystem(FSSpecHandler(fs)), path
 
 
-def data_hash(features_manifest: Mapping[str, Any], pairs_manifest: Mapping[str, Any], add_reversed: bool) -> str:
+def data_hash(features_manifest: FeaturesManifest, pairs_manifest: ValidateManifest, add_reversed: bool) -> str:
     """Identity of the training table (upstream manifests and the reversal rule)."""
-    return section_hash(storage.manifest_key(dict(features_manifest)), storage.manifest_key(dict(pairs_manifest)),
+    return section_hash(features_manifest.key(), pairs_manifest.key(),
                         {"add_reversed": add_reversed, "table_version": 1})
 
 
-def build_train_table(cfg: XMDPTConfig, features_manifest: Mapping[str, Any],
-                      pairs_manifest: Mapping[str, Any]) -> dict[str, Any]:
+def build_train_table(cfg: XMDPTConfig, features_manifest: FeaturesManifest | Mapping[str, Any],
+                      pairs_manifest: ValidateManifest | Mapping[str, Any]) -> dict[str, Any]:
     """Join the train pairs with the cached features (Ray Data) and write the training table.
 
     Idempotent: if ``{storage_root}/train/data/{hash}/`` holds a complete table it is reused.
 
     Args:
         cfg: the config (``paths.storage_root``, ``train.swap_prob``, ``model`` for shape checks).
-        features_manifest: ``{artifacts_dir}/features/manifest.json`` contents.
-        pairs_manifest: ``{artifacts_dir}/validate/manifest.json`` contents (``tables.pairs.uri``).
+        features_manifest: the `features` manifest (a dict is parsed as one).
+        pairs_manifest: the `validate` manifest (``tables.pairs.uri``; a dict is parsed as one).
 
     Returns:
         ``{"uri", "rows", "pairs", "dropped", "data_hash", "spec"}`` — ``dropped`` counts examples
@@ -266,13 +265,11 @@ def build_train_table(cfg: XMDPTConfig, features_manifest: Mapping[str, Any],
     """
     import ray
 
+    features_manifest = FeaturesManifest.coerce(features_manifest)
+    pairs_manifest = ValidateManifest.coerce(pairs_manifest)
     spec = FeatureSpec.from_manifest(features_manifest)
     spec.check_model(cfg.model)
-    try:
-        pairs_uri = pairs_manifest["tables"]["pairs"]["uri"]
-        features_uri = features_manifest["tables"]["features"]["uri"]
-    except (KeyError, TypeError) as e:
-        raise TrainDataError(f"manifest lacks tables.pairs.uri / tables.features.uri ({e})") from None
+    pairs_uri, features_uri = pairs_manifest.tables.pairs.uri, features_manifest.tables.features.uri
     add_reversed = cfg.train.swap_prob > 0
     dhash = data_hash(features_manifest, pairs_manifest, add_reversed)
     out_uri = storage.join(storage.absolute(cfg.paths.storage_root), "train", "data", dhash)

@@ -45,6 +45,8 @@ import torch
 
 from xmdpt import storage, tracking
 from xmdpt.config import XMDPTConfig, section_hash
+from xmdpt.manifests import (AutoencoderManifest, FeaturesManifest, StageManifest, TrainManifest, ValidateManifest,
+                             WorkerStart)
 from xmdpt.training.data import Collate, FeatureSpec, build_train_table, read_train_table
 from xmdpt.training.step import LOSS_KEYS, autocast_dtype, lr_at, train_step
 
@@ -374,31 +376,34 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _read_manifests(cfg: XMDPTConfig) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+def _read_manifests(cfg: XMDPTConfig) -> tuple[dict[str, StageManifest], dict[str, str]]:
     art = Path(cfg.paths.artifacts_dir)
-    paths = {name: str(art / name / "manifest.json") for name in ("features", "validate", "autoencoder")}
-    manifests = {name: storage.read_manifest(paths[name]) for name in ("features", "validate")}
+    kinds = (FeaturesManifest, ValidateManifest, AutoencoderManifest)
+    paths = {m.STAGE: str(m.path(art)) for m in kinds}
+    manifests: dict[str, StageManifest] = {m.STAGE: m.load(art) for m in (FeaturesManifest, ValidateManifest)}
     if Path(paths["autoencoder"]).is_file():
-        manifests["autoencoder"] = storage.read_manifest(paths["autoencoder"])
+        manifests["autoencoder"] = AutoencoderManifest.load(art)
     else:
         logger.warning("%s not found: sample grids show raw latent channels instead of decoded images",
                        paths["autoencoder"])
     return manifests, paths
 
 
-def _model_config(cfg: XMDPTConfig, manifests: Mapping[str, Mapping[str, Any]], spec: FeatureSpec,
+def _model_config(cfg: XMDPTConfig, manifests: Mapping[str, StageManifest], spec: FeatureSpec,
                   data_hash: str, paths: Mapping[str, str]) -> dict[str, Any]:
     """``config.json`` of checkpoints and the final model: the full config + what decoding needs."""
     feats = manifests["features"]
+    assert isinstance(feats, FeaturesManifest)
+    ae = manifests.get("autoencoder")
     return {
         **cfg.to_dict(),
         "latent_scale": spec.latent_scale,
         "features": {
-            "manifest": paths["features"], "uri": feats.get("uri"), "vae_uri": feats.get("vae_uri"),
-            "image_size": feats.get("image_size"), "standin": feats.get("standin"),
-            "encoders": feats.get("encoders"), "tensors": spec.to_dict()["shapes"],
+            "manifest": paths["features"], "uri": feats.uri, "vae_uri": feats.vae_uri,
+            "image_size": feats.image_size, "standin": feats.standin,
+            "encoders": feats.to_dict()["encoders"], "tensors": spec.to_dict()["shapes"],
         },
-        "autoencoder": {"manifest": paths["autoencoder"], "uri": manifests.get("autoencoder", {}).get("uri")},
+        "autoencoder": {"manifest": paths["autoencoder"], "uri": ae.uri if ae else None},
         "data_hash": data_hash,
     }
 
@@ -470,12 +475,14 @@ def train(cfg: XMDPTConfig) -> dict[str, Any]:
     if not prev:
         tracking.log_dict(uri, run_id, cfg.to_dict(), "config/params.yaml")
 
+    feats, ae = manifests["features"], manifests.get("autoencoder")
+    assert isinstance(feats, FeaturesManifest)
     meta = {
         "run_dir": run_dir, "run_name": run_name, "run_id": run_id, "tracking_uri": uri,
         "data_hash": table["data_hash"], "spec": spec.to_dict(), "latent_scale": spec.latent_scale,
-        "image_size": int(manifests["features"].get("image_size") or cfg.data.image_size),
-        "keypoint_hw": manifests["features"].get("keypoints_frame"),  # (H, W) the keypoints are in
-        "autoencoder_manifest": manifests.get("autoencoder"),
+        "image_size": int(feats.image_size or cfg.data.image_size),
+        "keypoint_hw": list(feats.keypoints_frame),  # (H, W) the keypoints are in
+        "autoencoder_manifest": ae.to_dict() if ae else None,
         "model_config": _model_config(cfg, manifests, spec, table["data_hash"], paths),
     }
     trainer = TorchTrainer(  # [ray]
@@ -539,14 +546,15 @@ def write_stage_outputs(summary: Mapping[str, Any], artifacts_dir: str | Path) -
                "first_loss": first.get("loss"), "samples_per_s": final.get("samples_per_s"),
                "train_rows": summary["data"]["rows"]}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-    return storage.write_manifest(out / "manifest.json", {
-        "stage": "train", "model_uri": summary["model_uri"], "uri": summary["run_dir"], "steps": summary["steps"],
-        "run_name": summary["run_name"], "run_id": summary["run_id"], "tracking_uri": summary["tracking_uri"],
-        "data_hash": summary["data"]["data_hash"], "train_table": summary["data"]["uri"],
-        "train_rows": summary["data"]["rows"], "dropped_examples": summary["data"]["dropped"],
-        "world_size": summary.get("world_size"), "start_step": summary.get("start_step", 0),
-        "worker_starts": [{k: w[k] for k in ("rank", "node_id", "time")} for w in summary.get("worker_starts", [])],
-    })
+    return TrainManifest(
+        model_uri=summary["model_uri"], uri=summary["run_dir"], steps=summary["steps"],
+        run_name=summary["run_name"], run_id=summary["run_id"], tracking_uri=summary["tracking_uri"],
+        data_hash=summary["data"]["data_hash"], train_table=summary["data"]["uri"],
+        train_rows=summary["data"]["rows"], dropped_examples=summary["data"]["dropped"],
+        world_size=summary.get("world_size"), start_step=summary.get("start_step", 0),
+        worker_starts=tuple(WorkerStart(**{k: w[k] for k in ("rank", "node_id", "time")})
+                            for w in summary.get("worker_starts", [])),
+    ).write(TrainManifest.path(artifacts_dir))
 
 
 def run_train_stage(cfg: XMDPTConfig) -> dict[str, Any]:
