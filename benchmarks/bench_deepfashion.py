@@ -269,7 +269,7 @@ def main() -> None:
 
     # ---- CPU stages -------------------------------------------------------------------------
     if not args.skip_cpu:
-        from xmdpt.ray_utils import init_ray
+        from xmdpt.ops.ray_utils import init_ray
 
         os.environ.pop("RAY_ADDRESS", None)
         t0 = time.perf_counter()

@@ -65,7 +65,7 @@ def main() -> None:
 
     from xmdpt.encoders.features import build_feature_cache
     from xmdpt.encoders.vae import fit_autoencoder
-    from xmdpt.ray_utils import init_ray
+    from xmdpt.ops.ray_utils import init_ray
 
     init_ray(num_cpus=os.cpu_count())
     results = {}

@@ -70,7 +70,7 @@ def run_setting(model: str, max_batch: int, clients: list[int], n_req: int, step
                 tracking_uri) -> dict:
     from ray import serve
 
-    from xmdpt.serving import ServeOptions, run_server
+    from xmdpt.ops.serving import ServeOptions, run_server
 
     opts = ServeOptions(model=model, max_batch=max_batch, batch_wait_ms=wait_ms, num_cpus_per_replica=cpus,
                         tracking_uri=tracking_uri)
@@ -119,7 +119,7 @@ def main() -> None:
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    from xmdpt.ray_utils import init_ray
+    from xmdpt.ops.ray_utils import init_ray
 
     init_ray(num_cpus=8)
     model = args.model

@@ -20,8 +20,8 @@ logger = logging.getLogger("pipelines.autoencoder")
 
 def run(cfg: XMDPTConfig) -> dict:
     from xmdpt.encoders.vae import fit_autoencoder
-    from xmdpt.manifests import AutoencoderManifest
-    from xmdpt.storage import filesystem
+    from xmdpt.ops.manifests import AutoencoderManifest
+    from xmdpt.ops.storage import filesystem
 
     manifest = fit_autoencoder(cfg)
     out = Path(cfg.paths.artifacts_dir) / "autoencoder"

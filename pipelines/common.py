@@ -11,7 +11,7 @@ Each ``pipelines/<stage>.py`` ends with::
 :func:`stage_main` parses ``--params`` (default ``params.yaml``), loads the config, configures
 logging once, and then either calls ``run(cfg)`` here, or, with ``cluster.submit: true``, submits
 the same stage to the Ray cluster at ``$RAY_ADDRESS`` and brings its DVC outputs back
-(``xmdpt.cluster``; ``docs/cluster.md``). Inside the job the stage runs with ``--no-submit`` and
+(``xmdpt.ops.cluster``; ``docs/cluster.md``). Inside the job the stage runs with ``--no-submit`` and
 ``--job-dir``, and uploads its outputs when ``run`` returns.
 """
 
@@ -47,7 +47,7 @@ def load_params(params: str) -> XMDPTConfig:
     """Load a params file from a local path or an fsspec URL (jobs read theirs from the job dir)."""
     if "://" not in params:
         return load_config(params)
-    from xmdpt.storage import filesystem
+    from xmdpt.ops.storage import filesystem
 
     fs, path = filesystem(params)
     if not fs.exists(path):
@@ -86,7 +86,7 @@ def stage_main(
         module: the entry module a cluster job runs (default ``pipelines.<stage>``).
 
     Returns:
-        ``run(cfg)``'s result, or the :class:`xmdpt.cluster.JobResult` of a submitted job.
+        ``run(cfg)``'s result, or the :class:`xmdpt.ops.cluster.JobResult` of a submitted job.
     """
     args = parse_args(stage, argv)
     configure_logging()
@@ -98,7 +98,7 @@ def stage_main(
 
     submit = cfg.cluster.submit and not args.no_submit and os.environ.get("XMDPT_NO_SUBMIT", "") in ("", "0")
     if submit:
-        from xmdpt.cluster import ClusterJobError, submit_stage
+        from xmdpt.ops.cluster import ClusterJobError, submit_stage
 
         try:
             return submit_stage(stage, cfg, repo_root=Path.cwd(), module=module)
@@ -106,7 +106,7 @@ def stage_main(
             logger.error("%s", e)
             raise SystemExit(1) from None
 
-    from xmdpt.preflight import PreflightError, preflight
+    from xmdpt.ops.preflight import PreflightError, preflight
 
     try:  # everything the stage (and the DAG after it) needs to finish, in seconds, before any compute
         preflight(cfg, stage)
@@ -116,7 +116,7 @@ def stage_main(
     logger.info("stage %r: running here with %s", stage, args.params)
     result = run(cfg)
     if args.job_dir:
-        from xmdpt.cluster import upload_outputs
+        from xmdpt.ops.cluster import upload_outputs
 
         upload_outputs(stage, cfg, args.job_dir, root=Path.cwd())
     return result

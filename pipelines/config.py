@@ -1,6 +1,6 @@
 """DVC stage ``config``: the config each stage reads, every default filled in.
 
-Writes ``{artifacts_dir}/config/<stage>.yaml`` for every other stage (``xmdpt.stage_config``); each
+Writes ``{artifacts_dir}/config/<stage>.yaml`` for every other stage (``xmdpt.ops.stage_config``); each
 stage depends on its file, so a changed value reruns the stages that read it, whether it is written
 in ``params.yaml`` or a default of ``xmdpt/config.py``. Always runs here (never as a cluster job)
 and needs nothing but the params file.
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from xmdpt.config import ConfigError, load_config
-from xmdpt.stage_config import write_stage_configs
+from xmdpt.ops.stage_config import write_stage_configs
 
 logger = logging.getLogger("pipelines.config")
 

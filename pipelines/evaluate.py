@@ -1,6 +1,6 @@
 """DVC stage `evaluate`: generate the test pairs with the EMA weights; grid.png + metrics.json.
 
-``python -m pipelines.evaluate [--params params.yaml]`` — see :mod:`xmdpt.evaluation`.
+``python -m pipelines.evaluate [--params params.yaml]`` — see :mod:`xmdpt.ops.evaluation`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from xmdpt.config import XMDPTConfig
 
 
 def run(cfg: XMDPTConfig) -> dict:
-    from xmdpt.evaluation import evaluate_stage
+    from xmdpt.ops.evaluation import evaluate_stage
 
     return evaluate_stage(cfg)
 

@@ -19,7 +19,7 @@ logger = logging.getLogger("pipelines.features")
 def run(cfg: XMDPTConfig) -> dict:
     from xmdpt.encoders.cache_validation import FeatureCacheError
     from xmdpt.encoders.features import build_feature_cache
-    from xmdpt.manifests import FeaturesManifest
+    from xmdpt.ops.manifests import FeaturesManifest
 
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
     try:

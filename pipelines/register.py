@@ -1,6 +1,6 @@
 """DVC stage `register`: log the evaluated model to MLflow, register a version, move the aliases.
 
-``python -m pipelines.register [--params params.yaml]`` — see :mod:`xmdpt.registry`.
+``python -m pipelines.register [--params params.yaml]`` — see :mod:`xmdpt.ops.registry`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from xmdpt.config import XMDPTConfig
 
 
 def run(cfg: XMDPTConfig) -> dict:
-    from xmdpt.registry import register_stage
+    from xmdpt.ops.registry import register_stage
 
     return register_stage(cfg)
 

@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 from pipelines.common import stage_main
 from xmdpt.config import XMDPTConfig
 from xmdpt.synth import write_synthetic_dataset
-from xmdpt.storage import filesystem, is_url
+from xmdpt.ops.storage import filesystem, is_url
 
 logger = logging.getLogger("pipelines.synth")
 

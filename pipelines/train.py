@@ -19,7 +19,7 @@ logger = logging.getLogger("pipelines.train")
 
 
 def run(cfg: XMDPTConfig) -> dict:
-    from xmdpt.tracking import TrackingUnavailableError
+    from xmdpt.ops.tracking import TrackingUnavailableError
     from xmdpt.training.trainer import run_train_stage
 
     try:

@@ -43,7 +43,7 @@ def ray_local():
     """A local Ray instance shared by the whole session (8 logical CPUs on any machine)."""
     import ray
 
-    from xmdpt.ray_utils import init_ray
+    from xmdpt.ops.ray_utils import init_ray
 
     os.environ.pop("RAY_ADDRESS", None)
     init_ray(num_cpus=8)

@@ -97,7 +97,7 @@ def import_official(
     if register:
         import json
 
-        from xmdpt.registry import register_pipeline_folder
+        from xmdpt.ops.registry import register_pipeline_folder
 
         meta = json.loads((folder / "pipeline.json").read_text())
         tags = {"source": "official", "preset": meta.get("preset", preset), "checkpoint": ckpt.name,
@@ -129,7 +129,7 @@ def generate(
     from xmdpt.config import ConfigError
     from xmdpt.data.images import ImageError
     from xmdpt.precision import PrecisionError
-    from xmdpt.registry import ModelNotFoundError
+    from xmdpt.ops.registry import ModelNotFoundError
     from xmdpt.sampling.inputs import PoseError
     from xmdpt.sampling.pipeline import generate as _generate
 
@@ -164,7 +164,7 @@ def serve(
 ) -> None:
     """Serve a registered model over HTTP (Ray Serve): POST /v1/generate, GET /v1/model, GET /healthz."""
     _logging(verbose)
-    from xmdpt.serving import ServeOptions, run_server
+    from xmdpt.ops.serving import ServeOptions, run_server
 
     opts = ServeOptions(model=model, replicas=replicas, max_batch=max_batch, batch_wait_ms=batch_wait_ms,
                         device=device, follow_alias=follow_alias, poll_s=poll_s, max_bytes=int(max_mb * 1024 * 1024),
@@ -192,7 +192,7 @@ def generate_batch(
 ) -> None:
     """Generate a table of (source, pose) rows on Ray Data: PNGs, a Parquet manifest and a quarantine."""
     _logging(verbose)
-    from xmdpt.registry import ModelNotFoundError
+    from xmdpt.ops.registry import ModelNotFoundError
     from xmdpt.sampling.batch import BatchError
     from xmdpt.sampling.batch import generate_batch as _run
 
@@ -214,7 +214,7 @@ def check(
 ) -> None:
     """Check in seconds what every stage needs to finish (weights, metric, devices, storage, tracking); no compute."""
     from xmdpt.config import ConfigError, load_config
-    from xmdpt.preflight import STAGES, format_table, run_checks
+    from xmdpt.ops.preflight import STAGES, format_table, run_checks
 
     try:
         cfg = load_config(params)

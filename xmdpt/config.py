@@ -372,7 +372,7 @@ class ClusterConfig:
 
     With ``submit: true`` every ``python -m pipelines.<stage>`` ships the repository (code, params,
     small artifacts; never data) to the Ray cluster as a job and brings the stage's DVC outputs back
-    (see ``xmdpt.cluster`` and ``docs/cluster.md``).
+    (see ``xmdpt.ops.cluster`` and ``docs/cluster.md``).
     """
 
     submit: bool = False

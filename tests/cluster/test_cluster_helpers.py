@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from pipelines.common import stage_main
-from xmdpt.cluster import (
+from xmdpt.ops.cluster import (
     ClusterJobError,
     download_outputs,
     is_loopback,
@@ -219,7 +219,7 @@ def test_unreachable_cluster_fails_the_stage_with_the_address(tmp_path, monkeypa
 
 
 def test_only_the_autoencoder_driver_asks_for_its_own_gpus():
-    from xmdpt.cluster import entrypoint_resources
+    from xmdpt.ops.cluster import entrypoint_resources
 
     cfg = XMDPTConfig().replace(cluster={"entrypoint_num_cpus": 1.0, "autoencoder_num_gpus": 1.0})
     assert entrypoint_resources(cfg, "autoencoder") == {"entrypoint_num_cpus": 1.0, "entrypoint_num_gpus": 1.0}

@@ -194,7 +194,7 @@ def test_a_lost_node_resumes_training_from_the_checkpoint_on_s3(cluster, dag, s3
     import numpy as np
     from safetensors.numpy import load as load_safetensors
 
-    from xmdpt import tracking
+    from xmdpt.ops import tracking
 
     proj, *_ = dag
     s3_env, client = s3

@@ -74,7 +74,7 @@ def test_dvc_repro_runs_synth_as_a_ray_job(ray_head, s3_store, make_project, tmp
     [pkg] = [p for p in ray_head.temp_dir.glob("session_[0-9]*/runtime_resources/working_dir_files/*")
              if (p / "pipelines" / "synth.py").is_file() and (p / "dvc.yaml").is_file()
              and (p / "params.yaml").read_text() == (proj / "params.yaml").read_text()]
-    assert (pkg / "xmdpt" / "cluster.py").is_file()
+    assert (pkg / "xmdpt" / "ops" / "cluster.py").is_file()
     assert not (pkg / "data" / "not_shipped.bin").exists() and not (pkg / ".git").exists()
 
     # the output came back, identical to a local run of the same library call

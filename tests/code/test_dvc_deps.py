@@ -112,6 +112,6 @@ def test_no_stage_depends_on_project_code_it_does_not_import():
 
 def test_the_closure_follows_lazy_imports():
     files = {str(f.relative_to(REPO)) for f in import_closure("pipelines.evaluate")}
-    # evaluate -> xmdpt.evaluation -> (inside a function) xmdpt.sampling.batch -> xmdpt.sampling.pipeline
-    assert {"xmdpt/evaluation.py", "xmdpt/sampling/batch.py", "xmdpt/sampling/pipeline.py",
+    # evaluate -> xmdpt.ops.evaluation -> (inside a function) xmdpt.sampling.batch -> xmdpt.sampling.pipeline
+    assert {"xmdpt/ops/evaluation.py", "xmdpt/sampling/batch.py", "xmdpt/sampling/pipeline.py",
             "xmdpt/precision.py"} <= files

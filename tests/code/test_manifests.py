@@ -1,4 +1,4 @@
-"""Typed stage contracts (xmdpt/manifests.py): every stage manifest round-trips through its
+"""Typed stage contracts (xmdpt/ops/manifests.py): every stage manifest round-trips through its
 dataclass unchanged; a missing, mistyped or unknown field and a manifest of another format version
 fail with a message naming the file, the stage and the field or version.
 
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from xmdpt import storage
-from xmdpt.manifests import (
+from xmdpt.ops import storage
+from xmdpt.ops.manifests import (
     MANIFESTS, AutoencoderManifest, EvaluateLineage, EvaluateManifest, FeatureImages, FeaturesManifest,
     FeatureTables, ManifestError, ManifestVersionError, PairsCounts, PairsManifest, PairsTables, PosesCounts,
     PosesManifest, PosesTables, TableEntry, TensorSpec, TrainManifest, ValidateManifest, ValidateTables, WorkerStart,

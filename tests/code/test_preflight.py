@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from xmdpt.cli import app
 from xmdpt.config import load_config
-from xmdpt.preflight import STAGES, run_checks
+from xmdpt.ops.preflight import STAGES, run_checks
 
 
 def _params(tmp_path, **sections) -> str:

@@ -11,8 +11,8 @@ import yaml
 
 from pipelines.config import main as config_main
 from xmdpt.config import XMDPTConfig, load_config
-from xmdpt.preflight import STAGES
-from xmdpt.stage_config import CONFIG_SOURCE, STAGE_SECTIONS, config_code_fingerprint, resolved_stage_configs
+from xmdpt.ops.preflight import STAGES
+from xmdpt.ops.stage_config import CONFIG_SOURCE, STAGE_SECTIONS, config_code_fingerprint, resolved_stage_configs
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -28,7 +28,7 @@ def test_every_stage_has_a_resolved_config_it_depends_on():
     files = [f"${{paths.artifacts_dir}}/config/{s}.yaml" for s in STAGE_SECTIONS]
     assert [next(iter(o)) for o in config["outs"]] == files
     assert all(next(iter(o.values())) == {"cache": False} for o in config["outs"])
-    assert {"params.yaml", "xmdpt/config.py", "xmdpt/stage_config.py"} <= set(config["deps"])
+    assert {"params.yaml", "xmdpt/config.py", "xmdpt/ops/stage_config.py"} <= set(config["deps"])
     for stage in STAGE_SECTIONS:
         assert f"${{paths.artifacts_dir}}/config/{stage}.yaml" in stages[stage]["deps"], stage
         assert "xmdpt/config.py" not in stages[stage]["deps"], stage  # a default reruns only its readers

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from xmdpt.manifests import MANIFESTS
+from xmdpt.ops.manifests import MANIFESTS
 
 from xmdpt.data.schema import (
     CONFIDENCE,

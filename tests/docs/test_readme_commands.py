@@ -136,7 +136,7 @@ def _exp_run(argv: list[str]) -> list[str]:
 
 
 def _after_exp_run(root: Path, argv: list[str], out: str) -> None:
-    from xmdpt.stage_config import STAGE_SECTIONS
+    from xmdpt.ops.stage_config import STAGE_SECTIONS
 
     sets = [argv[i + 1] for i, a in enumerate(argv) if a in ("-S", "--set-param")]
     assert sets, argv
@@ -219,7 +219,7 @@ def sandbox(tmp_path_factory) -> tuple[Path, dict]:
     record_dag(root)
     _write_inputs(root)
     env = project_env(MLFLOW_TRACKING_URI=f"sqlite:///{root}/mlflow.db", XMDPT_CACHE_DIR=str(root / "cache"))
-    register = ("from xmdpt.registry import register_pipeline_folder; "
+    register = ("from xmdpt.ops.registry import register_pipeline_folder; "
                 "register_pipeline_folder('path/to/model_folder', 'xmdpt', alias='champion')")
     res = subprocess.run([str(VENV_BIN / "python"), "-c", register], cwd=root, env=env, capture_output=True,
                          text=True, timeout=300)

@@ -10,7 +10,7 @@ from PIL import Image
 from skimage.metrics import structural_similarity
 
 from xmdpt.config import XMDPTConfig
-from xmdpt.evaluation import dataset_image_for_eval, fid_real_paths, generated_for_eval, one_per_target, pixel_metrics
+from xmdpt.ops.evaluation import dataset_image_for_eval, fid_real_paths, generated_for_eval, one_per_target, pixel_metrics
 from xmdpt.metrics.image import ssim_256
 from xmdpt.metrics.protocol import PROTOCOLS, get_protocol
 

@@ -241,7 +241,7 @@ def load(entry: dict):
     """A stage table from its manifest entry, the documented way (pyarrow.dataset + fsspec)."""
     import pyarrow.dataset as pads
 
-    from xmdpt.storage import filesystem
+    from xmdpt.ops.storage import filesystem
 
     fs, path = filesystem(entry["uri"])
     return pads.dataset(path, filesystem=fs, format="parquet").to_table().to_pandas()

@@ -14,7 +14,7 @@ from PIL import Image
 
 from xmdpt.config import XMDPTConfig
 from xmdpt.data import schema
-from xmdpt.manifests import AutoencoderManifest
+from xmdpt.ops.manifests import AutoencoderManifest
 
 IMAGE_HW = (40, 28)  # the DeepFashion aspect (256 x 176), small
 
@@ -48,7 +48,7 @@ def write_image_dataset(root: Path, n_train: int = 8, n_test: int = 4, corrupt: 
     poses_dir = root / "store" / "validate" / "fixture" / "poses"
     poses_dir.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pydict(rows, schema=schema.POSES_SCHEMA), poses_dir / "part-0.parquet")
-    from xmdpt.manifests import TableEntry, ValidateManifest, ValidateTables
+    from xmdpt.ops.manifests import TableEntry, ValidateManifest, ValidateTables
 
     prefix, n = root / "store" / "validate" / "fixture", n_train + n_test
     unused = TableEntry(uri=str(prefix / "unused"), rows=0)  # the autoencoder reads the poses table only

@@ -45,7 +45,7 @@ def _write_split(root: Path) -> dict:
     (root / "tables").mkdir()
     pq.write_table(pa.Table.from_pylist(pairs, schema.PAIRS_SCHEMA), root / "tables" / "pairs.parquet")
     pq.write_table(pa.Table.from_pylist(poses, schema.POSES_SCHEMA), root / "tables" / "poses.parquet")
-    from xmdpt.manifests import TableEntry, ValidateManifest, ValidateTables
+    from xmdpt.ops.manifests import TableEntry, ValidateManifest, ValidateTables
 
     tables = ValidateTables(pairs=TableEntry(uri=str(root / "tables" / "pairs.parquet"), rows=len(pairs)),
                             poses=TableEntry(uri=str(root / "tables" / "poses.parquet"), rows=len(poses)),
@@ -59,7 +59,7 @@ def _stage_inputs(tmp_path: Path, monkeypatch, **evaluate) -> tuple[dict, Path]:
     """Upstream manifests shaped as the stages write them, and params.yaml; returns (validate manifest, artifacts)."""
     import yaml
 
-    from xmdpt.manifests import (FeatureImages, FeaturesManifest, FeatureTables, TableEntry, TrainManifest,
+    from xmdpt.ops.manifests import (FeatureImages, FeaturesManifest, FeatureTables, TableEntry, TrainManifest,
                                  ValidateManifest)
 
     validate = _write_split(tmp_path)
@@ -107,7 +107,7 @@ def test_evaluate_and_register_stages(tmp_path, ray_local, monkeypatch):
 
     manifest = evaluate_entry.main(["--params", str(tmp_path / "params.yaml"), "--no-submit"])
     out = art / "evaluate"
-    from xmdpt.manifests import EvaluateManifest
+    from xmdpt.ops.manifests import EvaluateManifest
 
     assert EvaluateManifest.read(out / "manifest.json").to_dict() == json.loads((out / "manifest.json").read_text())
     metrics = json.loads((out / "metrics.json").read_text())
@@ -158,7 +158,7 @@ def test_evaluate_and_register_stages(tmp_path, ray_local, monkeypatch):
 
     # seeded per pair: the generation actor (the one `xmdpt generate-batch` uses) gives the same images
     # for the same seeds in any batch, different ones for another seed
-    from xmdpt.evaluation import load_test_pairs, pair_seed
+    from xmdpt.ops.evaluation import load_test_pairs, pair_seed
     from xmdpt.sampling.batch import GenerationActor
 
     pairs = load_test_pairs(validate, 2)
@@ -181,7 +181,7 @@ def test_evaluate_and_register_stages(tmp_path, ray_local, monkeypatch):
 
 
 def test_a_pair_cap_spreads_over_every_identity():
-    from xmdpt.evaluation import evenly_spaced
+    from xmdpt.ops.evaluation import evenly_spaced
 
     rows = [f"id{i // 20:02d}_pair{i % 20:02d}" for i in range(160)]  # 8 identities x 20 pairs, sorted
     picked = evenly_spaced(rows, 16)

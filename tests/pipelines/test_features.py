@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from xmdpt.data import schema
-from xmdpt.manifests import FeaturesManifest
+from xmdpt.ops.manifests import FeaturesManifest
 
 pytestmark = pytest.mark.ray
 

@@ -64,7 +64,7 @@ def test_cli_input_errors(mlflow_server, folder, inputs, tmp_path, pose_task_pat
 
 
 def test_register_then_generate_from_champion_in_a_subprocess(mlflow_server, folder, inputs, tmp_path):
-    from xmdpt.registry import log_and_register
+    from xmdpt.ops.registry import log_and_register
 
     server = mlflow_server()  # waits for /health
     kw = dict(model_name="xmdpt", metric="synthetic_pose_iou", higher_is_better=True, tracking_uri=server)
@@ -120,7 +120,7 @@ def test_mlflow_models_serve_answers_base64_json(mlflow_server, local_server, fr
     import base64
     import urllib.request
 
-    from xmdpt.registry import register_pipeline_folder
+    from xmdpt.ops.registry import register_pipeline_folder
 
     server = mlflow_server()
     register_pipeline_folder(folder, "xmdpt-pyfunc", alias="prod", tracking_uri=server)

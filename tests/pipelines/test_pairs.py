@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from xmdpt.data.schema import PAIR_ID, PAIRS_SCHEMA, PERSON_ID, REASON, ROW_KEY, SOURCE_PATH, SPLIT, TARGET_PATH
-from xmdpt.manifests import PairsManifest
+from xmdpt.ops.manifests import PairsManifest
 
 pytestmark = pytest.mark.ray
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from xmdpt.registry import ModelNotFoundError, is_better, log_and_register, resolve_model_dir
+from xmdpt.ops.registry import ModelNotFoundError, is_better, log_and_register, resolve_model_dir
 from xmdpt.sampling.folder import PIPELINE_FILE, PIPELINE_FORMAT
 
 

@@ -19,7 +19,7 @@ from xmdpt.data.schema import (
     STAGE,
     TARGET_PATH,
 )
-from xmdpt.manifests import PairsManifest, PosesManifest, ValidateManifest
+from xmdpt.ops.manifests import PairsManifest, PosesManifest, ValidateManifest
 
 pytestmark = pytest.mark.ray
 

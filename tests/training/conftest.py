@@ -17,7 +17,7 @@ import pytest
 
 from xmdpt.config import XMDPTConfig
 from xmdpt.data import schema
-from xmdpt.manifests import (AutoencoderManifest, FeatureImages, FeaturesManifest, FeatureTables, TableEntry,
+from xmdpt.ops.manifests import (AutoencoderManifest, FeatureImages, FeaturesManifest, FeatureTables, TableEntry,
                              TensorSpec, ValidateManifest, ValidateTables)
 
 # a model small enough for a CPU test step: 8x8x4 latents, 5 tokens of width 16

@@ -95,7 +95,7 @@ def test_join_refuses_a_feature_shard_with_damaged_page_bytes(fixture_cache):
     """The features stage writes a CRC32 per page; zeroed tensor bytes fail the join with the shard
     named, where a plain read would hand wrong latents to training."""
     from xmdpt.encoders.features import _write_atomic
-    from xmdpt.storage import filesystem
+    from xmdpt.ops.storage import filesystem
     from xmdpt.training.data import _JoinFeatures
 
     uri = fixture_cache["features"]["tables"]["features"]["uri"]

@@ -34,7 +34,7 @@ import numpy as np
 
 from xmdpt.data.keypoints import GFLA_FRAME_HW, gfla_lists_to_kps, pidm_txt_to_image_frame, scale_keypoints
 from xmdpt.data.schema import NUM_KEYPOINTS
-from xmdpt.storage import filesystem, is_url
+from xmdpt.ops.storage import filesystem, is_url
 
 logger = logging.getLogger(__name__)
 

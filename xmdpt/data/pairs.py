@@ -35,8 +35,8 @@ from xmdpt.data.schema import (
     TARGET_PATH,
     WIDTH,
 )
-from xmdpt.manifests import PairsCounts, PairsManifest, PairsTables, TableEntry
-from xmdpt.storage import stage_prefix
+from xmdpt.ops.manifests import PairsCounts, PairsManifest, PairsTables, TableEntry
+from xmdpt.ops.storage import stage_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def probe_images(root: str, paths: list[str], num_cpus: float) -> pd.DataFrame:
         return pd.DataFrame({IMAGE_PATH: [], HEIGHT: [], WIDTH: [], _ERROR: []})
     import ray
 
-    from xmdpt.ray_utils import init_ray
+    from xmdpt.ops.ray_utils import init_ray
 
     init_ray()
     ds = ray.data.from_items([{IMAGE_PATH: p} for p in paths],
@@ -90,7 +90,7 @@ def probe_images(root: str, paths: list[str], num_cpus: float) -> pd.DataFrame:
 
 def build_pairs(cfg: XMDPTConfig) -> dict:
     """Run the `pairs` stage; return the manifest (also written to ``{artifacts_dir}/pairs/manifest.json``)."""
-    from xmdpt.ray_utils import init_ray
+    from xmdpt.ops.ray_utils import init_ray
 
     init_ray(cfg=cfg)  # joins $RAY_ADDRESS; a local storage_root on a cluster of several nodes stops here
     root = resolve_root(cfg.paths.dataset_root)

@@ -50,8 +50,8 @@ from xmdpt.data.schema import (
     SPLIT,
     WIDTH,
 )
-from xmdpt.manifests import PairsManifest, PosesCounts, PosesManifest, PosesTables, TableEntry
-from xmdpt.storage import stage_prefix
+from xmdpt.ops.manifests import PairsManifest, PosesCounts, PosesManifest, PosesTables, TableEntry
+from xmdpt.ops.storage import stage_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ def extract_poses(cfg: XMDPTConfig) -> dict:
     import ray
     from ray.data import ActorPoolStrategy
 
-    from xmdpt.ray_utils import init_ray
+    from xmdpt.ops.ray_utils import init_ray
 
     pairs_manifest = PairsManifest.load(cfg.paths.artifacts_dir)
     root, layout = resolve_root(cfg.paths.dataset_root), pairs_manifest.layout

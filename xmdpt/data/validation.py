@@ -35,8 +35,8 @@ import pyarrow as pa
 from xmdpt.config import XMDPTConfig
 from xmdpt.data.quarantine import fresh_prefix, quarantine_table, read_table, summarize_reasons, write_table
 from xmdpt.data.schema import IMAGE_PATH, QUARANTINE_SCHEMA, SPLIT
-from xmdpt.manifests import PairsManifest, PosesManifest, TableEntry, ValidateManifest, ValidateTables
-from xmdpt.storage import stage_prefix
+from xmdpt.ops.manifests import PairsManifest, PosesManifest, TableEntry, ValidateManifest, ValidateTables
+from xmdpt.ops.storage import stage_prefix
 
 logger = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ import numpy as np
 import pyarrow.dataset as pads
 
 from xmdpt.data import schema
-from xmdpt.manifests import FeaturesManifest
-from xmdpt.storage import filesystem
+from xmdpt.ops.manifests import FeaturesManifest
+from xmdpt.ops.storage import filesystem
 
 logger = logging.getLogger(__name__)
 

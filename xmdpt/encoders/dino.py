@@ -44,7 +44,7 @@ import torch.nn.functional as F
 
 from xmdpt.config import EncodersConfig
 from xmdpt.precision import autocast_context
-from xmdpt.storage import filesystem
+from xmdpt.ops.storage import filesystem
 
 logger = logging.getLogger(__name__)
 

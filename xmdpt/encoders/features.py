@@ -31,9 +31,9 @@ import pyarrow.parquet as pq
 
 from xmdpt.config import EncodersConfig, XMDPTConfig
 from xmdpt.data import schema
-from xmdpt.manifests import (AutoencoderManifest, FeatureImages, FeaturesManifest, FeatureTables, TableEntry,
+from xmdpt.ops.manifests import (AutoencoderManifest, FeatureImages, FeaturesManifest, FeatureTables, TableEntry,
                              TensorSpec, ValidateManifest)
-from xmdpt.storage import filesystem, join, stage_prefix
+from xmdpt.ops.storage import filesystem, join, stage_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -282,7 +282,7 @@ def build_feature_cache(
         validate: run :func:`validate_feature_cache` at the end and raise if it fails.
 
     Returns:
-        The stage manifest (:class:`~xmdpt.manifests.FeaturesManifest`) as its JSON dict (see the
+        The stage manifest (:class:`~xmdpt.ops.manifests.FeaturesManifest`) as its JSON dict (see the
         module docstring and ``DESIGN.md``).
 
     Raises:
@@ -292,7 +292,7 @@ def build_feature_cache(
 
     from xmdpt.encoders.cache_validation import FeatureCacheError, validate_feature_cache
     from xmdpt.encoders.inputs import read_image_table
-    from xmdpt.ray_utils import init_ray
+    from xmdpt.ops.ray_utils import init_ray
 
     enc, size = cfg.encoders, cfg.data.image_size
     validate_manifest = ValidateManifest.coerce(validate_manifest or ValidateManifest.load(cfg.paths.artifacts_dir))

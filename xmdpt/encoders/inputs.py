@@ -16,8 +16,8 @@ import numpy as np
 import pyarrow as pa
 
 from xmdpt.data import schema
-from xmdpt.manifests import ValidateManifest
-from xmdpt.storage import filesystem
+from xmdpt.ops.manifests import ValidateManifest
+from xmdpt.ops.storage import filesystem
 
 logger = logging.getLogger(__name__)
 

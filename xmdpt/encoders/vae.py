@@ -42,8 +42,8 @@ from fsspec.implementations.local import LocalFileSystem
 
 from xmdpt.config import EncodersConfig, XMDPTConfig
 from xmdpt.data import schema
-from xmdpt.manifests import AutoencoderManifest, ValidateManifest
-from xmdpt.storage import filesystem, join, stage_prefix
+from xmdpt.ops.manifests import AutoencoderManifest, ValidateManifest
+from xmdpt.ops.storage import filesystem, join, stage_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -475,7 +475,7 @@ def fit_autoencoder(cfg: XMDPTConfig,
     a finished codec is reused (content-addressed: same params and data give the same weights).
 
     Returns:
-        The stage manifest (:class:`~xmdpt.manifests.AutoencoderManifest`) as its JSON dict: ``stage,
+        The stage manifest (:class:`~xmdpt.ops.manifests.AutoencoderManifest`) as its JSON dict: ``stage,
         uri, latent_scale, latent_shape, image_size, config (the AutoencoderKL config), source,
         metrics, recon_uri``.
     """

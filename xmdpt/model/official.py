@@ -21,7 +21,7 @@ from xmdpt.config import MODEL_PRESETS, ConfigError, DataConfig, DiffusionConfig
 from xmdpt.model.folder import check_state_dict, write_model_folder
 from xmdpt.model.layers import relative_position_index
 from xmdpt.model.xmdpt import XMDPT
-from xmdpt.storage import file_sha256
+from xmdpt.ops.storage import file_sha256
 
 logger = logging.getLogger(__name__)
 

@@ -79,8 +79,8 @@ class ModelRef:
 
 def resolve_model(model: str, tracking_uri: Optional[str] = None) -> ModelRef:
     """Pin ``models:/NAME@ALIAS`` to its current version (a moved alias does not change a running job)."""
-    from xmdpt.registry import ModelNotFoundError, _pin_uri, is_model_uri
-    from xmdpt.tracking import resolve_tracking_uri
+    from xmdpt.ops.registry import ModelNotFoundError, _pin_uri, is_model_uri
+    from xmdpt.ops.tracking import resolve_tracking_uri
 
     if not is_model_uri(model):
         p = Path(model)
@@ -106,7 +106,7 @@ def resolve_model(model: str, tracking_uri: Optional[str] = None) -> ModelRef:
 # ------------------------------------------------------------------------------------------------
 
 def _join_relative(base: str, p: str) -> str:
-    from xmdpt.storage import is_url, join
+    from xmdpt.ops.storage import is_url, join
 
     if is_url(p) or os.path.isabs(p):
         return p
@@ -126,7 +126,7 @@ def read_pairs_table(uri: str) -> list[dict[str, Any]]:
     """
     import pandas as pd
 
-    from xmdpt.storage import filesystem
+    from xmdpt.ops.storage import filesystem
 
     fs, path = filesystem(uri)
     if not fs.exists(path):
@@ -196,7 +196,7 @@ class GenerationActor:
         self.sample = dict(sample or {})
         self.out_images = out_images
         if out_images:
-            from xmdpt.storage import filesystem
+            from xmdpt.ops.storage import filesystem
 
             fs, path = filesystem(out_images)
             fs.makedirs(path, exist_ok=True)
@@ -207,7 +207,7 @@ class GenerationActor:
         self.pad = pad
 
     def _read_bytes(self, uri: str) -> bytes:
-        from xmdpt.storage import filesystem
+        from xmdpt.ops.storage import filesystem
 
         fs, path = filesystem(uri)
         with fs.open(path, "rb") as f:
@@ -216,7 +216,7 @@ class GenerationActor:
     def _load_pose(self, spec: str, name: str):
         from xmdpt.data.images import ImageError
         from xmdpt.sampling.inputs import PoseError, is_pose_annotation, is_pose_json, parse_pose
-        from xmdpt.storage import is_url
+        from xmdpt.ops.storage import is_url
 
         if not spec:
             raise PoseError(f"{name}: empty pose")
@@ -246,7 +246,7 @@ class GenerationActor:
 
         from xmdpt.data.images import ImageError, load_rgb, resize_square
         from xmdpt.sampling.inputs import PoseError, prepare_source, restore_aspect
-        from xmdpt.storage import filesystem, join
+        from xmdpt.ops.storage import filesystem, join
 
         n = len(batch["row"])
         S = self.pipe.image_size
@@ -310,7 +310,7 @@ def map_generation(rows: Sequence[dict[str, Any]], model_uri: str, *, batch_size
     import ray
     from ray.data import ActorPoolStrategy
 
-    from xmdpt.ray_utils import init_ray
+    from xmdpt.ops.ray_utils import init_ray
 
     init_ray()
     ds = ray.data.from_items(list(rows), override_num_blocks=max(1, math.ceil(len(rows) / max(1, batch_size))))
@@ -365,7 +365,7 @@ def generate_batch(model: str, pairs: str, out: str, *, actors: int = 1, batch_s
     """
     from tqdm.auto import tqdm
 
-    from xmdpt.storage import filesystem, join
+    from xmdpt.ops.storage import filesystem, join
 
     t0 = time.time()
     rows = read_pairs_table(pairs)

@@ -10,7 +10,7 @@
       pipeline.json        format marker, latent scale, image size, encoder specs, lineage
 
 It is what ``xmdpt generate --model DIR`` reads, what the `register` stage logs to MLflow as the
-pyfunc artifact ``model_dir``, and what :func:`xmdpt.registry.resolve_model_dir` returns after a
+pyfunc artifact ``model_dir``, and what :func:`xmdpt.ops.registry.resolve_model_dir` returns after a
 download. :func:`build_pipeline_folder` assembles it from the training model folder and the
 feature manifest (which names the codec and the encoder weights the model was trained on).
 """
@@ -25,7 +25,7 @@ from typing import Any, Mapping, Optional
 
 from fsspec.implementations.local import LocalFileSystem
 
-from xmdpt.storage import filesystem
+from xmdpt.ops.storage import filesystem
 
 logger = logging.getLogger(__name__)
 

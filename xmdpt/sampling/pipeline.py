@@ -104,12 +104,12 @@ class XMDPTPipeline:
         """Load from a local pipeline folder or an MLflow model URI (``models:/xmdpt@champion``, ``runs:/…``).
 
         Raises:
-            xmdpt.registry.ModelNotFoundError: unknown folder or URI.
+            xmdpt.ops.registry.ModelNotFoundError: unknown folder or URI.
         """
         from xmdpt.diffusion import GaussianDiffusion
         from xmdpt.encoders.vae import LatentCodec
         from xmdpt.model.folder import load_model_folder
-        from xmdpt.registry import resolve_model_dir
+        from xmdpt.ops.registry import resolve_model_dir
 
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         folder = resolve_model_dir(uri_or_dir, tracking_uri=tracking_uri, cache_dir=cache_dir)

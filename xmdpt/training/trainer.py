@@ -15,7 +15,7 @@ Driver (:func:`train`):
 6. copy the final EMA model folder next to the run and return the summary (history, metrics).
 
 Worker (:func:`train_loop_per_worker`): model, EMA, AdamW, resume, DDP, the step loop, rank-0
-logging (MLflow via :mod:`xmdpt.tracking`, tqdm) and checkpoints. Ray-specific lines are marked
+logging (MLflow via :mod:`xmdpt.ops.tracking`, tqdm) and checkpoints. Ray-specific lines are marked
 ``# [ray]``.
 
 Storage layout under ``{storage_root}/train/``::
@@ -43,9 +43,9 @@ from typing import Any, Mapping, Optional
 import numpy as np
 import torch
 
-from xmdpt import storage, tracking
+from xmdpt.ops import storage, tracking
 from xmdpt.config import XMDPTConfig, section_hash
-from xmdpt.manifests import (AutoencoderManifest, FeaturesManifest, StageManifest, TrainManifest, ValidateManifest,
+from xmdpt.ops.manifests import (AutoencoderManifest, FeaturesManifest, StageManifest, TrainManifest, ValidateManifest,
                              WorkerStart)
 from xmdpt.training.data import Collate, FeatureSpec, build_train_table, read_train_table
 from xmdpt.training.step import LOSS_KEYS, autocast_dtype, lr_at, train_step
@@ -440,7 +440,7 @@ def train(cfg: XMDPTConfig) -> dict[str, Any]:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig  # [ray]
     from ray.train.torch import TorchTrainer  # [ray]
 
-    from xmdpt.ray_utils import check_resources, init_ray
+    from xmdpt.ops.ray_utils import check_resources, init_ray
 
     t0 = time.time()
     uri = tracking.resolve_tracking_uri(cfg.paths.mlflow_tracking_uri)

@@ -90,7 +90,7 @@ def check_pose_model(stage: str, cfg: XMDPTConfig) -> list[Check]:
 
 
 def check_dataset(stage: str, cfg: XMDPTConfig) -> list[Check]:
-    from xmdpt.storage import filesystem
+    from xmdpt.ops.storage import filesystem
 
     root = cfg.paths.dataset_root
     try:
@@ -103,7 +103,7 @@ def check_dataset(stage: str, cfg: XMDPTConfig) -> list[Check]:
 
 
 def check_storage(stage: str, cfg: XMDPTConfig) -> list[Check]:
-    from xmdpt.storage import filesystem, join
+    from xmdpt.ops.storage import filesystem, join
 
     root = cfg.paths.storage_root
     probe = join(root, f".preflight-{uuid.uuid4().hex[:8]}")
@@ -121,7 +121,7 @@ def check_storage(stage: str, cfg: XMDPTConfig) -> list[Check]:
 
 
 def check_tracking(stage: str, cfg: XMDPTConfig) -> list[Check]:
-    from xmdpt.tracking import TrackingUnavailableError, check_tracking_server, resolve_tracking_uri
+    from xmdpt.ops.tracking import TrackingUnavailableError, check_tracking_server, resolve_tracking_uri
 
     uri = resolve_tracking_uri(cfg.paths.mlflow_tracking_uri)
     try:

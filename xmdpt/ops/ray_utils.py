@@ -19,7 +19,7 @@ from typing import Any, Mapping, Optional
 from urllib.parse import urlsplit
 
 from xmdpt.config import ConfigError, XMDPTConfig
-from xmdpt.storage import is_url
+from xmdpt.ops.storage import is_url
 
 logger = logging.getLogger(__name__)
 

@@ -45,8 +45,8 @@ from xmdpt.metrics.protocol import get_protocol
 from xmdpt.metrics.stats import paired_comparison
 from xmdpt.metrics.synthetic import (foreground_mask, mask_iou, part_colour_error, part_masks, pose_match,
                                      view_consistency)
-from xmdpt.manifests import EvaluateLineage, EvaluateManifest, FeaturesManifest, TrainManifest, ValidateManifest
-from xmdpt.storage import absolute
+from xmdpt.ops.manifests import EvaluateLineage, EvaluateManifest, FeaturesManifest, TrainManifest, ValidateManifest
+from xmdpt.ops.storage import absolute
 
 logger = logging.getLogger(__name__)
 
@@ -154,9 +154,9 @@ def generate_pairs(cfg: XMDPTConfig, model_dir: str, pairs: Sequence[dict[str, A
         ``({variant: {row index: uint8 (S, S, 3)}}, {row index: reason})`` for variants guided /
         cond_only / null_cond; rows whose source image cannot be read are quarantined with the reason.
     """
-    from xmdpt.ray_utils import init_ray
+    from xmdpt.ops.ray_utils import init_ray
     from xmdpt.sampling.batch import map_generation
-    from xmdpt.storage import join
+    from xmdpt.ops.storage import join
 
     init_ray(cfg=cfg)  # before asking the cluster for GPUs
     root = absolute(cfg.paths.dataset_root)
@@ -208,7 +208,7 @@ def save_generated(uri: str, pairs: Sequence[dict[str, Any]], generated: dict[st
     """Keep the generated images (PNG per variant and pair row) and, written last, their manifest."""
     from PIL import Image
 
-    from xmdpt.storage import filesystem
+    from xmdpt.ops.storage import filesystem
 
     fs, base = filesystem(uri)
     base = base.rstrip("/")
@@ -231,7 +231,7 @@ def load_generated(uri: str, pairs: Sequence[dict[str, Any]]
     """The images :func:`save_generated` kept for exactly these pairs, or None (absent, incomplete, other pairs)."""
     from PIL import Image
 
-    from xmdpt.storage import filesystem
+    from xmdpt.ops.storage import filesystem
 
     fs, base = filesystem(uri)
     base = base.rstrip("/")
@@ -451,7 +451,7 @@ def _lpips(cfg: XMDPTConfig, gens: np.ndarray, gts: np.ndarray) -> dict[str, Any
 
 def _provenance(metric: str, path: str, torchvision_prefix: str) -> dict[str, Any]:
     """sha256 of the backbone file, and whether it is torchvision's published checkpoint (by hash prefix)."""
-    from xmdpt.storage import file_sha256
+    from xmdpt.ops.storage import file_sha256
 
     digest = file_sha256(path)
     return {f"{metric}_weights_sha256": digest, f"{metric}_weights_are_torchvision": digest.startswith(torchvision_prefix)}
@@ -616,7 +616,7 @@ def evaluate(cfg: XMDPTConfig, model_dir: str, validate_manifest: ValidateLike, 
     Returns:
         The metrics dict (also written to ``metrics.json``).
     """
-    from xmdpt.storage import filesystem
+    from xmdpt.ops.storage import filesystem
 
     pairs = load_test_pairs(validate_manifest, cfg.evaluate.max_pairs,
                             rule=get_protocol(cfg.evaluate.protocol).test_pairs, seed=cfg.sample.seed)
@@ -685,7 +685,7 @@ def evaluate_stage(cfg: XMDPTConfig) -> dict[str, Any]:
     import shutil
 
     from xmdpt.sampling.folder import write_pipeline_folder
-    from xmdpt.storage import is_url, join, stage_prefix
+    from xmdpt.ops.storage import is_url, join, stage_prefix
 
     art = Path(cfg.paths.artifacts_dir)
     validate, features, train = (ValidateManifest.load(art), FeaturesManifest.load(art), TrainManifest.load(art))
@@ -704,7 +704,7 @@ def evaluate_stage(cfg: XMDPTConfig) -> dict[str, Any]:
     else:
         local = Path(prefix) / "pipeline"
     if is_url(inputs["model_folder"]):
-        from xmdpt.storage import filesystem
+        from xmdpt.ops.storage import filesystem
 
         fs, path = filesystem(inputs["model_folder"])
         tmp_model = local.with_name(local.name + ".model")
@@ -714,7 +714,7 @@ def evaluate_stage(cfg: XMDPTConfig) -> dict[str, Any]:
     write_pipeline_folder(local, lineage=lineage.to_dict(), **inputs)
     pipeline_uri = str(local)
     if is_url(prefix):
-        from xmdpt.storage import filesystem
+        from xmdpt.ops.storage import filesystem
 
         fs, path = filesystem(join(prefix, "pipeline"))
         fs.put(str(local) + "/", path.rstrip("/") + "/", recursive=True)

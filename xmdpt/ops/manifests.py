@@ -28,7 +28,7 @@ import typing
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, Optional, TypeVar, Union
 
-from xmdpt import storage
+from xmdpt.ops import storage
 
 __all__ = [
     "ManifestError", "ManifestVersionError", "Record", "StageManifest", "TableEntry", "TensorSpec",
@@ -226,13 +226,13 @@ class StageManifest(Record):
     def write(self, path: str | Path) -> dict[str, Any]:
         """Check the JSON against the contract (a value of another type than its field's is an
         error here, not a surprise for the next stage), write it atomically (see
-        :func:`xmdpt.storage.write_manifest`) and return it."""
+        :func:`xmdpt.ops.storage.write_manifest`) and return it."""
         data = self.to_dict()
         type(self).from_dict(data, str(path))
         return storage.write_manifest(path, data)
 
     def key(self) -> str:
-        """Identity of this output for downstream content addresses (:func:`xmdpt.storage.manifest_key`)."""
+        """Identity of this output for downstream content addresses (:func:`xmdpt.ops.storage.manifest_key`)."""
         return storage.manifest_key(self.to_dict())
 
 

@@ -6,7 +6,7 @@ no global active run), so the Ray driver creates the run and the rank-0 worker l
 
 Tracking URI: ``paths.mlflow_tracking_uri`` if set, else ``$MLFLOW_TRACKING_URI``, else
 ``sqlite:///<cwd>/mlflow.db`` (the repository root under DVC; the same rule as
-:func:`xmdpt.registry.resolve_tracking_uri`). MLflow 3's default store is SQLite; a plain
+:func:`xmdpt.ops.registry.resolve_tracking_uri`). MLflow 3's default store is SQLite; a plain
 ``file:`` store is rejected by MLflow itself. A remote server is probed first with a short timeout
 (:func:`check_tracking_server`), because the MLflow client retries HTTP for minutes by default.
 """
@@ -228,7 +228,7 @@ def lineage_tags(manifests: Mapping[str, Any], manifest_paths: Mapping[str, str]
                  extra: Optional[Mapping[str, Any]] = None, repo: str | Path = ".") -> dict[str, str]:
     """Tags: git commit, DVC stage hashes, upstream manifest paths and URIs (+ ``extra``).
 
-    ``manifests``: stage -> its typed manifest (:mod:`xmdpt.manifests`; each has a ``uri``).
+    ``manifests``: stage -> its typed manifest (:mod:`xmdpt.ops.manifests`; each has a ``uri``).
     """
     tags = {"git_commit": git_commit(repo)}
     for stage, h in dvc_stage_hashes(Path(repo) / "dvc.lock").items():

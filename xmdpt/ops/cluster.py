@@ -48,7 +48,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from xmdpt.config import ConfigError, XMDPTConfig
-from xmdpt.storage import filesystem, is_url, join
+from xmdpt.ops.storage import filesystem, is_url, join
 
 logger = logging.getLogger(__name__)
 

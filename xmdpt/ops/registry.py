@@ -15,7 +15,7 @@ Consumers resolve ``models:/name@alias``, ``models:/name/3``, ``runs:/…`` or `
 :func:`resolve_model_dir`: the model is downloaded once to a cache folder and the pipeline folder
 inside it is returned.
 
-The tracking URI is resolved by :func:`xmdpt.tracking.resolve_tracking_uri` (configured value,
+The tracking URI is resolved by :func:`xmdpt.ops.tracking.resolve_tracking_uri` (configured value,
 else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` in the working directory), as training does.
 """
 
@@ -30,7 +30,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from xmdpt.tracking import lineage_tags, resolve_tracking_uri
+from xmdpt.ops.tracking import lineage_tags, resolve_tracking_uri
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ CHAMPION_ALIAS = "champion"
 MODEL_DIR_ARTIFACT = "model_dir"
 METRIC_TAG_PREFIX = "metric."
 LOGGED_MODEL_NAME = "xmdpt"
-MODEL_CODE = Path(__file__).resolve().parent / "sampling" / "mlflow_model.py"
+MODEL_CODE = Path(__file__).resolve().parents[1] / "sampling" / "mlflow_model.py"
 MODEL_URI_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/", "s3://", "gs://", "file://")
 
 
@@ -371,7 +371,7 @@ def register_stage(cfg) -> dict[str, Any]:
     Returns:
         The ``registered.json`` record.
     """
-    from xmdpt.manifests import EvaluateManifest, FeaturesManifest, TrainManifest, ValidateManifest
+    from xmdpt.ops.manifests import EvaluateManifest, FeaturesManifest, TrainManifest, ValidateManifest
 
     art = Path(cfg.paths.artifacts_dir)
     ev = EvaluateManifest.load(art)
@@ -381,7 +381,7 @@ def register_stage(cfg) -> dict[str, Any]:
     metrics = json.loads(metrics_path.read_text())
     model_dir = ev.pipeline_local
     if not model_dir or not Path(model_dir).is_dir():  # evaluated elsewhere (cluster job): fetch the folder
-        from xmdpt.storage import filesystem
+        from xmdpt.ops.storage import filesystem
 
         fs, path = filesystem(ev.pipeline_uri)
         model_dir = default_cache_dir() / "pipelines" / hashlib.sha256(ev.pipeline_uri.encode()).hexdigest()[:16]

@@ -17,7 +17,7 @@ Which sections a stage reads is decided from the code it runs (the stage's ``run
 functions it calls with the config), plus the sections it writes into its outputs for later stages
 to read back (the `train` stage stores the config in the model folder; sampling reads its ``data``,
 ``encoders``, ``diffusion`` and ``sample`` sections from there). The checks every stage starts with
-(:mod:`xmdpt.preflight`, and :func:`xmdpt.ray_utils.init_ray` on a cluster) read more, but only to
+(:mod:`xmdpt.ops.preflight`, and :func:`xmdpt.ops.ray_utils.init_ray` on a cluster) read more, but only to
 refuse a run, never to shape an output. ``cluster`` is in no stage's set: where a stage ran is not
 one of its parameters.
 """
@@ -49,7 +49,7 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "register": ("paths", "register"),
 }
 
-CONFIG_SOURCE = Path(__file__).with_name("config.py")
+CONFIG_SOURCE = Path(__file__).resolve().parents[1] / "config.py"
 # module-level tables of config.py that are values, like the dataclass defaults: their effect is in
 # the resolved sections (a preset fills the model section), so they are left out of the fingerprint
 _VALUE_TABLES = {"MODEL_PRESETS", "_PAPER_ENCODERS"}
@@ -96,7 +96,7 @@ def resolved_stage_configs(cfg: XMDPTConfig, fingerprint: str | None = None) -> 
 
 def _dump(stage: str, resolved: Mapping[str, Any]) -> str:
     head = (f"# The config the `{stage}` stage reads, every default filled in: written by the `config`\n"
-            f"# stage from params.yaml and xmdpt/config.py (xmdpt/stage_config.py); a DVC dep of `{stage}`.\n")
+            f"# stage from params.yaml and xmdpt/config.py (xmdpt/ops/stage_config.py); a DVC dep of `{stage}`.\n")
     return head + yaml.safe_dump(dict(resolved), sort_keys=False, default_flow_style=False, width=100)
 
 

@@ -97,7 +97,7 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
 
 def manifest_key(manifest: Any) -> str:
     """Identity of an upstream output (its JSON dict, or a typed manifest of
-    :mod:`xmdpt.manifests`), for hashing into downstream prefixes."""
+    :mod:`xmdpt.ops.manifests`), for hashing into downstream prefixes."""
     if hasattr(manifest, "to_dict"):
         manifest = manifest.to_dict()
     return section_hash(manifest)

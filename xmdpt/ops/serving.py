@@ -350,7 +350,7 @@ def run_server(opts: ServeOptions, *, host: str = "127.0.0.1", port: int = 8000,
     """
     from ray import serve
 
-    from xmdpt.ray_utils import init_ray
+    from xmdpt.ops.ray_utils import init_ray
 
     init_ray()
     serve.start(http_options={"host": host, "port": port})
