@@ -14,15 +14,14 @@ from typing import Optional, Sequence
 
 from pipelines.common import stage_main
 from xmdpt.config import XMDPTConfig
+from xmdpt.encoders.vae import fit_autoencoder
+from xmdpt.ops.manifests import AutoencoderManifest
+from xmdpt.ops.storage import filesystem
 
 logger = logging.getLogger("pipelines.autoencoder")
 
 
 def run(cfg: XMDPTConfig) -> dict:
-    from xmdpt.encoders.vae import fit_autoencoder
-    from xmdpt.ops.manifests import AutoencoderManifest
-    from xmdpt.ops.storage import filesystem
-
     manifest = fit_autoencoder(cfg)
     out = Path(cfg.paths.artifacts_dir) / "autoencoder"
     out.mkdir(parents=True, exist_ok=True)

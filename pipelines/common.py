@@ -27,6 +27,9 @@ from typing import Any, Callable, Optional, Sequence
 import yaml
 
 from xmdpt.config import ConfigError, XMDPTConfig, load_config
+from xmdpt.ops.cluster import ClusterJobError, submit_stage, upload_outputs
+from xmdpt.ops.preflight import PreflightError, preflight
+from xmdpt.ops.storage import filesystem
 
 logger = logging.getLogger("pipelines")
 
@@ -47,7 +50,6 @@ def load_params(params: str) -> XMDPTConfig:
     """Load a params file from a local path or an fsspec URL (jobs read theirs from the job dir)."""
     if "://" not in params:
         return load_config(params)
-    from xmdpt.ops.storage import filesystem
 
     fs, path = filesystem(params)
     if not fs.exists(path):
@@ -98,15 +100,12 @@ def stage_main(
 
     submit = cfg.cluster.submit and not args.no_submit and os.environ.get("XMDPT_NO_SUBMIT", "") in ("", "0")
     if submit:
-        from xmdpt.ops.cluster import ClusterJobError, submit_stage
 
         try:
             return submit_stage(stage, cfg, repo_root=Path.cwd(), module=module)
         except (ConfigError, ClusterJobError) as e:
             logger.error("%s", e)
             raise SystemExit(1) from None
-
-    from xmdpt.ops.preflight import PreflightError, preflight
 
     try:  # everything the stage (and the DAG after it) needs to finish, in seconds, before any compute
         preflight(cfg, stage)
@@ -116,7 +115,6 @@ def stage_main(
     logger.info("stage %r: running here with %s", stage, args.params)
     result = run(cfg)
     if args.job_dir:
-        from xmdpt.ops.cluster import upload_outputs
 
         upload_outputs(stage, cfg, args.job_dir, root=Path.cwd())
     return result

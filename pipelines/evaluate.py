@@ -7,11 +7,10 @@ from __future__ import annotations
 
 from pipelines.common import stage_main
 from xmdpt.config import XMDPTConfig
+from xmdpt.ops.evaluation import evaluate_stage
 
 
 def run(cfg: XMDPTConfig) -> dict:
-    from xmdpt.ops.evaluation import evaluate_stage
-
     return evaluate_stage(cfg)
 
 

@@ -12,15 +12,14 @@ from typing import Optional, Sequence
 
 from pipelines.common import stage_main
 from xmdpt.config import XMDPTConfig
+from xmdpt.encoders.cache_validation import FeatureCacheError
+from xmdpt.encoders.features import build_feature_cache
+from xmdpt.ops.manifests import FeaturesManifest
 
 logger = logging.getLogger("pipelines.features")
 
 
 def run(cfg: XMDPTConfig) -> dict:
-    from xmdpt.encoders.cache_validation import FeatureCacheError
-    from xmdpt.encoders.features import build_feature_cache
-    from xmdpt.ops.manifests import FeaturesManifest
-
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
     try:
         manifest = build_feature_cache(cfg)

@@ -13,13 +13,12 @@ from typing import Optional, Sequence
 
 from pipelines.common import stage_main
 from xmdpt.config import XMDPTConfig
+from xmdpt.data.pairs import build_pairs
 
 logger = logging.getLogger("pipelines.pairs")
 
 
 def run(cfg: XMDPTConfig) -> dict:
-    from xmdpt.data.pairs import build_pairs
-
     manifest = build_pairs(cfg)
     logger.info("pairs: %s -> %s", manifest["counts"], manifest["uri"])
     return manifest

@@ -12,13 +12,12 @@ from typing import Optional, Sequence
 
 from pipelines.common import stage_main
 from xmdpt.config import XMDPTConfig
+from xmdpt.data.poses import extract_poses
 
 logger = logging.getLogger("pipelines.poses")
 
 
 def run(cfg: XMDPTConfig) -> dict:
-    from xmdpt.data.poses import extract_poses
-
     manifest = extract_poses(cfg)
     logger.info("poses: %s -> %s", manifest["counts"], manifest["uri"])
     return manifest

@@ -14,14 +14,13 @@ from typing import Optional, Sequence
 
 from pipelines.common import stage_main
 from xmdpt.config import XMDPTConfig
+from xmdpt.ops.tracking import TrackingUnavailableError
+from xmdpt.training.trainer import run_train_stage
 
 logger = logging.getLogger("pipelines.train")
 
 
 def run(cfg: XMDPTConfig) -> dict:
-    from xmdpt.ops.tracking import TrackingUnavailableError
-    from xmdpt.training.trainer import run_train_stage
-
     try:
         manifest = run_train_stage(cfg)
     except TrackingUnavailableError as e:

@@ -13,13 +13,12 @@ from typing import Optional, Sequence
 
 from pipelines.common import stage_main
 from xmdpt.config import XMDPTConfig
+from xmdpt.data.validation import DataValidationError, validate_dataset
 
 logger = logging.getLogger("pipelines.validate")
 
 
 def run(cfg: XMDPTConfig) -> dict:
-    from xmdpt.data.validation import DataValidationError, validate_dataset
-
     logging.getLogger("great_expectations").setLevel(logging.WARNING)  # its INFO chatter drowns the report
     try:
         manifest, _ = validate_dataset(cfg)

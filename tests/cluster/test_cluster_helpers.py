@@ -154,6 +154,9 @@ def _params(tmp_path: Path, **cluster) -> Path:
 
 def test_stage_main_runs_here_and_uploads_for_a_job(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    # a stage_main of an earlier test in this process may have configured (and another one re-levelled) the root
+    monkeypatch.setattr(logging.getLogger(), "_xmdpt_configured", False, raising=False)
+    monkeypatch.setattr(logging.getLogger(), "level", logging.WARNING)
     params = _params(tmp_path)
     seen = []
 

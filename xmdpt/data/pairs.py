@@ -37,6 +37,8 @@ from xmdpt.data.schema import (
 )
 from xmdpt.ops.manifests import PairsCounts, PairsManifest, PairsTables, TableEntry
 from xmdpt.ops.storage import stage_prefix
+from xmdpt.data.images import ImageError, load_rgb
+from xmdpt.ops.ray_utils import init_ray
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +55,6 @@ _ERROR = "error"  # probe-only column: why an image cannot be used ("" if it can
 
 def probe_images_batch(batch: pd.DataFrame, root: str) -> pd.DataFrame:
     """Ray Data UDF: read and fully decode each ``IMAGE_PATH`` under ``root``; add size or error."""
-    from xmdpt.data.images import ImageError, load_rgb
 
     heights, widths, errors = [], [], []
     for rel in batch[IMAGE_PATH]:
@@ -78,8 +79,6 @@ def probe_images(root: str, paths: list[str], num_cpus: float) -> pd.DataFrame:
         return pd.DataFrame({IMAGE_PATH: [], HEIGHT: [], WIDTH: [], _ERROR: []})
     import ray
 
-    from xmdpt.ops.ray_utils import init_ray
-
     init_ray()
     ds = ray.data.from_items([{IMAGE_PATH: p} for p in paths],
                              override_num_blocks=max(1, min(len(paths) // 16, 64)))
@@ -90,7 +89,6 @@ def probe_images(root: str, paths: list[str], num_cpus: float) -> pd.DataFrame:
 
 def build_pairs(cfg: XMDPTConfig) -> dict:
     """Run the `pairs` stage; return the manifest (also written to ``{artifacts_dir}/pairs/manifest.json``)."""
-    from xmdpt.ops.ray_utils import init_ray
 
     init_ray(cfg=cfg)  # joins $RAY_ADDRESS; a local storage_root on a cluster of several nodes stops here
     root = resolve_root(cfg.paths.dataset_root)

@@ -52,6 +52,9 @@ from xmdpt.data.schema import (
 )
 from xmdpt.ops.manifests import PairsManifest, PosesCounts, PosesManifest, PosesTables, TableEntry
 from xmdpt.ops.storage import stage_prefix
+from xmdpt.data.images import ImageError, load_rgb
+from xmdpt.data.pose_estimation import PoseEstimator
+from xmdpt.ops.ray_utils import init_ray
 
 logger = logging.getLogger(__name__)
 
@@ -102,14 +105,10 @@ class EstimatePoses:
     """Ray Data actor: one PoseEstimator per actor, applied to each image of a batch."""
 
     def __init__(self, root: str, model_path: str, min_visibility: float) -> None:
-        from xmdpt.data.pose_estimation import PoseEstimator
-
         self.root = root
         self.estimator = PoseEstimator(model_path, min_visibility)
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        from xmdpt.data.images import ImageError, load_rgb
-
         keypoints, confidence, sources, errors = [], [], [], []
         for rel in batch[IMAGE_PATH]:
             try:
@@ -145,8 +144,6 @@ def extract_poses(cfg: XMDPTConfig) -> dict:
     """Run the `poses` stage; return the manifest (also written to ``{artifacts_dir}/poses/manifest.json``)."""
     import ray
     from ray.data import ActorPoolStrategy
-
-    from xmdpt.ops.ray_utils import init_ray
 
     pairs_manifest = PairsManifest.load(cfg.paths.artifacts_dir)
     root, layout = resolve_root(cfg.paths.dataset_root), pairs_manifest.layout

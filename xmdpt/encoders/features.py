@@ -34,6 +34,13 @@ from xmdpt.data import schema
 from xmdpt.ops.manifests import (AutoencoderManifest, FeatureImages, FeaturesManifest, FeatureTables, TableEntry,
                              TensorSpec, ValidateManifest)
 from xmdpt.ops.storage import filesystem, join, stage_prefix
+from xmdpt.data.images import ImageError, load_rgb, resize_square
+from xmdpt.data.keypoints import flip_keypoints, render_skeleton, scale_keypoints
+from xmdpt.encoders.cache_validation import FeatureCacheError, validate_feature_cache
+from xmdpt.encoders.dino import TokenEncoder, prepare_image, prepare_pose, skeletons_to_tensor, token_spec
+from xmdpt.encoders.inputs import read_image_bytes, read_image_table
+from xmdpt.encoders.vae import LatentCodec, from_uint8
+from xmdpt.ops.ray_utils import init_ray
 
 logger = logging.getLogger(__name__)
 
@@ -76,8 +83,6 @@ def augment(image: np.ndarray, keypoints: np.ndarray, size: int, flip: bool) -> 
         ``(image (size, size, 3) uint8, keypoints (18, 2) float32 in the square frame, skeleton
         (size, size, 3) uint8)``.
     """
-    from xmdpt.data.images import resize_square
-    from xmdpt.data.keypoints import flip_keypoints, render_skeleton, scale_keypoints
 
     h, w = image.shape[:2]
     img = resize_square(image, size)  # (size, size, 3)
@@ -106,9 +111,6 @@ def encode_arrays(codec, image_encoder, pose_encoder, images: np.ndarray, skelet
     """
     import torch
 
-    from xmdpt.encoders.dino import prepare_image, prepare_pose, skeletons_to_tensor
-    from xmdpt.encoders.vae import from_uint8
-
     x = from_uint8(images)  # (N, 3, H, W) in [-1, 1]
     mean, std = codec.encode(x)  # (N, C, h, w) each
     img_tokens = image_encoder(prepare_image(x, token_input_size))  # (N, S, Dr)
@@ -130,9 +132,6 @@ class EncoderActor:
     def __init__(self, config: dict[str, Any], vae_uri: str, encoder_weights: dict[str, Optional[str]]) -> None:
         import torch
 
-        from xmdpt.encoders.dino import TokenEncoder
-        from xmdpt.encoders.vae import LatentCodec
-
         import ray
 
         cfg = XMDPTConfig.from_dict(config)
@@ -151,9 +150,6 @@ class EncoderActor:
                                    else TokenEncoder.from_config(enc, role, device=device))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from xmdpt.data.images import ImageError, load_rgb
-        from xmdpt.encoders.inputs import read_image_bytes
-
         cfg = self.cfg
         size = cfg.data.image_size
         d = batch.to_pydict()
@@ -245,7 +241,6 @@ def _write_chunk(fs, data_dir: str, quarantine_dir: str, chunk: int, out: pa.Tab
 
 def _standin_weights(enc: EncodersConfig, prefix: str) -> tuple[dict[str, Optional[str]], dict[str, dict]]:
     """Save the stand-in encoders' weights under the cache prefix (or reference the hub ids)."""
-    from xmdpt.encoders.dino import TokenEncoder, token_spec
 
     weights: dict[str, Optional[str]] = {}
     specs: dict[str, dict] = {}
@@ -289,10 +284,6 @@ def build_feature_cache(
         FeatureCacheError: the finished cache fails its Great Expectations checks.
     """
     import ray
-
-    from xmdpt.encoders.cache_validation import FeatureCacheError, validate_feature_cache
-    from xmdpt.encoders.inputs import read_image_table
-    from xmdpt.ops.ray_utils import init_ray
 
     enc, size = cfg.encoders, cfg.data.image_size
     validate_manifest = ValidateManifest.coerce(validate_manifest or ValidateManifest.load(cfg.paths.artifacts_dir))

@@ -18,6 +18,8 @@ import pyarrow as pa
 from xmdpt.data import schema
 from xmdpt.ops.manifests import ValidateManifest
 from xmdpt.ops.storage import filesystem
+from xmdpt.data.images import ImageError, load_rgb, resize_square
+from xmdpt.data.quarantine import read_table as read_stage_table
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +33,6 @@ def validate_manifest_path(artifacts_dir: str) -> Path:
 def read_table(uri: str, columns: Sequence[str] | None = None, rows: int | None = None) -> pa.Table:
     """Read a stage table from a local path or URL, file by file with page checksums, and check its
     row count against the manifest's ``rows`` when given (a damaged file is named, never skipped)."""
-    from xmdpt.data.quarantine import read_table as read_stage_table
 
     table = read_stage_table(uri, rows=rows)
     return table.select(list(columns)) if columns else table
@@ -78,7 +79,6 @@ def load_square_image(dataset_root: str, rel_path: str, size: int) -> np.ndarray
     Returns:
         uint8 array (size, size, 3).
     """
-    from xmdpt.data.images import load_rgb, resize_square
 
     img = load_rgb(read_image_bytes(dataset_root, rel_path), name=rel_path)
     return np.asarray(resize_square(img, size), dtype=np.uint8)
@@ -91,7 +91,6 @@ def load_square_images(dataset_root: str, rel_paths: Sequence[str], size: int,
     Returns:
         ``(images uint8 (N, size, size, 3), skipped {path: reason})`` with the images in input order.
     """
-    from xmdpt.data.images import ImageError
 
     def load(p: str):
         try:

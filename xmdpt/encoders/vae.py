@@ -44,6 +44,9 @@ from xmdpt.config import EncodersConfig, XMDPTConfig
 from xmdpt.data import schema
 from xmdpt.ops.manifests import AutoencoderManifest, ValidateManifest
 from xmdpt.ops.storage import filesystem, join, stage_prefix
+from xmdpt.encoders.dino import hf_cache_dir
+from xmdpt.encoders.inputs import load_square_images, read_image_table
+from xmdpt.training.ema import EMA
 
 logger = logging.getLogger(__name__)
 
@@ -95,8 +98,6 @@ def load_pretrained_vae(model_id: str):
     ``model_id``, the cache folder looked in and the setting that points at a local copy.
     """
     from diffusers import AutoencoderKL
-
-    from xmdpt.encoders.dino import hf_cache_dir
 
     if Path(model_id).is_dir():
         check_diffusers_vae_folder(model_id)
@@ -356,8 +357,6 @@ def _train_steps(vae, trainable, train_u8: np.ndarray, enc: EncodersConfig, *, e
     """
     from tqdm.auto import tqdm
 
-    from xmdpt.training.ema import EMA
-
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(trainable, lr=enc.vae_lr, weight_decay=0.0)
     steps = enc.vae_train_steps
@@ -479,7 +478,6 @@ def fit_autoencoder(cfg: XMDPTConfig,
         uri, latent_scale, latent_shape, image_size, config (the AutoencoderKL config), source,
         metrics, recon_uri``.
     """
-    from xmdpt.encoders.inputs import load_square_images, read_image_table
 
     enc, size = cfg.encoders, cfg.data.image_size
     if validate_manifest is None:

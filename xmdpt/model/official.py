@@ -22,6 +22,9 @@ from xmdpt.model.folder import check_state_dict, write_model_folder
 from xmdpt.model.layers import relative_position_index
 from xmdpt.model.xmdpt import XMDPT
 from xmdpt.ops.storage import file_sha256
+from xmdpt.encoders.dino import TokenEncoder, check_hub_reachable, token_spec
+from xmdpt.encoders.vae import LatentCodec, check_diffusers_vae_folder, load_pretrained_vae, replace_decoder
+from xmdpt.sampling.folder import write_pipeline_folder
 
 logger = logging.getLogger(__name__)
 
@@ -239,10 +242,6 @@ def import_official(ckpt_path: str | Path, preset: str, out_dir: str | Path, *,
     """
     import tempfile
 
-    from xmdpt.encoders.dino import TokenEncoder, token_spec
-    from xmdpt.encoders.vae import LatentCodec, check_diffusers_vae_folder, load_pretrained_vae, replace_decoder
-    from xmdpt.sampling.folder import write_pipeline_folder
-
     ckpt_path, out_dir = Path(ckpt_path), Path(out_dir)
     try:
         cfg = ModelConfig.from_preset(preset, **dict(model_overrides or {}))
@@ -267,7 +266,6 @@ def import_official(ckpt_path: str | Path, preset: str, out_dir: str | Path, *,
     check_preset_fits(sd, cfg, str(ckpt_path))
     for role in ("image", "pose"):  # fail now, not after the copies, when a hub encoder is unreachable
         if not weights[role]:
-            from xmdpt.encoders.dino import check_hub_reachable
 
             check_hub_reachable(enc_cfg.image_encoder if role == "image" else enc_cfg.pose_encoder, role)
     vae_model = load_pretrained_vae(enc_cfg.vae_pretrained_id)  # fails fast offline, before the conversion

@@ -47,6 +47,16 @@ from xmdpt.metrics.synthetic import (foreground_mask, mask_iou, part_colour_erro
                                      view_consistency)
 from xmdpt.ops.manifests import EvaluateLineage, EvaluateManifest, FeaturesManifest, TrainManifest, ValidateManifest
 from xmdpt.ops.storage import absolute
+from xmdpt.data.deepfashion import read_split_lists
+from xmdpt.data.images import ImageError, load_rgb, resize_square
+from xmdpt.data.keypoints import render_skeleton, scale_keypoints
+from xmdpt.encoders.inputs import read_image_bytes, read_image_table, read_table
+from xmdpt.metrics.fid import InceptionFeatures, fid_from_features
+from xmdpt.metrics.lpips import LPIPS
+from xmdpt.ops.ray_utils import init_ray
+from xmdpt.ops.storage import file_sha256, filesystem, is_url, join, stage_prefix
+from xmdpt.sampling.batch import map_generation
+from xmdpt.sampling.folder import write_pipeline_folder
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +86,6 @@ def load_test_pairs(validate_manifest: ValidateLike, max_pairs: Optional[int] = 
         dicts with ``pair_id, person_id, source_path, target_path, keypoints (18, 2), height, width``
         (keypoints in the target image's frame).
     """
-    from xmdpt.encoders.inputs import read_table
 
     tables = ValidateManifest.coerce(validate_manifest).tables
     pairs_uri, poses_uri = tables.pairs.uri, tables.poses.uri
@@ -154,9 +163,6 @@ def generate_pairs(cfg: XMDPTConfig, model_dir: str, pairs: Sequence[dict[str, A
         ``({variant: {row index: uint8 (S, S, 3)}}, {row index: reason})`` for variants guided /
         cond_only / null_cond; rows whose source image cannot be read are quarantined with the reason.
     """
-    from xmdpt.ops.ray_utils import init_ray
-    from xmdpt.sampling.batch import map_generation
-    from xmdpt.ops.storage import join
 
     init_ray(cfg=cfg)  # before asking the cluster for GPUs
     root = absolute(cfg.paths.dataset_root)
@@ -208,8 +214,6 @@ def save_generated(uri: str, pairs: Sequence[dict[str, Any]], generated: dict[st
     """Keep the generated images (PNG per variant and pair row) and, written last, their manifest."""
     from PIL import Image
 
-    from xmdpt.ops.storage import filesystem
-
     fs, base = filesystem(uri)
     base = base.rstrip("/")
     for variant, imgs in generated.items():
@@ -230,8 +234,6 @@ def load_generated(uri: str, pairs: Sequence[dict[str, Any]]
                    ) -> Optional[tuple[dict[str, dict[int, np.ndarray]], dict[int, str]]]:
     """The images :func:`save_generated` kept for exactly these pairs, or None (absent, incomplete, other pairs)."""
     from PIL import Image
-
-    from xmdpt.ops.storage import filesystem
 
     fs, base = filesystem(uri)
     base = base.rstrip("/")
@@ -259,8 +261,6 @@ def _mean(values: Sequence[Optional[float]]) -> Optional[float]:
 
 
 def _eval_keypoints(p: dict[str, Any], eval_hw: tuple[int, int]) -> np.ndarray:
-    from xmdpt.data.keypoints import scale_keypoints
-
     return scale_keypoints(p["keypoints"], (p["height"], p["width"]), eval_hw)
 
 
@@ -271,7 +271,6 @@ def dataset_image_for_eval(img: np.ndarray, eval_hw: tuple[int, int], protocol: 
     ``eval_hw``; ``cfld``: bicubic with antialiasing straight to ``eval_hw``.
     """
     if get_protocol(protocol).resize == "cv2_bilinear":
-        from xmdpt.data.images import resize_square
 
         return resize_for_eval(resize_square(img, eval_hw[0]), eval_hw, "cv2_bilinear")
     return resize_for_eval(img, eval_hw, "pil_bicubic")
@@ -294,8 +293,6 @@ def fid_real_paths(cfg: XMDPTConfig, validate_manifest: ValidateLike) -> tuple[l
     Returns:
         (image paths relative to the dataset root, where the list came from).
     """
-    from xmdpt.data.deepfashion import read_split_lists
-    from xmdpt.encoders.inputs import read_image_table
 
     split_of, problems = read_split_lists(cfg.paths.dataset_root)
     for p in problems:
@@ -401,15 +398,10 @@ def _fid(cfg: XMDPTConfig, validate_manifest: ValidateLike, gens: Sequence[np.nd
                 "FID is only reported with torchvision's ImageNet Inception-v3 weights"}
     import torch
 
-    from xmdpt.data.images import load_rgb
-    from xmdpt.encoders.inputs import read_image_bytes
-    from xmdpt.metrics.fid import InceptionFeatures, fid_from_features
-
     device = "cuda" if torch.cuda.is_available() else "cpu"
     ext = InceptionFeatures(cfg.evaluate.inception_weights, device=device)
     listed, source = fid_real_paths(cfg, validate_manifest)
     train = listed[: cfg.evaluate.max_real_images or None]
-    from xmdpt.data.images import ImageError
 
     real, unreadable = [], []
     for i in range(0, len(train), 64):
@@ -442,7 +434,6 @@ def _lpips(cfg: XMDPTConfig, gens: np.ndarray, gts: np.ndarray) -> dict[str, Any
                                   ("evaluate.alexnet_weights", ev.alexnet_weights)) if not v]
         return {"lpips": None, "lpips_unavailable": f"no LPIPS-alex weights configured ({', '.join(missing)}); "
                 "LPIPS is only reported with the published AlexNet-LPIPS weights"}
-    from xmdpt.metrics.lpips import LPIPS
 
     m = LPIPS.from_files(ev.alexnet_weights, ev.lpips_weights)
     return {"lpips": float(m.distance_uint8(gens, gts).mean()),
@@ -451,7 +442,6 @@ def _lpips(cfg: XMDPTConfig, gens: np.ndarray, gts: np.ndarray) -> dict[str, Any
 
 def _provenance(metric: str, path: str, torchvision_prefix: str) -> dict[str, Any]:
     """sha256 of the backbone file, and whether it is torchvision's published checkpoint (by hash prefix)."""
-    from xmdpt.ops.storage import file_sha256
 
     digest = file_sha256(path)
     return {f"{metric}_weights_sha256": digest, f"{metric}_weights_are_torchvision": digest.startswith(torchvision_prefix)}
@@ -460,7 +450,6 @@ def _provenance(metric: str, path: str, torchvision_prefix: str) -> dict[str, An
 def _other_poses(pairs: Sequence[dict[str, Any]], rows: Sequence[int], load) -> dict[int, list[np.ndarray]]:
     """Row -> foreground masks of the person's images in ``pairs`` (as source or target) other than
     this pair's source and target, each read and masked once; unreadable ones are skipped with a warning."""
-    from xmdpt.data.images import ImageError
 
     by_person: dict[str, set[str]] = defaultdict(set)
     for p in pairs:
@@ -496,8 +485,6 @@ def compute_metrics(cfg: XMDPTConfig, validate_manifest: ValidateLike, pairs: Se
     Returns:
         (metrics, {"gen": {row: img}, "gt": {row: img}, "src": {row: img}}) with uint8 (256, 176, 3) images.
     """
-    from xmdpt.data.images import ImageError, load_rgb
-    from xmdpt.encoders.inputs import read_image_bytes
 
     eval_hw = tuple(cfg.evaluate.eval_size)
     root = cfg.paths.dataset_root
@@ -582,7 +569,6 @@ def compute_metrics(cfg: XMDPTConfig, validate_manifest: ValidateLike, pairs: Se
 def sample_grid(pairs: Sequence[dict[str, Any]], images: dict[str, dict[int, np.ndarray]], rows: int,
                 eval_hw: tuple[int, int]) -> np.ndarray:
     """Rows of (source | target skeleton | generated | ground truth), uint8 ``(rows*H, 4*W, 3)``."""
-    from xmdpt.data.keypoints import render_skeleton
 
     out = []
     for r in sorted(images["gen"])[:rows]:
@@ -616,7 +602,6 @@ def evaluate(cfg: XMDPTConfig, model_dir: str, validate_manifest: ValidateLike, 
     Returns:
         The metrics dict (also written to ``metrics.json``).
     """
-    from xmdpt.ops.storage import filesystem
 
     pairs = load_test_pairs(validate_manifest, cfg.evaluate.max_pairs,
                             rule=get_protocol(cfg.evaluate.protocol).test_pairs, seed=cfg.sample.seed)
@@ -684,9 +669,6 @@ def evaluate_stage(cfg: XMDPTConfig) -> dict[str, Any]:
     """
     import shutil
 
-    from xmdpt.sampling.folder import write_pipeline_folder
-    from xmdpt.ops.storage import is_url, join, stage_prefix
-
     art = Path(cfg.paths.artifacts_dir)
     validate, features, train = (ValidateManifest.load(art), FeaturesManifest.load(art), TrainManifest.load(art))
     keys = [m.key() for m in (validate, features, train)]
@@ -704,7 +686,6 @@ def evaluate_stage(cfg: XMDPTConfig) -> dict[str, Any]:
     else:
         local = Path(prefix) / "pipeline"
     if is_url(inputs["model_folder"]):
-        from xmdpt.ops.storage import filesystem
 
         fs, path = filesystem(inputs["model_folder"])
         tmp_model = local.with_name(local.name + ".model")
@@ -714,7 +695,6 @@ def evaluate_stage(cfg: XMDPTConfig) -> dict[str, Any]:
     write_pipeline_folder(local, lineage=lineage.to_dict(), **inputs)
     pipeline_uri = str(local)
     if is_url(prefix):
-        from xmdpt.ops.storage import filesystem
 
         fs, path = filesystem(join(prefix, "pipeline"))
         fs.put(str(local) + "/", path.rstrip("/") + "/", recursive=True)

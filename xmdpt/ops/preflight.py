@@ -17,6 +17,10 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from xmdpt.config import XMDPTConfig
+from xmdpt.encoders.dino import check_hub_reachable, hf_cache_dir, hub_offline
+from xmdpt.encoders.vae import check_diffusers_vae_folder
+from xmdpt.ops.storage import filesystem, join
+from xmdpt.ops.tracking import TrackingUnavailableError, check_tracking_server, resolve_tracking_uri
 
 __all__ = ["Check", "PreflightError", "STAGES", "run_checks", "preflight", "format_table"]
 
@@ -90,8 +94,6 @@ def check_pose_model(stage: str, cfg: XMDPTConfig) -> list[Check]:
 
 
 def check_dataset(stage: str, cfg: XMDPTConfig) -> list[Check]:
-    from xmdpt.ops.storage import filesystem
-
     root = cfg.paths.dataset_root
     try:
         fs, path = filesystem(root)
@@ -103,8 +105,6 @@ def check_dataset(stage: str, cfg: XMDPTConfig) -> list[Check]:
 
 
 def check_storage(stage: str, cfg: XMDPTConfig) -> list[Check]:
-    from xmdpt.ops.storage import filesystem, join
-
     root = cfg.paths.storage_root
     probe = join(root, f".preflight-{uuid.uuid4().hex[:8]}")
     try:
@@ -121,8 +121,6 @@ def check_storage(stage: str, cfg: XMDPTConfig) -> list[Check]:
 
 
 def check_tracking(stage: str, cfg: XMDPTConfig) -> list[Check]:
-    from xmdpt.ops.tracking import TrackingUnavailableError, check_tracking_server, resolve_tracking_uri
-
     uri = resolve_tracking_uri(cfg.paths.mlflow_tracking_uri)
     try:
         check_tracking_server(uri)
@@ -133,7 +131,6 @@ def check_tracking(stage: str, cfg: XMDPTConfig) -> list[Check]:
 
 def _hub_cached(model_id: str, role: str) -> Optional[str]:
     """None when the hub weights can be had (online, or cached offline); else the reason."""
-    from xmdpt.encoders.dino import check_hub_reachable
 
     try:
         check_hub_reachable(model_id, role)
@@ -164,14 +161,12 @@ def check_vae(stage: str, cfg: XMDPTConfig) -> list[Check]:
         return [Check(stage, "encoders.vae", True, "fitted here (no weights needed)")]
     vid = enc.vae_pretrained_id
     if Path(vid).is_dir():
-        from xmdpt.encoders.vae import check_diffusers_vae_folder
 
         try:
             check_diffusers_vae_folder(vid)
         except FileNotFoundError as e:
             return [Check(stage, "encoders.vae_pretrained_id", False, str(e))]
         return [Check(stage, "encoders.vae_pretrained_id", True, vid)]
-    from xmdpt.encoders.dino import hf_cache_dir, hub_offline
 
     if hub_offline():
         from huggingface_hub import try_to_load_from_cache

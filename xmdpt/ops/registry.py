@@ -31,6 +31,9 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from xmdpt.ops.tracking import lineage_tags, resolve_tracking_uri
+from xmdpt.ops.manifests import EvaluateManifest, FeaturesManifest, TrainManifest, ValidateManifest
+from xmdpt.ops.storage import filesystem
+from xmdpt.sampling.folder import check_pipeline_folder, is_pipeline_folder, not_a_pipeline_folder_reason
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +124,6 @@ def log_and_register(
     from mlflow.exceptions import MlflowException
 
     model_dir = Path(model_dir)
-    from xmdpt.sampling.folder import check_pipeline_folder
 
     check_pipeline_folder(model_dir)
     value = _metric_value(metrics, metric)
@@ -187,8 +189,6 @@ def log_pipeline_model(model_dir: str | Path, *, tracking_uri: str, tags: Mappin
     import mlflow
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
-
-    from xmdpt.sampling.folder import check_pipeline_folder
 
     check_pipeline_folder(model_dir)
     mlflow.set_tracking_uri(tracking_uri)
@@ -290,7 +290,6 @@ def _pin_uri(uri: str, tracking_uri: str) -> tuple[str, str]:
 
 def _find_pipeline_folder(root: Path) -> Path:
     """The pipeline folder inside a downloaded pyfunc model (or ``root`` itself)."""
-    from xmdpt.sampling.folder import is_pipeline_folder, not_a_pipeline_folder_reason
 
     if is_pipeline_folder(root):
         return root
@@ -371,7 +370,6 @@ def register_stage(cfg) -> dict[str, Any]:
     Returns:
         The ``registered.json`` record.
     """
-    from xmdpt.ops.manifests import EvaluateManifest, FeaturesManifest, TrainManifest, ValidateManifest
 
     art = Path(cfg.paths.artifacts_dir)
     ev = EvaluateManifest.load(art)
@@ -381,7 +379,6 @@ def register_stage(cfg) -> dict[str, Any]:
     metrics = json.loads(metrics_path.read_text())
     model_dir = ev.pipeline_local
     if not model_dir or not Path(model_dir).is_dir():  # evaluated elsewhere (cluster job): fetch the folder
-        from xmdpt.ops.storage import filesystem
 
         fs, path = filesystem(ev.pipeline_uri)
         model_dir = default_cache_dir() / "pipelines" / hashlib.sha256(ev.pipeline_uri.encode()).hexdigest()[:16]

@@ -35,6 +35,11 @@ from typing import Any, Optional
 
 import numpy as np
 from starlette.requests import Request  # a real annotation object: the class is shipped to replicas by value
+from xmdpt.data.images import ImageError, load_rgb
+from xmdpt.ops.ray_utils import init_ray
+from xmdpt.sampling.batch import resolve_model
+from xmdpt.sampling.inputs import PoseError, parse_pose, prepare_source, restore_aspect
+from xmdpt.sampling.pipeline import XMDPTPipeline
 
 logger = logging.getLogger(__name__)
 
@@ -79,8 +84,6 @@ def decode_upload(data: bytes, field: str, *, max_bytes: int, max_side: int) -> 
     (the size is read from the header, before any pixel is decoded)."""
     from PIL import Image, UnidentifiedImageError
 
-    from xmdpt.data.images import ImageError, load_rgb
-
     if not data:
         raise RequestError(422, field, "empty upload")
     if len(data) > max_bytes:
@@ -101,7 +104,6 @@ def decode_upload(data: bytes, field: str, *, max_bytes: int, max_side: int) -> 
 
 def parse_pose_field(value: Any, *, max_bytes: int, max_side: int):
     """The ``pose`` part: a JSON text / file (-> :class:`Pose`) or an image (-> uint8 array to estimate from)."""
-    from xmdpt.sampling.inputs import PoseError, parse_pose
 
     data = value if isinstance(value, bytes) else str(value).encode()
     if data.lstrip()[:1] in (b"{", b"["):
@@ -194,9 +196,6 @@ def build_app(opts: ServeOptions):
         def _load(self, model: str) -> None:
             import torch
 
-            from xmdpt.sampling.batch import resolve_model
-            from xmdpt.sampling.pipeline import XMDPTPipeline
-
             if self.threads:
                 torch.set_num_threads(self.threads)
             ref = resolve_model(model, self.opts.tracking_uri)
@@ -209,7 +208,6 @@ def build_app(opts: ServeOptions):
 
         def _follow(self) -> None:
             """Poll the alias; load a new version beside the serving one, then swap (between batches)."""
-            from xmdpt.sampling.batch import resolve_model
 
             while not self._stop.wait(self.opts.poll_s):
                 try:
@@ -269,8 +267,6 @@ def build_app(opts: ServeOptions):
         async def _parse(self, request: Request) -> dict[str, Any]:
             from starlette.datastructures import UploadFile
 
-            from xmdpt.sampling.inputs import PoseError
-
             o = self.opts
             length = int(request.headers.get("content-length") or 0)
             if length > 2 * o.max_bytes + 1_000_000:
@@ -327,8 +323,6 @@ def build_app(opts: ServeOptions):
         def _run(self, pipe, items: list[dict[str, Any]], steps, guidance) -> list[np.ndarray]:
             import torch
 
-            from xmdpt.sampling.inputs import prepare_source, restore_aspect
-
             if self.threads:
                 torch.set_num_threads(self.threads)
             S = pipe.image_size
@@ -349,8 +343,6 @@ def run_server(opts: ServeOptions, *, host: str = "127.0.0.1", port: int = 8000,
     Returns the base URL; with ``blocking`` waits until interrupted, then shuts Serve down.
     """
     from ray import serve
-
-    from xmdpt.ops.ray_utils import init_ray
 
     init_ray()
     serve.start(http_options={"host": host, "port": port})

@@ -44,6 +44,13 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
+from xmdpt.data.images import ImageError, load_rgb, resize_square
+from xmdpt.ops.ray_utils import init_ray
+from xmdpt.ops.registry import ModelNotFoundError, _pin_uri, is_model_uri
+from xmdpt.ops.storage import filesystem, is_url, join
+from xmdpt.ops.tracking import resolve_tracking_uri
+from xmdpt.sampling.inputs import PoseError, is_pose_annotation, is_pose_json, parse_pose, prepare_source, restore_aspect
+from xmdpt.sampling.pipeline import XMDPTPipeline
 
 logger = logging.getLogger(__name__)
 
@@ -79,8 +86,6 @@ class ModelRef:
 
 def resolve_model(model: str, tracking_uri: Optional[str] = None) -> ModelRef:
     """Pin ``models:/NAME@ALIAS`` to its current version (a moved alias does not change a running job)."""
-    from xmdpt.ops.registry import ModelNotFoundError, _pin_uri, is_model_uri
-    from xmdpt.ops.tracking import resolve_tracking_uri
 
     if not is_model_uri(model):
         p = Path(model)
@@ -106,8 +111,6 @@ def resolve_model(model: str, tracking_uri: Optional[str] = None) -> ModelRef:
 # ------------------------------------------------------------------------------------------------
 
 def _join_relative(base: str, p: str) -> str:
-    from xmdpt.ops.storage import is_url, join
-
     if is_url(p) or os.path.isabs(p):
         return p
     joined = join(base, p)
@@ -125,8 +128,6 @@ def read_pairs_table(uri: str) -> list[dict[str, Any]]:
         BatchError: unreadable table, missing columns, duplicate ids — naming the file.
     """
     import pandas as pd
-
-    from xmdpt.ops.storage import filesystem
 
     fs, path = filesystem(uri)
     if not fs.exists(path):
@@ -186,8 +187,6 @@ class GenerationActor:
                  tracking_uri: Optional[str] = None, pad: bool = True) -> None:
         import torch
 
-        from xmdpt.sampling.pipeline import XMDPTPipeline
-
         if not torch.cuda.is_available():
             torch.set_num_threads(max(1, int(round(num_cpus))))
         self.pipe = XMDPTPipeline.from_pretrained(model_uri, device=device, tracking_uri=tracking_uri)
@@ -196,7 +195,6 @@ class GenerationActor:
         self.sample = dict(sample or {})
         self.out_images = out_images
         if out_images:
-            from xmdpt.ops.storage import filesystem
 
             fs, path = filesystem(out_images)
             fs.makedirs(path, exist_ok=True)
@@ -207,17 +205,11 @@ class GenerationActor:
         self.pad = pad
 
     def _read_bytes(self, uri: str) -> bytes:
-        from xmdpt.ops.storage import filesystem
-
         fs, path = filesystem(uri)
         with fs.open(path, "rb") as f:
             return f.read()
 
     def _load_pose(self, spec: str, name: str):
-        from xmdpt.data.images import ImageError
-        from xmdpt.sampling.inputs import PoseError, is_pose_annotation, is_pose_json, parse_pose
-        from xmdpt.ops.storage import is_url
-
         if not spec:
             raise PoseError(f"{name}: empty pose")
         if is_inline_pose(spec):
@@ -243,10 +235,6 @@ class GenerationActor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from PIL import Image
-
-        from xmdpt.data.images import ImageError, load_rgb, resize_square
-        from xmdpt.sampling.inputs import PoseError, prepare_source, restore_aspect
-        from xmdpt.ops.storage import filesystem, join
 
         n = len(batch["row"])
         S = self.pipe.image_size
@@ -310,8 +298,6 @@ def map_generation(rows: Sequence[dict[str, Any]], model_uri: str, *, batch_size
     import ray
     from ray.data import ActorPoolStrategy
 
-    from xmdpt.ops.ray_utils import init_ray
-
     init_ray()
     ds = ray.data.from_items(list(rows), override_num_blocks=max(1, math.ceil(len(rows) / max(1, batch_size))))
     return ds.map_batches(
@@ -364,8 +350,6 @@ def generate_batch(model: str, pairs: str, out: str, *, actors: int = 1, batch_s
         (this run), totals of the folder, the model name/version, seconds.
     """
     from tqdm.auto import tqdm
-
-    from xmdpt.ops.storage import filesystem, join
 
     t0 = time.time()
     rows = read_pairs_table(pairs)

@@ -27,6 +27,9 @@ import numpy as np
 from PIL import Image
 
 from xmdpt.data.schema import KEYPOINT_NAMES, NUM_KEYPOINTS
+from xmdpt.data.images import load_rgb, resize_square
+from xmdpt.data.keypoints import GFLA_FRAME_HW, gfla_lists_to_kps, pidm_txt_to_image_frame
+from xmdpt.data.pose_estimation import NoPersonFound, PoseEstimator
 
 logger = logging.getLogger(__name__)
 
@@ -151,7 +154,6 @@ def prepare_source(img: np.ndarray, size: int) -> np.ndarray:
     Returns:
         ``uint8 (size, size, 3)``.
     """
-    from xmdpt.data.images import resize_square
 
     padded, _ = pad_to_aspect(img)
     return resize_square(padded, size)
@@ -175,7 +177,6 @@ def pose_from_photo(img: np.ndarray, pose_model_path: Union[str, Path], *, min_v
     Raises:
         PoseError: no person found.
     """
-    from xmdpt.data.pose_estimation import NoPersonFound, PoseEstimator
 
     if not Path(pose_model_path).is_file():
         raise PoseError(f"{name}: pose estimator model {pose_model_path} not found "
@@ -209,7 +210,6 @@ def is_pose_annotation(pose: Union[str, Path]) -> bool:
 
 def parse_annotation_row(row: str, *, name: str = "annotation row") -> Pose:
     """One PATN/GFLA annotation row ``name: [y0..y17]: [x0..x17]`` (256x176 frame, -1 missing)."""
-    from xmdpt.data.keypoints import GFLA_FRAME_HW, gfla_lists_to_kps
 
     parts = row.strip().split(":")
     if len(parts) != 3:
@@ -237,7 +237,6 @@ def load_pose_annotation(pose: Union[str, Path]) -> Pose:
       NAME (a file with one data row needs no selector);
     - a single annotation row as text.
     """
-    from xmdpt.data.keypoints import GFLA_FRAME_HW, pidm_txt_to_image_frame
 
     s = str(pose)
     selector = None
@@ -295,7 +294,6 @@ def restore_aspect(img: np.ndarray, source_hw: tuple[int, int], aspect_hw: tuple
 
 def as_image_array(source: Any, *, name: str) -> np.ndarray:
     """A path, encoded bytes, PIL image or ``uint8 (H, W, 3)`` array -> ``uint8 (H, W, 3)`` RGB."""
-    from xmdpt.data.images import load_rgb
 
     if isinstance(source, Image.Image):
         return np.asarray(source.convert("RGB"), dtype=np.uint8)

@@ -22,6 +22,8 @@ import json
 
 import mlflow
 from mlflow.pyfunc import PythonModel
+from xmdpt.sampling.inputs import parse_pose
+from xmdpt.sampling.pipeline import XMDPTPipeline
 
 
 def _bytes(value, what: str) -> bytes:
@@ -35,14 +37,10 @@ def _bytes(value, what: str) -> bytes:
 
 class XMDPTPyfunc(PythonModel):
     def load_context(self, context) -> None:
-        from xmdpt.sampling.pipeline import XMDPTPipeline
-
         self.pipe = XMDPTPipeline.from_pretrained(context.artifacts["model_dir"])
 
     def predict(self, context, model_input, params=None):
         import pandas as pd
-
-        from xmdpt.sampling.inputs import parse_pose
 
         params = params or {}
         seed = int(params.get("seed", 0) or 0)

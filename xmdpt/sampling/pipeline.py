@@ -47,6 +47,14 @@ from xmdpt.sampling.inputs import (
     prepare_source,
     restore_aspect,
 )
+from xmdpt.data import schema
+from xmdpt.data.keypoints import render_skeleton
+from xmdpt.diffusion import GaussianDiffusion
+from xmdpt.diffusion.sampling import sample
+from xmdpt.encoders.dino import TokenEncoder
+from xmdpt.encoders.features import encode_arrays
+from xmdpt.encoders.vae import LatentCodec, to_uint8
+from xmdpt.model.folder import load_model_folder
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +71,6 @@ def _config_from_folder(config: dict[str, Any]) -> XMDPTConfig:
 
 def _load_token_encoders(folder: Path, cfg: XMDPTConfig, meta: dict[str, Any], device: torch.device):
     """``(image_encoder, pose_encoder)``: the folder's saved weights, else (pretrained) the config's hub ids."""
-    from xmdpt.encoders.dino import TokenEncoder
 
     encoders = []
     for role in ("image", "pose"):
@@ -106,10 +113,7 @@ class XMDPTPipeline:
         Raises:
             xmdpt.ops.registry.ModelNotFoundError: unknown folder or URI.
         """
-        from xmdpt.diffusion import GaussianDiffusion
-        from xmdpt.encoders.vae import LatentCodec
-        from xmdpt.model.folder import load_model_folder
-        from xmdpt.ops.registry import resolve_model_dir
+        from xmdpt.ops.registry import resolve_model_dir  # the registry reads pipeline folders: imported here
 
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         folder = resolve_model_dir(uri_or_dir, tracking_uri=tracking_uri, cache_dir=cache_dir)
@@ -153,9 +157,6 @@ class XMDPTPipeline:
         with ``sample.source_latent: sample``, ``mean + std * eps`` with ``eps`` drawn from a generator
         seeded by ``sample.seed`` (reproducible), scaled by ``latent_scale``.
         """
-        from xmdpt.data.keypoints import render_skeleton
-        from xmdpt.data import schema
-        from xmdpt.encoders.features import encode_arrays
 
         sc = sc or self.cfg.sample
         S = self.image_size
@@ -221,8 +222,6 @@ class XMDPTPipeline:
         Returns:
             uint8 ``(N, S, S, 3)``.
         """
-        from xmdpt.diffusion.sampling import sample
-        from xmdpt.encoders.vae import to_uint8
 
         if len(sources) != len(poses):
             raise ValueError(f"{len(sources)} sources but {len(poses)} poses")

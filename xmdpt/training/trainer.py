@@ -49,6 +49,14 @@ from xmdpt.ops.manifests import (AutoencoderManifest, FeaturesManifest, StageMan
                              WorkerStart)
 from xmdpt.training.data import Collate, FeatureSpec, build_train_table, read_train_table
 from xmdpt.training.step import LOSS_KEYS, autocast_dtype, lr_at, train_step
+from xmdpt.data.keypoints import render_skeleton
+from xmdpt.diffusion import GaussianDiffusion
+from xmdpt.diffusion.sampling import sample
+from xmdpt.encoders.vae import LatentCodec
+from xmdpt.model import XMDPT
+from xmdpt.ops.ray_utils import check_resources, init_ray
+from xmdpt.training.checkpoint import load_checkpoint, read_trainer_state, save_checkpoint
+from xmdpt.training.ema import EMA
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +154,6 @@ class _SampleGrid:
 
     def __init__(self, cfg: XMDPTConfig, meta: Mapping[str, Any], batch: Mapping[str, torch.Tensor],
                  device: torch.device):
-        from xmdpt.model import XMDPT
 
         n = min(cfg.train.sample_rows, batch["x0_mean"].shape[0])
         self.batch = {k: v[:n].to(device) for k, v in batch.items()}
@@ -156,7 +163,6 @@ class _SampleGrid:
         self.keypoint_hw = tuple(meta.get("keypoint_hw") or (self.image_size, self.image_size))
         self.codec = None
         if meta.get("autoencoder_manifest"):
-            from xmdpt.encoders.vae import LatentCodec
 
             self.codec = LatentCodec.from_manifest(dict(meta["autoencoder_manifest"]), device=device)
         self.model = XMDPT(cfg.model).to(device).eval()
@@ -171,15 +177,11 @@ class _SampleGrid:
         return img.permute(0, 2, 3, 1).cpu().numpy()
 
     def _skeletons(self) -> np.ndarray:
-        from xmdpt.data.keypoints import render_skeleton
-
         kps = self.batch["keypoints"].cpu().numpy()  # (n, 18, 2)
         return np.stack([render_skeleton(k, self.keypoint_hw, (self.image_size, self.image_size)) for k in kps])
 
     @torch.no_grad()
     def render(self, ema: Any, diffusion: Any, step: int) -> np.ndarray:
-        from xmdpt.diffusion.sampling import sample
-
         ema.copy_to(self.model)
         b = self.batch
         cond = {"pose_tokens": b["pose_tokens"], "ref_tokens": b["ref_tokens"],
@@ -247,11 +249,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import ray.train  # [ray]
     import ray.train.torch  # [ray]
     from tqdm.auto import tqdm
-
-    from xmdpt.diffusion import GaussianDiffusion
-    from xmdpt.model import XMDPT
-    from xmdpt.training.checkpoint import load_checkpoint, save_checkpoint
-    from xmdpt.training.ema import EMA
 
     meta = loop_config["meta"]
     tc = cfg.train
@@ -440,8 +437,6 @@ def train(cfg: XMDPTConfig) -> dict[str, Any]:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig  # [ray]
     from ray.train.torch import TorchTrainer  # [ray]
 
-    from xmdpt.ops.ray_utils import check_resources, init_ray
-
     t0 = time.time()
     uri = tracking.resolve_tracking_uri(cfg.paths.mlflow_tracking_uri)
     tracking.check_tracking_server(uri)
@@ -502,7 +497,6 @@ def train(cfg: XMDPTConfig) -> dict[str, Any]:
     except BaseException:
         tracking.end_run(uri, run_id, status="FAILED")
         raise
-    from xmdpt.training.checkpoint import read_trainer_state
 
     with result.checkpoint.as_directory() as d:  # [ray]
         state = read_trainer_state(d)
