@@ -61,11 +61,6 @@ def read_image_table(validate_manifest: ValidateManifest | Mapping[str, Any]) ->
     return table
 
 
-def load_image_table(artifacts_dir: str) -> pa.Table:
-    """:func:`read_image_table` of ``{artifacts_dir}/validate/manifest.json``."""
-    return read_image_table(ValidateManifest.load(artifacts_dir))
-
-
 def read_image_bytes(dataset_root: str, rel_path: str) -> bytes:
     """Bytes of ``rel_path`` under the dataset root (local folder or fsspec URL)."""
     fs, root = filesystem(dataset_root)

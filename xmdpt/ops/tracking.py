@@ -14,7 +14,6 @@ Tracking URI: ``paths.mlflow_tracking_uri`` if set, else ``$MLFLOW_TRACKING_URI`
 from __future__ import annotations
 
 import functools
-import io
 import logging
 import os
 import subprocess
@@ -241,11 +240,3 @@ def lineage_tags(manifests: Mapping[str, Any], manifest_paths: Mapping[str, str]
         tags[k] = str(v)
     return tags
 
-
-def to_png_bytes(image: np.ndarray) -> bytes:
-    """``uint8 (H, W, 3)`` -> PNG bytes."""
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")
-    return buf.getvalue()
