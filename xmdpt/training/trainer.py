@@ -126,13 +126,9 @@ def _all_reduce_mean(values: dict[str, float], device: torch.device) -> dict[str
     return dict(zip(keys, t.tolist()))
 
 
-def _send_metrics(uri: str, run_id: str, history: list[dict[str, Any]], history_ms: list[int],
-                  after_step: int) -> None:
-    """Log the history entries after ``after_step`` to MLflow, each with the time it was made."""
-    for entry, ms in zip(history, history_ms):
-        if entry["step"] > after_step:
-            tracking.log_metrics(uri, run_id, {k: v for k, v in entry.items() if k != "step"}, entry["step"],
-                                 timestamp_ms=ms)
+def _history_after(history: list[dict[str, Any]], history_ms: list[int], step: int) -> list[list[Any]]:
+    """``[[ms, entry], ...]`` of the history entries after ``step``."""
+    return [[ms, entry] for entry, ms in zip(history, history_ms) if entry["step"] > step]
 
 
 def _grid_image(rows: list[np.ndarray]) -> np.ndarray:
@@ -250,6 +246,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import ray.train.torch  # [ray]
     from tqdm.auto import tqdm
 
+    from xmdpt.training.mlflow_callback import HISTORY_KEY, send_history  # imports Ray: kept inside Ray's code
+
     meta = loop_config["meta"]
     tc = cfg.train
     ctx = ray.train.get_context()  # [ray]
@@ -282,8 +280,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         ema.num_updates = step  # one EMA update per optimizer step: the warm-up resumes where it was
         logger.info("rank %d resumed from step %d (%s)", rank, step, source)
         if rank == 0 and ray.train.get_checkpoint():  # [ray] the last checkpoint's entries may not have reached
-            # MLflow before the failure: sent again with their own timestamps, which MLflow keeps once
-            _send_metrics(uri, run_id, history, history_ms, after_step=step - tc.checkpoint_every)
+            # MLflow (a driver lost after the checkpoint): sent again with their own timestamps, kept once
+            send_history(uri, run_id, _history_after(history, history_ms, step - tc.checkpoint_every))
     start_step = step
     model = ray.train.torch.prepare_model(model)  # [ray] DDP (gloo on CPU, NCCL on GPU)
     model.train()
@@ -298,11 +296,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     window_steps, window_t0 = 0, time.perf_counter()
     last: dict[str, float] = {}
 
-    sent_step = step  # history entries up to here are in MLflow
+    sent_step = step  # history entries up to here went with an earlier report
 
     def save_and_report(extra: Mapping[str, float]) -> None:
         nonlocal sent_step
         metrics = {"step": step, "start_step": start_step, **last, **extra}
+        if rank == 0:  # to MLflow from the controller once this checkpoint is registered (mlflow_callback)
+            metrics[HISTORY_KEY] = _history_after(history, history_ms, sent_step)
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None
             if rank == 0:
@@ -313,9 +313,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 ckpt = ray.train.Checkpoint.from_directory(str(Path(tmp) / "ckpt"))  # [ray]
             ray.train.report(metrics, checkpoint=ckpt,  # [ray] a barrier over all workers
                              checkpoint_dir_name=f"{CHECKPOINT_PREFIX}{step:08d}")
-        if rank == 0:  # metrics reach MLflow once a checkpoint holds them: a restart never logs a step twice
-            _send_metrics(uri, run_id, history, history_ms, after_step=sent_step)
-            sent_step = step
+        sent_step = step
 
     while step < tc.max_steps:
         batches = shard.iter_torch_batches(  # [ray] one pass over this worker's shard
@@ -437,6 +435,8 @@ def train(cfg: XMDPTConfig) -> dict[str, Any]:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig  # [ray]
     from ray.train.torch import TorchTrainer  # [ray]
 
+    from xmdpt.training.mlflow_callback import MLflowHistory  # imports Ray: kept inside Ray's code
+
     t0 = time.time()
     uri = tracking.resolve_tracking_uri(cfg.paths.mlflow_tracking_uri)
     tracking.check_tracking_server(uri)
@@ -487,7 +487,8 @@ def train(cfg: XMDPTConfig) -> dict[str, Any]:
                                      placement_strategy=tc.placement_strategy),
         run_config=RunConfig(storage_path=runs_root, name=run_name,
                              checkpoint_config=CheckpointConfig(num_to_keep=tc.keep_checkpoints),
-                             failure_config=FailureConfig(max_failures=tc.max_failures)),
+                             failure_config=FailureConfig(max_failures=tc.max_failures),
+                             callbacks=[MLflowHistory(uri, run_id)]),
         datasets={"train": _train_dataset(table, spec)},
     )
     logger.info("training %s: %d workers x %d rows/step, %d steps -> %s", run_name, tc.num_workers,
