@@ -43,11 +43,11 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, TextIO
-from urllib.parse import urlsplit
 
 import yaml
 
 from xmdpt.config import ConfigError, XMDPTConfig
+from xmdpt.ops.ray_utils import local_stage_paths, loopback_host
 from xmdpt.ops.storage import filesystem, is_url, join
 
 logger = logging.getLogger(__name__)
@@ -90,7 +90,6 @@ FORWARDED_ENV: tuple[str, ...] = (
 )
 
 _WEIGHT_KEYS = ("inception_weights", "alexnet_weights", "lpips_weights")  # evaluate.* local files
-_LOOPBACK_HOSTS = {"localhost", "::1", "0.0.0.0"}
 _TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 _VAR = re.compile(r"\$\{\s*([A-Za-z0-9_.]+)\s*\}")
 
@@ -131,10 +130,7 @@ def resolve_address(cfg: XMDPTConfig) -> str:
 
 def is_loopback(address: str) -> bool:
     """True when ``address`` names a Ray head on this machine (so the filesystem is shared)."""
-    if address == "auto":
-        return True
-    host = urlsplit(address if "://" in address else f"//{address}").hostname or ""
-    return host in _LOOPBACK_HOSTS or host.startswith("127.")
+    return address == "auto" or loopback_host(address)
 
 
 def _absolute(path: str, root: Path) -> str:
@@ -179,11 +175,11 @@ def job_config(cfg: XMDPTConfig, repo_root: str | Path, shared_filesystem: bool)
                       for k in _WEIGHT_KEYS},
             cluster={"submit": False, "shared_filesystem": True},
         )
-    for key in ("dataset_root", "storage_root"):
-        value = getattr(paths, key)
-        if not is_url(value):
-            raise ConfigError(f"paths.{key}: {value!r} is a local path that the Ray cluster cannot see; use a "
-                              "shared URL (s3://bucket/prefix) or set cluster.shared_filesystem: true")
+    local = local_stage_paths(cfg)
+    if local:
+        key, value = local[0]
+        raise ConfigError(f"paths.{key}: {value!r} is a local path that the Ray cluster cannot see; use a "
+                          "shared URL (s3://bucket/prefix) or set cluster.shared_filesystem: true")
     if os.path.isabs(paths.artifacts_dir):
         raise ConfigError(f"paths.artifacts_dir: {paths.artifacts_dir!r} is absolute; on a cluster without a shared "
                           "filesystem it must be relative to the repository (outputs come back through the job dir)")

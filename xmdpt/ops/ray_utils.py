@@ -23,12 +23,20 @@ from xmdpt.ops.storage import is_url
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["init_ray", "alive_nodes", "check_shared_storage", "check_resources", "node_id"]
+__all__ = ["init_ray", "alive_nodes", "check_shared_storage", "check_resources", "node_id", "loopback_host",
+           "local_stage_paths"]
 
 
-def _loopback(address: str) -> bool:
+def loopback_host(address: str) -> bool:
+    """True when the host of ``address`` (``host:port`` or a URL) is this machine's loopback."""
     host = urlsplit(address if "://" in address else f"//{address}").hostname or ""
-    return host in ("localhost", "::1") or host.startswith("127.")
+    return host in ("localhost", "::1", "0.0.0.0") or host.startswith("127.")
+
+
+def local_stage_paths(cfg: XMDPTConfig) -> list[tuple[str, str]]:
+    """``(key, value)`` of ``paths.dataset_root`` / ``paths.storage_root`` that are local paths, not URLs."""
+    return [(key, value) for key in ("dataset_root", "storage_root")
+            if not is_url(value := getattr(cfg.paths, key))]
 
 
 def init_ray(num_cpus: float | None = None, *, cfg: Optional[XMDPTConfig] = None, **kwargs: Any) -> None:
@@ -44,7 +52,7 @@ def init_ray(num_cpus: float | None = None, *, cfg: Optional[XMDPTConfig] = None
         address = os.environ.get("RAY_ADDRESS")
         if address:
             logger.info("joining Ray cluster at %s", address)
-            if _loopback(address):  # a head on this machine: the driver advertises loopback too
+            if loopback_host(address):  # a head on this machine: the driver advertises loopback too
                 kwargs.setdefault("_node_ip_address", "127.0.0.1")
             ray.init(address=address, log_to_driver=True, **kwargs)
         else:
@@ -95,13 +103,13 @@ def check_shared_storage(cfg: XMDPTConfig, nodes: Optional[list[Mapping[str, Any
     nodes = alive_nodes() if nodes is None else nodes
     if len(nodes) <= 1 or cfg.cluster.shared_filesystem:
         return
-    for key in ("storage_root", "dataset_root"):
-        value = getattr(cfg.paths, key)
-        if value and not is_url(value):
-            raise ConfigError(
-                f"paths.{key}: {value!r} is a local path, but this Ray cluster has {len(nodes)} nodes that share only "
-                f"object storage: use a URL every node reads (s3://bucket/prefix, gs://…), or set "
-                f"cluster.shared_filesystem: true if every node mounts that path")
+    local = local_stage_paths(cfg)
+    if local:
+        key, value = local[0]
+        raise ConfigError(
+            f"paths.{key}: {value!r} is a local path, but this Ray cluster has {len(nodes)} nodes that share only "
+            f"object storage: use a URL every node reads (s3://bucket/prefix, gs://…), or set "
+            f"cluster.shared_filesystem: true if every node mounts that path")
 
 
 def check_resources(request: Mapping[str, float], count: int, what: str, cfg: XMDPTConfig,
