@@ -100,7 +100,6 @@ def stage_main(
 
     submit = cfg.cluster.submit and not args.no_submit and os.environ.get("XMDPT_NO_SUBMIT", "") in ("", "0")
     if submit:
-
         try:
             return submit_stage(stage, cfg, repo_root=Path.cwd(), module=module)
         except (ConfigError, ClusterJobError) as e:
@@ -115,6 +114,5 @@ def stage_main(
     logger.info("stage %r: running here with %s", stage, args.params)
     result = run(cfg)
     if args.job_dir:
-
         upload_outputs(stage, cfg, args.job_dir, root=Path.cwd())
     return result

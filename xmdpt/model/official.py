@@ -266,7 +266,6 @@ def import_official(ckpt_path: str | Path, preset: str, out_dir: str | Path, *,
     check_preset_fits(sd, cfg, str(ckpt_path))
     for role in ("image", "pose"):  # fail now, not after the copies, when a hub encoder is unreachable
         if not weights[role]:
-
             check_hub_reachable(enc_cfg.image_encoder if role == "image" else enc_cfg.pose_encoder, role)
     vae_model = load_pretrained_vae(enc_cfg.vae_pretrained_id)  # fails fast offline, before the conversion
     converted = convert_official_state_dict(sd, cfg)

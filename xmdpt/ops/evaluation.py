@@ -271,7 +271,6 @@ def dataset_image_for_eval(img: np.ndarray, eval_hw: tuple[int, int], protocol: 
     ``eval_hw``; ``cfld``: bicubic with antialiasing straight to ``eval_hw``.
     """
     if get_protocol(protocol).resize == "cv2_bilinear":
-
         return resize_for_eval(resize_square(img, eval_hw[0]), eval_hw, "cv2_bilinear")
     return resize_for_eval(img, eval_hw, "pil_bicubic")
 
@@ -686,7 +685,6 @@ def evaluate_stage(cfg: XMDPTConfig) -> dict[str, Any]:
     else:
         local = Path(prefix) / "pipeline"
     if is_url(inputs["model_folder"]):
-
         fs, path = filesystem(inputs["model_folder"])
         tmp_model = local.with_name(local.name + ".model")
         shutil.rmtree(tmp_model, ignore_errors=True)
@@ -695,7 +693,6 @@ def evaluate_stage(cfg: XMDPTConfig) -> dict[str, Any]:
     write_pipeline_folder(local, lineage=lineage.to_dict(), **inputs)
     pipeline_uri = str(local)
     if is_url(prefix):
-
         fs, path = filesystem(join(prefix, "pipeline"))
         fs.put(str(local) + "/", path.rstrip("/") + "/", recursive=True)
         pipeline_uri = join(prefix, "pipeline")

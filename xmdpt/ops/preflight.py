@@ -161,7 +161,6 @@ def check_vae(stage: str, cfg: XMDPTConfig) -> list[Check]:
         return [Check(stage, "encoders.vae", True, "fitted here (no weights needed)")]
     vid = enc.vae_pretrained_id
     if Path(vid).is_dir():
-
         try:
             check_diffusers_vae_folder(vid)
         except FileNotFoundError as e:

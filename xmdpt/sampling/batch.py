@@ -195,7 +195,6 @@ class GenerationActor:
         self.sample = dict(sample or {})
         self.out_images = out_images
         if out_images:
-
             fs, path = filesystem(out_images)
             fs.makedirs(path, exist_ok=True)
         self.square = square

@@ -159,7 +159,6 @@ class _SampleGrid:
         self.keypoint_hw = tuple(meta.get("keypoint_hw") or (self.image_size, self.image_size))
         self.codec = None
         if meta.get("autoencoder_manifest"):
-
             self.codec = LatentCodec.from_manifest(dict(meta["autoencoder_manifest"]), device=device)
         self.model = XMDPT(cfg.model).to(device).eval()
 
