@@ -3,7 +3,9 @@
 Writes the embedded default's synthetic dataset (40 identities, 64 px; 160 train / 40 held-out
 images), then fits each variant with the `autoencoder` stage's own code (``build_fitted_vae`` +
 ``_train_steps``, the same seed) and measures the decoded posterior mean on the held-out identities,
-as the stage does. A variant is ``name:key=value,key=value`` over ``encoders.*`` fields.
+as the stage does. A variant is ``name:key=value,key=value`` over ``autoencoder.*`` fields, on top
+of ``FITTED_BASE`` (the fitted autoencoder's earlier embedded settings; the config's defaults are the
+paper's pretrained SD VAE).
 
     python benchmarks/bench_autoencoder.py [--identities 40] [--variants "name:key=value,..." ...]
 
@@ -21,23 +23,29 @@ from datetime import datetime, timezone
 
 import torch
 
-from xmdpt.config import EncodersConfig
+from xmdpt.config import AutoencoderConfig
+
+# what a variant does not set: the small fitted autoencoder as first embedded (4x (32,64,64), L1+MSE,
+# whole images, 8 x lr 2e-3, no EMA)
+FITTED_BASE = dict(vae="fitted", latent_scale=None, block_channels=(32, 64, 64), lr=2e-3, batch_size=8,
+                   l1_weight=1.0, kl_weight=1e-6, ema_decay=0.0, crop_size=None)
 
 DEFAULT_VARIANTS = (
-    "4x (32,64,64), L1+MSE, whole images, 400 x 8 (the earlier embedded default):vae_train_steps=400",
-    "4x (16,32,64), MSE, 32 px crops, 1200 x 16:vae_block_channels=16+32+64,vae_l1_weight=0,vae_crop_size=32,"
-    "vae_batch_size=16,vae_train_steps=1200",
-    "2x (16,32), MSE, 32 px crops, 1200 x 16:vae_block_channels=16+32,vae_l1_weight=0,vae_crop_size=32,"
-    "vae_batch_size=16,vae_train_steps=1200",
-    "2x (16,32), MSE, 32 px crops, 2000 x 16 (embedded default):vae_block_channels=16+32,vae_l1_weight=0,"
-    "vae_crop_size=32,vae_batch_size=16,vae_train_steps=2000",
+    "4x (32,64,64), L1+MSE, whole images, 400 x 8 (the earlier embedded default):train_steps=400",
+    "4x (16,32,64), MSE, 32 px crops, 1200 x 16:block_channels=16+32+64,l1_weight=0,crop_size=32,"
+    "batch_size=16,train_steps=1200",
+    "2x (16,32), MSE, 32 px crops, 1200 x 16:block_channels=16+32,l1_weight=0,crop_size=32,"
+    "batch_size=16,train_steps=1200",
+    "2x (16,32), MSE, 32 px crops, 2000 x 16 (embedded default):block_channels=16+32,l1_weight=0,"
+    "crop_size=32,batch_size=16,train_steps=2000",
 )
 
 
-def parse_variant(spec: str, steps: int) -> tuple[str, EncodersConfig]:
-    """``"name:key=v,key=v"`` -> (name, EncodersConfig); tuple values are ``+``-joined ints."""
+def parse_variant(spec: str, steps: int) -> tuple[str, AutoencoderConfig]:
+    """``"name:key=v,key=v"`` -> (name, AutoencoderConfig over ``FITTED_BASE``); tuple values are
+    ``+``-joined ints."""
     name, _, body = spec.partition(":")
-    fields: dict = {"vae_train_steps": steps}
+    fields: dict = {**FITTED_BASE, "train_steps": steps}
     for item in filter(None, body.split(",")):
         key, _, value = item.partition("=")
         if "+" in value:
@@ -47,7 +55,7 @@ def parse_variant(spec: str, steps: int) -> tuple[str, EncodersConfig]:
                 fields[key] = int(value)
             except ValueError:
                 fields[key] = float(value)
-    return name, EncodersConfig(**fields)
+    return name, AutoencoderConfig(**fields)
 
 
 def load_split(root: str, size: int):
@@ -87,18 +95,18 @@ def main() -> None:
     print("| variant | latents | parameters | steps x batch | fit time | held-out PSNR | held-out SSIM |")
     print("|---|---|---|---|---|---|---|")
     for spec in args.variants:
-        name, enc = parse_variant(spec, args.steps)
-        torch.manual_seed(enc.vae_seed)
-        vae = build_fitted_vae(enc, args.image_size)
+        name, ae = parse_variant(spec, args.steps)
+        torch.manual_seed(ae.seed)
+        vae = build_fitted_vae(ae, args.image_size)
         start = time.perf_counter()
-        _train_steps(vae, list(vae.parameters()), train_u8, enc, encoder_frozen=False, seed=enc.vae_seed)
+        _train_steps(vae, list(vae.parameters()), train_u8, ae, encoder_frozen=False, seed=ae.seed)
         seconds = time.perf_counter() - start
         codec = LatentCodec(vae, 1.0, source="fitted")
         m = reconstruction_metrics(test_u8, reconstruct(codec, test_u8))
         side = args.image_size // codec.downsample_factor
         params = sum(p.numel() for p in vae.parameters()) / 1e6
         print(f"| {name} | {codec.latent_channels}x{side}x{side} | {params:.2f} M | "
-              f"{enc.vae_train_steps} x {enc.vae_batch_size} | {seconds:.0f} s | "
+              f"{ae.train_steps} x {ae.batch_size} | {seconds:.0f} s | "
               f"{m['psnr']:.2f} dB | {m['ssim']:.3f} |", flush=True)
 
 

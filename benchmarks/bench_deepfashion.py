@@ -49,7 +49,8 @@ DF_TRAIN_REAL = 48_674  # FID reference images (train.lst)
 
 PRESETS = ("xmdpt-s/2", "xmdpt-b/2", "xmdpt-l/2")
 # the sd-vae-ft-mse architecture in the fitted-autoencoder config fields (8x, mid-block attention)
-SD_VAE = dict(vae_block_channels=(128, 256, 512, 512), vae_layers_per_block=2, latent_channels=4, vae_mid_attention=True)
+SD_VAE = dict(vae="fitted", block_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
+              mid_attention=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -112,11 +113,11 @@ def xmdpt_cfg_step_flops(preset: str, batch: int = 1, device: str = "meta") -> i
 
 def build_sd_vae(device: str):
     """The sd-vae-ft-mse architecture, random init, built by the autoencoder stage's own builder."""
-    from xmdpt.config import EncodersConfig
+    from xmdpt.config import AutoencoderConfig
     from xmdpt.encoders.vae import build_fitted_vae
 
     with torch.device(device):
-        return build_fitted_vae(EncodersConfig(**SD_VAE), 256)
+        return build_fitted_vae(AutoencoderConfig(**SD_VAE), 256)
 
 
 def vae_flops(size: int = 256, device: str = "meta") -> dict[str, int]:
@@ -205,8 +206,10 @@ def run_cpu_chain(root: Path, identities: int) -> dict:
     cfg = XMDPTConfig().replace(
         paths={"dataset_root": str(data), "storage_root": str(root / "store"),
                "artifacts_dir": str(root / "artifacts"), "data_specs_dir": str(REPO / "data_specs")},
-        data={"layout": "pidm", "num_cpus_per_task": 1.0,
-              "pose_model_path": str(REPO / "assets" / "models" / "pose_landmarker_full.task")},
+        data={"layout": "pidm", "num_cpus_per_task": 1.0},
+        # one light estimator actor (the synthetic images all have pose annotations): fits any CPU count
+        poses={"model_path": str(REPO / "assets" / "models" / "pose_landmarker_full.task"), "num_actors": 1,
+               "cpus_per_actor": 0.5},
     )
     for stage, fn in (("pairs", build_pairs), ("poses", extract_poses), ("validate", validate_dataset)):
         t0 = time.perf_counter()
@@ -248,10 +251,11 @@ def main() -> None:
     parser.add_argument("--skip-cpu", action="store_true", help="only the FLOP projection")
     args = parser.parse_args()
 
-    import yaml
+    from xmdpt.config import load_config
 
-    profile = yaml.safe_load((REPO / "params" / "deepfashion.yaml").read_text())
-    enc, tr, ev = profile["encoders"], profile["train"], profile["evaluate"]
+    # the profile with every default filled in (it writes only where things are; the rest is the paper's)
+    profile = load_config(REPO / "params" / "deepfashion.yaml").to_dict()
+    enc, ae, tr = profile["encoders"], profile["autoencoder"], profile["train"]
     global_batch = tr["num_workers"] * tr["batch_size_per_worker"] * tr["grad_accum_steps"]
     steps, ddim, image_size = tr["max_steps"], profile["sample"]["num_steps"], profile["data"]["image_size"]
 
@@ -260,8 +264,8 @@ def main() -> None:
     print(f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
           f"no GPU; python {platform.python_version()}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"profile: params/deepfashion.yaml (model {profile['model']['preset']}, global batch {global_batch}, "
-          f"{steps:,} steps, DDIM {ddim}, image {image_size} px, VAE fine-tune {enc['vae_train_steps']:,} steps "
-          f"x batch {enc['vae_batch_size']})")
+          f"{steps:,} steps, DDIM {ddim}, image {image_size} px, VAE fine-tune {ae['train_steps']:,} steps "
+          f"x batch {ae['batch_size']})")
     print()
 
     rows: list[tuple[str, str, str, str]] = []
@@ -353,8 +357,8 @@ def main() -> None:
           f"not by FLOPs, so the FLOP projections below are lower bounds (most of all for S/2 at 8 per GPU)")
     print()
 
-    ae_flops = enc["vae_train_steps"] * enc["vae_batch_size"] * vae["finetune"]
-    rows.append(("autoencoder", f"{enc['vae_train_steps']:,} steps x batch {enc['vae_batch_size']} x "
+    ae_flops = ae["train_steps"] * ae["batch_size"] * vae["finetune"]
+    rows.append(("autoencoder", f"{ae['train_steps']:,} steps x batch {ae['batch_size']} x "
                  f"{fmt_flops(vae['finetune'])}", fmt_flops(ae_flops), f"{hours(ae_flops, 1)} on 1 GPU (projection)"))
     per_image = 2 * (vae["encode"] + dino_g + dino_b)
     feat_flops = DF_IMAGES * per_image

@@ -74,11 +74,11 @@ def main() -> None:
         validate = make_fixture(root, args.images)
         base = load_config(REPO / "params.yaml").replace(paths={"dataset_root": str(root / "data"), "storage_root": str(root / "store0"),
                                             "artifacts_dir": str(root / "artifacts")},
-                                     encoders={"vae_train_steps": 1})  # weights do not change the encoding cost
+                                     autoencoder={"train_steps": 1})  # weights do not change the encoding cost
         ae = fit_autoencoder(base, validate)
         for n_actors in args.actors:
             cfg = base.replace(paths={"storage_root": str(root / f"store{n_actors}")},
-                               encoders={"num_actors": n_actors, "num_cpus_per_actor": 1.0})
+                               features={"num_actors": n_actors, "num_cpus_per_actor": 1.0})
             t0 = time.perf_counter()
             m = build_feature_cache(cfg, ae_manifest=ae, validate_manifest=validate, validate=False)
             dt = time.perf_counter() - t0

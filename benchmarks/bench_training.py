@@ -60,7 +60,7 @@ def bench_cache_vs_online(cfg: XMDPTConfig, batch: int, steps: int) -> dict[str,
     ema = EMA(model, 0.999)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     diffusion = GaussianDiffusion.from_config(cfg.diffusion)
-    codec = LatentCodec(build_fitted_vae(cfg.encoders, cfg.data.image_size), 1.0, source="fitted")
+    codec = LatentCodec(build_fitted_vae(cfg.autoencoder, cfg.data.image_size), 1.0, source="fitted")
     image_enc = TokenEncoder.from_config(cfg.encoders, "image")
     pose_enc = TokenEncoder.from_config(cfg.encoders, "pose")
     C, H = cfg.model.in_channels, cfg.model.input_size
@@ -107,7 +107,8 @@ LAYOUTS = (
 
 def bench_layouts(cfg: XMDPTConfig, steps: int) -> dict[str, tuple[float, int]]:
     """label -> (median samples/s, rows per optimizer step) of each of :data:`LAYOUTS`."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "training"))
+    tests = Path(__file__).resolve().parents[1] / "tests"
+    sys.path[:0] = [str(tests / "training"), str(tests)]  # the fixture's conftest imports tests/tiny_config.py
     from conftest import _write_fixture_cache  # the test fixture writer: real schemas, random tensors
 
     from xmdpt.training.trainer import train

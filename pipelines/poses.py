@@ -1,7 +1,7 @@
 """DVC stage ``poses``: 18 COCO keypoints for every image of the pair table.
 
 Annotated images take their (converted) annotation; the rest go through the MediaPipe pose
-estimator (``data.pose_model_path``) in a Ray Data actor pool. Writes the keypoint table and the
+estimator (``poses.model_path``) in a Ray Data actor pool. Writes the keypoint table and the
 quarantined images under ``{storage_root}/poses/<hash>/`` plus ``{artifacts_dir}/poses/manifest.json``.
 """
 

@@ -27,9 +27,9 @@ SYNTH_DIR = "data/synth"  # == dvc.yaml stages.synth.outs
 def run(cfg: XMDPTConfig) -> dict:
     summary = write_synthetic_dataset(
         SYNTH_DIR,
-        identities=cfg.data.synth_identities,
-        seed=cfg.data.synth_seed,
-        test_fraction=cfg.data.synth_test_fraction,
+        identities=cfg.synth.identities,
+        seed=cfg.synth.seed,
+        test_fraction=cfg.synth.test_fraction,
     )
     logger.info("synth: %s", summary)
     if is_url(cfg.paths.dataset_root):

@@ -51,9 +51,9 @@ def _read_overrides(path: Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"--overrides {path}: file not found")
     d = yaml.safe_load(path.read_text()) or {}
-    unknown = sorted(set(d) - {"model", "encoders", "data"}) if isinstance(d, dict) else ["(not a mapping)"]
+    unknown = sorted(set(d) - {"model", "encoders", "autoencoder", "data"}) if isinstance(d, dict) else ["(not a mapping)"]
     if unknown:
-        raise ValueError(f"--overrides {path}: unknown sections {unknown}; expected model, encoders, data")
+        raise ValueError(f"--overrides {path}: unknown sections {unknown}; expected model, encoders, autoencoder, data")
     return d
 
 
@@ -69,7 +69,7 @@ def import_official(
     register: Optional[str] = typer.Option(None, "--register", help="Also register the folder in MLflow as a new version of this model name."),
     alias: Optional[str] = typer.Option(None, "--alias", help="Alias to set on the registered version (with --register)."),
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow tracking/registry URI (default $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)."),
-    overrides: Optional[Path] = typer.Option(None, "--overrides", help="YAML/JSON with 'model', 'encoders', 'data' fields to replace (checkpoints trained with other sizes or encoders)."),
+    overrides: Optional[Path] = typer.Option(None, "--overrides", help="YAML/JSON with 'model', 'encoders', 'autoencoder', 'data' fields to replace (checkpoints trained with other sizes or encoders)."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Turn the authors' released checkpoint into a complete pipeline folder, optionally registered.
@@ -90,7 +90,8 @@ def import_official(
         extra = _read_overrides(overrides) if overrides else {}
         folder = _import(str(ckpt), preset, str(out), vae=vae, vae_decoder=vae_decoder,
                          image_encoder_weights=image_encoder, pose_encoder_weights=pose_encoder,
-                         model_overrides=extra.get("model"), encoders=extra.get("encoders"), data=extra.get("data"))
+                         model_overrides=extra.get("model"), encoders=extra.get("encoders"),
+                         autoencoder=extra.get("autoencoder"), data=extra.get("data"))
     except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
@@ -118,7 +119,7 @@ def generate(
     steps: Optional[int] = typer.Option(None, "--steps", help="DDIM steps (default: the model's sample.num_steps, 50)."),
     cfg_scale: Optional[float] = typer.Option(None, "--cfg-scale", help="Guidance scale (default: the model's sample.cfg_scale, 2.0; 1 = conditional only)."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
-    pose_model: Optional[Path] = typer.Option(None, "--pose-model", help="MediaPipe .task for pose photos (default: the model config's data.pose_model_path)."),
+    pose_model: Optional[Path] = typer.Option(None, "--pose-model", help="MediaPipe .task for pose photos (default: the model config's poses.model_path)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda (default: cuda when available)."),
     square: bool = typer.Option(False, "--square", help="Write the model's square frame (256x256) instead of restoring the source's aspect (176x256 for DeepFashion)."),
     source_latent: Optional[str] = typer.Option(None, "--source-latent", help="mean | sample: the source's VAE posterior mean, or a seeded sample as the authors (default: the model's sample.source_latent)."),
@@ -158,7 +159,7 @@ def serve(
     poll_s: float = typer.Option(10.0, "--poll-s", help="With --follow-alias: seconds between registry polls."),
     max_mb: float = typer.Option(20.0, "--max-mb", help="Largest accepted upload (MB)."),
     max_side: int = typer.Option(4096, "--max-side", help="Largest accepted image side (px): decompression-bomb guard."),
-    pose_model: Optional[Path] = typer.Option(None, "--pose-model", help="MediaPipe .task for pose photos (default: the model config's data.pose_model_path)."),
+    pose_model: Optional[Path] = typer.Option(None, "--pose-model", help="MediaPipe .task for pose photos (default: the model config's poses.model_path)."),
     cpus_per_replica: float = typer.Option(1.0, "--cpus-per-replica"),
     gpus_per_replica: float = typer.Option(0.0, "--gpus-per-replica"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),

@@ -2,11 +2,15 @@
 
 Every section is a frozen dataclass; :func:`load_config` maps the YAML one-to-one onto
 :class:`XMDPTConfig`, rejecting unknown keys and wrong types with a message that names the
-offending key (``model.hiden_size: unknown key; expected one of [...]``). Defaults live here;
-``params.yaml`` holds the experiment. Cross-field invariants are checked in ``__post_init__``.
+offending key (``model.hiden_size: unknown key; expected one of [...]``). Cross-field invariants are
+checked in ``__post_init__``. A section belongs to the stage that reads it (``synth``, ``poses``,
+``autoencoder``, ``features``, ``train``, ``evaluate``, ``register``); ``data``, ``encoders``,
+``model``, ``diffusion`` and ``sample`` describe the model and are read wherever it runs.
 
-The embedded default (what ``make run`` trains on two CPU cores) is small on purpose; the paper's
-setting is ``params/deepfashion.yaml``.
+The defaults are the paper's setting (X-MDPT-S/2 on DeepFashion at 256 px, the authors' training and
+inference; ``docs/paper.md`` lists each value with its source). ``params.yaml`` is the embedded
+experiment, a small override of them that trains on two CPU cores; ``params/deepfashion.yaml`` adds
+only where the data, the outputs and the cluster are.
 """
 
 from __future__ import annotations
@@ -26,7 +30,11 @@ __all__ = [
     "ConfigError",
     "PathsConfig",
     "DataConfig",
+    "SynthConfig",
+    "PosesConfig",
+    "AutoencoderConfig",
     "EncodersConfig",
+    "FeaturesConfig",
     "ModelConfig",
     "MODEL_PRESETS",
     "DiffusionConfig",
@@ -37,6 +45,7 @@ __all__ = [
     "ClusterConfig",
     "XMDPTConfig",
     "load_config",
+    "upgrade_legacy_config",
     "section_hash",
 ]
 
@@ -76,91 +85,127 @@ class PathsConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Dataset layout, the synthetic generator and pose extraction."""
+    """The dataset: its layout, the model's image size, the split and Ray Data's decoding tasks
+    (the `pairs` and `validate` stages; every later stage reads ``image_size``)."""
 
     layout: str = "auto"  # auto | gfla (PATN/GFLA csv) | pidm (PIDM/X-MDPT txt) | inshop (raw tree)
-    synth_identities: int = 40  # identities written by the `synth` stage
-    synth_seed: int = 0
-    synth_test_fraction: float = 0.2  # share of identities held out (disjoint from train)
-    image_size: int = 64  # square side the model sees (the authors squash 256x176 -> 256x256)
-    pose_model_path: str = "assets/models/pose_landmarker_full.task"  # MediaPipe PoseLandmarker .task
-    pose_min_visibility: float = 0.5  # landmarks below this visibility are reported missing
-    num_cpus_per_task: float = 0.5  # Ray Data CPUs per read/transform task
-    pose_num_actors: int = 1  # pose-estimator actor pool size (one MediaPipe graph per actor)
-    pose_cpus_per_actor: float = 0.5  # fractional: the estimator is light and the pool shares cores
+    image_size: int = 256  # square side the model sees: 256x176 photos squashed to 256x256, as the authors
+    num_cpus_per_task: float = 1.0  # Ray Data CPUs per read/transform task
     split_test_fraction: float = 0.2  # raw In-shop tree without train.lst/test.lst: identities held out (by hash)
 
     def __post_init__(self) -> None:
-        _check(self.pose_num_actors >= 1, "data.pose_num_actors", "must be >= 1")
-        _check(self.pose_cpus_per_actor > 0, "data.pose_cpus_per_actor", "must be > 0")
         _check(0.0 < self.split_test_fraction < 1.0, "data.split_test_fraction", "must be in (0, 1)")
         _check(self.layout in ("auto", "gfla", "pidm", "inshop"), "data.layout",
                f"unknown layout {self.layout!r}; expected one of ['auto', 'gfla', 'inshop', 'pidm']")
         _check(self.image_size % 8 == 0 and self.image_size > 0, "data.image_size", "must be a positive multiple of 8")
-        _check(0.0 < self.synth_test_fraction < 1.0, "data.synth_test_fraction", "must be in (0, 1)")
-        _check(self.synth_identities >= 2, "data.synth_identities", "need at least 2 identities (train and test)")
-        _check(0.0 <= self.pose_min_visibility <= 1.0, "data.pose_min_visibility", "must be in [0, 1]")
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """The `synth` stage: the synthetic dataset of rendered figures (offline stand-in for DeepFashion)."""
+
+    identities: int = 40  # identities written (5 views each)
+    seed: int = 0
+    test_fraction: float = 0.2  # share of identities held out (disjoint from train)
+
+    def __post_init__(self) -> None:
+        _check(0.0 < self.test_fraction < 1.0, "synth.test_fraction", "must be in (0, 1)")
+        _check(self.identities >= 2, "synth.identities", "need at least 2 identities (train and test)")
+
+
+@dataclass(frozen=True)
+class PosesConfig:
+    """The `poses` stage: keypoints of images without a pose annotation (MediaPipe PoseLandmarker)."""
+
+    model_path: str = "assets/models/pose_landmarker_full.task"  # MediaPipe PoseLandmarker .task
+    min_visibility: float = 0.5  # landmarks below this visibility are reported missing
+    num_actors: int = 8  # estimator actor pool size (one MediaPipe graph per actor)
+    cpus_per_actor: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check(self.num_actors >= 1, "poses.num_actors", "must be >= 1")
+        _check(self.cpus_per_actor > 0, "poses.cpus_per_actor", "must be > 0")
+        _check(0.0 <= self.min_visibility <= 1.0, "poses.min_visibility", "must be in [0, 1]")
+
+
+@dataclass(frozen=True)
+class AutoencoderConfig:
+    """The `autoencoder` stage: the latent codec (diffusers ``AutoencoderKL``).
+
+    ``vae: pretrained`` is the paper's: the SD VAE (``pretrained_id``, needs a model hub or a local
+    folder), encoder frozen, decoder fine-tuned here. ``vae: fitted`` trains a small one from scratch
+    (the offline embedded default); the ``block_channels`` / ``layers_per_block`` / ``mid_attention``
+    / ``standardize_latents`` fields apply to it only.
+    """
+
+    vae: str = "pretrained"  # pretrained (diffusers hub id or folder below) | fitted (small AutoencoderKL trained here)
+    pretrained_id: str = "stabilityai/sd-vae-ft-mse"  # a hub id or a local diffusers AutoencoderKL folder
+    latent_scale: Optional[float] = 0.18215  # None -> computed from data (1 / std of latents)
+    latent_channels: int = 4
+    finetune_decoder: bool = True  # pretrained only: fine-tune the decoder, encoder stays frozen
+    train_steps: int = 20000  # fitting (or decoder fine-tuning) steps
+    lr: float = 1e-5  # AdamW peak (5% warm-up, cosine decay)
+    batch_size: int = 16
+    kl_weight: float = 1e-6
+    l1_weight: float = 0.0  # loss = MSE + l1_weight * L1 + kl_weight * KL
+    seed: int = 0  # init, batch order and posterior noise of the fit
+    ema_decay: float = 0.999  # > 0: the saved weights are this EMA of the fit's (0: the last step's weights)
+    crop_size: Optional[int] = None  # fit on random square crops of this side (aligned to the downsampling); None: whole images
+    block_channels: tuple[int, ...] = (32, 64, 64)  # fitted: len-1 downsamplings of 2
+    layers_per_block: int = 1  # fitted: ResNet blocks per resolution (diffusers `layers_per_block`)
+    mid_attention: bool = False  # fitted: self-attention in the mid block (costly on CPU)
+    standardize_latents: bool = True  # fitted: fold per-channel mean/std of the latents into its 1x1 convs (exact)
+
+    def __post_init__(self) -> None:
+        _check(self.vae in ("fitted", "pretrained"), "autoencoder.vae",
+               f"unknown vae {self.vae!r}; expected one of ['fitted', 'pretrained']")
+        _check(self.latent_scale is None or self.latent_scale > 0, "autoencoder.latent_scale", "must be > 0 or null")
+        _check(len(self.block_channels) >= 1, "autoencoder.block_channels", "needs at least one block")
+        _check(self.layers_per_block >= 1, "autoencoder.layers_per_block", "must be >= 1")
+        _check(self.l1_weight >= 0 and self.kl_weight >= 0, "autoencoder.l1_weight", "loss weights must be >= 0")
+        _check(0.0 <= self.ema_decay < 1.0, "autoencoder.ema_decay", "must be in [0, 1)")
+        _check(self.crop_size is None or self.crop_size >= 1, "autoencoder.crop_size", "must be >= 1 or null")
 
 
 @dataclass(frozen=True)
 class EncodersConfig:
-    """Frozen encoders: the autoencoder (VAE) and the DINOv2 token encoders.
+    """The frozen DINOv2 token encoders (source image and target skeleton).
 
-    ``pretrained=True`` is the paper's setting and needs a model hub; ``False`` is the offline
-    embedded default (a small AutoencoderKL fitted by the `autoencoder` stage, random-init DINOv2
-    stand-ins, labelled as such everywhere).
+    ``pretrained=True`` is the paper's setting and needs a model hub or local weights; ``False`` builds
+    seeded random-init stand-ins of the same family (offline; labelled as such everywhere).
     """
 
-    # --- autoencoder ---
-    vae: str = "fitted"  # fitted (small AutoencoderKL trained here) | pretrained (diffusers hub id below)
-    vae_pretrained_id: str = "stabilityai/sd-vae-ft-mse"  # a hub id or a local diffusers AutoencoderKL folder
-    latent_scale: Optional[float] = None  # None -> computed from data (1 / std of latents); SD VAE: 0.18215
-    latent_channels: int = 4
-    vae_block_channels: tuple[int, ...] = (32, 64, 64)  # fitted AE; len-1 downsamplings (factor 4 here: 64 px -> 16x16)
-    vae_train_steps: int = 400  # fitting (or decoder fine-tuning) steps
-    vae_lr: float = 2e-3  # AdamW peak (5% warm-up, cosine decay)
-    vae_batch_size: int = 8
-    vae_kl_weight: float = 1e-6
-    vae_l1_weight: float = 1.0  # loss = MSE + l1_weight * L1 + kl_weight * KL (0 fits PSNR best: +1.3 dB, see BENCHMARKS.md)
-    vae_finetune_decoder: bool = True  # pretrained only: fine-tune the decoder, encoder stays frozen
-    vae_layers_per_block: int = 1  # fitted AE: ResNet blocks per resolution (diffusers `layers_per_block`)
-    vae_mid_attention: bool = False  # fitted AE: self-attention in the mid block (costly on CPU)
-    vae_seed: int = 0  # init, batch order and posterior noise of the fit
-    vae_ema_decay: float = 0.0  # > 0: the saved weights are this EMA of the fit's (0: the last step's weights)
-    vae_crop_size: Optional[int] = None  # fit on random square crops of this side (aligned to the downsampling); None: whole images
-    vae_standardize_latents: bool = True  # fitted AE: fold per-channel mean/std of the latents into its 1x1 convs (exact; see vae.standardize_latent_channels)
-    # --- token encoders (DINOv2) ---
-    pretrained: bool = False  # True: load DINOv2 weights from the hub; False: seeded random-feature stand-ins
+    pretrained: bool = True  # True: DINOv2 weights (hub or the files below); False: seeded random-feature stand-ins
     image_encoder: str = "vit_giant_patch14_dinov2.lvd142m"  # source image tokens (S x Dr)
     pose_encoder: str = "vit_base_patch14_dinov2.lvd142m"  # rendered target skeleton tokens (S x Dp)
     # pretrained only: a local weights file instead of the hub (timm model.safetensors, or the torch-hub
     # dinov2_vitg14_pretrain.pth / dinov2_vitb14_pretrain.pth layout); "" = timm's hub id above
     image_encoder_weights: str = ""
     pose_encoder_weights: str = ""
+    token_input_size: int = 224  # DINO input side: 224 -> 16x16 patches + CLS = 257 tokens
     standin_image_encoder: str = "vit_small_patch14_dinov2.lvd142m"  # architecture of the offline stand-in
     standin_pose_encoder: str = "vit_small_patch14_dinov2.lvd142m"
     standin_depth: int = 2  # stand-ins are shallow random-init ViTs of the same family
     standin_seed: int = 0
-    token_input_size: int = 112  # DINO input side: 112 -> 8x8 patches + CLS = 65 tokens (paper: 224 -> 257)
-    # --- feature cache (Ray Data actor pools) ---
-    batch_size: int = 16
-    num_actors: int = 1
-    num_gpus_per_actor: float = 0.0  # >0 on GPU clusters
-    num_cpus_per_actor: float = 1.0
-    shard_images: int = 64  # images per cache shard (x2 rows with the flip); the unit of resumption
 
     def __post_init__(self) -> None:
-        _check(self.vae in ("fitted", "pretrained"), "encoders.vae",
-               f"unknown vae {self.vae!r}; expected one of ['fitted', 'pretrained']")
-        _check(self.latent_scale is None or self.latent_scale > 0, "encoders.latent_scale", "must be > 0 or null")
-        _check(len(self.vae_block_channels) >= 1, "encoders.vae_block_channels", "needs at least one block")
-        _check(self.shard_images >= 1, "encoders.shard_images", "must be >= 1")
-        _check(self.vae_layers_per_block >= 1, "encoders.vae_layers_per_block", "must be >= 1")
-        _check(self.vae_l1_weight >= 0 and self.vae_kl_weight >= 0, "encoders.vae_l1_weight",
-               "loss weights must be >= 0")
-        _check(0.0 <= self.vae_ema_decay < 1.0, "encoders.vae_ema_decay", "must be in [0, 1)")
-        _check(self.vae_crop_size is None or self.vae_crop_size >= 1, "encoders.vae_crop_size", "must be >= 1 or null")
         _check(self.token_input_size % 14 == 0, "encoders.token_input_size", "must be a multiple of the patch size 14")
+
+
+@dataclass(frozen=True)
+class FeaturesConfig:
+    """The `features` stage: the cached latents and tokens, computed by a Ray Data actor pool."""
+
+    batch_size: int = 64  # images per encoder batch
+    num_actors: int = 4
+    num_gpus_per_actor: float = 1.0  # 0 on CPU-only clusters
+    num_cpus_per_actor: float = 4.0
+    shard_images: int = 1024  # images per cache shard (x2 rows with the flip); the unit of resumption
+
+    def __post_init__(self) -> None:
+        _check(self.shard_images >= 1, "features.shard_images", "must be >= 1")
+        _check(self.batch_size >= 1, "features.batch_size", "must be >= 1")
+        _check(self.num_actors >= 1, "features.num_actors", "must be >= 1")
 
 
 # Named architectures (DiT naming). Paper presets use the paper's encoders: 32x32x4 SD-VAE latents,
@@ -193,21 +238,21 @@ class ModelConfig:
     from here, never from literals in the model.
     """
 
-    preset: str = "xmdpt-tiny/2"  # a key of MODEL_PRESETS, or "" for a fully explicit config
-    input_size: int = 16  # latent side H = W
+    preset: str = "xmdpt-s/2"  # a key of MODEL_PRESETS, or "" for a fully explicit config
+    input_size: int = 32  # latent side H = W
     in_channels: int = 4  # latent channels C
     patch_size: int = 2
-    hidden_size: int = 128
-    depth: int = 4
-    num_heads: int = 4
+    hidden_size: int = 384
+    depth: int = 12
+    num_heads: int = 6
     mlp_ratio: float = 4.0
     learn_sigma: bool = True  # 2C output channels: eps and the variance interpolation v
     mask_ratio: float = 0.3  # MIPNet: share of target tokens dropped in the masked pass
     decode_layer: int = 2  # the last `decode_layer` blocks are the decoder
-    pose_num_tokens: int = 65  # S: [CLS; patches] of the pose encoder (257 at the paper's 224 px)
-    pose_token_dim: int = 384  # Dp
-    ref_num_tokens: int = 65  # S: [CLS; patches] of the image encoder
-    ref_token_dim: int = 384  # Dr
+    pose_num_tokens: int = 257  # S: [CLS; patches] of the pose encoder (224 px: 16x16 + 1)
+    pose_token_dim: int = 768  # Dp (ViT-B/14)
+    ref_num_tokens: int = 257  # S: [CLS; patches] of the image encoder
+    ref_token_dim: int = 1536  # Dr (ViT-g/14)
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "ModelConfig":
@@ -240,32 +285,32 @@ class DiffusionConfig:
 class TrainConfig:
     """Training (Ray Train TorchTrainer around a plain-PyTorch step)."""
 
-    num_workers: int = 2
-    use_gpu: bool = False
-    cpus_per_worker: float = 0.5  # Ray's logical CPUs per worker (fractional: Ray Data keeps CPUs for its tasks)
+    num_workers: int = 4  # DDP workers; global batch = num_workers x batch_size_per_worker x grad_accum_steps
+    use_gpu: bool = True
+    cpus_per_worker: float = 4.0  # Ray's logical CPUs per worker (fractional: Ray Data keeps CPUs for its tasks)
     threads_per_worker: Optional[int] = None  # intra-op threads of a CPU worker (null: cpus_per_worker rounded, >= 1)
-    batch_size_per_worker: int = 16  # rows per worker and micro-batch (x grad_accum_steps per optimizer step)
+    batch_size_per_worker: int = 8  # rows per worker and micro-batch (x grad_accum_steps per optimizer step)
     grad_accum_steps: int = 1
-    max_steps: int = 400  # params.yaml's embedded default: 2400 (~7.5 min on 2 cores); the paper: 300k-800k
-    lr: float = 5e-4  # params.yaml's embedded default: 4e-3 (the tiny model learns far faster than at the paper's 1e-4)
-    warmup_steps: int = 50  # linear LR warm-up from 0 (the authors: none, constant LR)
+    max_steps: int = 300000  # the released checkpoints (the paper trains 800k steps at 256 px)
+    lr: float = 1e-4  # AdamW, constant after warm-up
+    warmup_steps: int = 0  # linear LR warm-up from 0
     weight_decay: float = 0.0
-    grad_clip_norm: Optional[float] = 1.0  # null: no clipping (as the authors); 1.0 keeps the high-lr default stable
-    min_snr_gamma: Optional[float] = None  # null: unweighted eps-MSE (the paper); gamma: Min-SNR-gamma weighting
-    timestep_logit_normal: Optional[tuple[float, float]] = None  # null: t uniform (the paper); (m, s): t = T * sigmoid(m + s * n), n ~ N(0, 1)
-    ema_decay: float = 0.995  # ~200-step horizon for a 400-step run (the authors: 0.9999 over 300k steps)
+    grad_clip_norm: Optional[float] = None  # null: no clipping
+    min_snr_gamma: Optional[float] = None  # null: unweighted eps-MSE; gamma: Min-SNR-gamma weighting
+    timestep_logit_normal: Optional[tuple[float, float]] = None  # null: t uniform; (m, s): t = T * sigmoid(m + s * n), n ~ N(0, 1)
+    ema_decay: float = 0.9999
     cond_drop_prob: float = 0.1  # CFG dropout: share of samples trained with the null (zero) condition
     swap_prob: float = 0.5  # > 0: reversed pairs are rows of the training table (see xmdpt.training.data)
-    precision: str = "auto"  # auto (bf16 autocast on CUDA and on CPUs with AVX512-BF16/AMX, else fp32) | fp32 | bf16
+    precision: str = "bf16"  # auto (bf16 autocast on CUDA and on CPUs with AVX512-BF16/AMX, else fp32) | fp32 | bf16
     seed: int = 0
-    log_every: int = 10
-    checkpoint_every: int = 100
-    keep_checkpoints: int = 2
-    sample_every: int = 100  # sample grid to MLflow every K steps (0: never)
-    sample_steps: int = 10  # DDIM steps of the in-training sample grid (cfg.sample for everything else)
-    sample_rows: int = 4  # examples in the in-training sample grid
-    shuffle_buffer: int = 256  # rows in each worker's local shuffle buffer
-    max_failures: int = 2  # worker-group restarts (a lost worker or node) from the latest checkpoint
+    log_every: int = 100
+    checkpoint_every: int = 10000
+    keep_checkpoints: int = 3
+    sample_every: int = 10000  # sample grid to MLflow every K steps (0: never)
+    sample_steps: int = 50  # DDIM steps of the in-training sample grid (cfg.sample for everything else)
+    sample_rows: int = 8  # examples in the in-training sample grid
+    shuffle_buffer: int = 4096  # rows in each worker's local shuffle buffer
+    max_failures: int = 3  # worker-group restarts (a lost worker or node) from the latest checkpoint
     placement_strategy: str = "PACK"  # Ray placement of the DDP workers: PACK | SPREAD (one per node where possible) | STRICT_*
     init_from: str = ""  # a checkpoint folder (checkpoint_step*/, local or URL) a new run starts from: weights, EMA, optimizer, step
     mlflow_experiment: str = "xmdpt"
@@ -307,9 +352,9 @@ class SampleConfig:
     # the others (one forward instead of two there); null: guide at every step (the authors)
     guidance_interval: Optional[tuple[int, int]] = None
     seed: int = 0
-    # the source image's latent: the VAE posterior mean (our models' grids and evaluation) or a posterior
-    # sample drawn from `seed` (the authors' inference; imported checkpoints default to it)
-    source_latent: str = "mean"
+    # the source image's latent: a posterior sample drawn from `seed` (the authors' inference) or the
+    # VAE posterior mean
+    source_latent: str = "sample"
     # denoiser + DINOv2: auto (bf16 autocast on CUDA as the authors, fp32 on CPU) | fp32 | bf16 (CUDA with
     # bf16 support, or a CPU with native bf16 — AVX512-BF16/AMX; refused elsewhere)
     precision: str = "auto"
@@ -333,8 +378,8 @@ class EvaluateConfig:
     """Evaluation (PIDM protocol where backbone weights exist, synthetic-benchmark metrics otherwise)."""
 
     max_pairs: Optional[int] = None  # evenly spaced over the sorted test pairs; None: every test pair
-    batch_size: int = 16
-    num_actors: int = 1
+    batch_size: int = 64
+    num_actors: int = 4
     eval_size: tuple[int, int] = (256, 176)  # H, W the outputs are resized to before metrics
     inception_weights: str = ""  # path to torchvision inception_v3 weights (.pth/.safetensors); "" -> unavailable
     lpips_weights: str = ""  # path to AlexNet-LPIPS weights; "" -> unavailable
@@ -342,8 +387,8 @@ class EvaluateConfig:
     alexnet_weights: str = ""  # torchvision alexnet ImageNet weights (LPIPS backbone); "" -> LPIPS unavailable
     max_real_images: Optional[int] = None  # FID real set (training images); None: all of them
     unguided_pairs: int = 8  # test pairs also generated with cfg_scale 1 (conditional only) and 0 (null condition)
-    num_gpus_per_actor: Optional[float] = None  # generation actors; None: 1 if the Ray cluster has a GPU, else 0
-    num_cpus_per_actor: float = 1.0
+    num_gpus_per_actor: Optional[float] = 1.0  # generation actors; None: 1 if the Ray cluster has a GPU, else 0
+    num_cpus_per_actor: float = 4.0
     # pidm | cfld: the test-pair rule, resize path, SSIM_256 settings and FID real set of the peers'
     # code, as one unit (xmdpt/metrics/protocol.py); metrics.json records which
     protocol: str = "pidm"
@@ -362,8 +407,8 @@ class RegisterConfig:
     """MLflow model registry."""
 
     model_name: str = "xmdpt"
-    metric: str = "synthetic_pose_iou"  # metric from evaluate's metrics.json used to pick the champion
-    higher_is_better: bool = True
+    metric: str = "fid"  # metric from evaluate's metrics.json used to pick the champion
+    higher_is_better: bool = False
 
 
 @dataclass(frozen=True)
@@ -398,7 +443,11 @@ class ClusterConfig:
 class XMDPTConfig:
     paths: PathsConfig = field(default_factory=PathsConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    poses: PosesConfig = field(default_factory=PosesConfig)
+    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     encoders: EncodersConfig = field(default_factory=EncodersConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -531,6 +580,39 @@ def load_config(path: str | Path = "params.yaml") -> XMDPTConfig:
         return XMDPTConfig.from_dict(raw)
     except ConfigError as e:
         raise ConfigError(f"{p}: {e}") from None
+
+
+
+# Sections split in format 2 of the config: (old section, old key) -> (new section, new key).
+_LEGACY_KEYS: dict[tuple[str, str], tuple[str, str]] = {
+    **{("data", f"synth_{k}"): ("synth", k) for k in ("identities", "seed", "test_fraction")},
+    **{("data", f"pose_{k}"): ("poses", k) for k in ("model_path", "min_visibility", "num_actors", "cpus_per_actor")},
+    ("encoders", "vae"): ("autoencoder", "vae"),
+    ("encoders", "latent_scale"): ("autoencoder", "latent_scale"),
+    ("encoders", "latent_channels"): ("autoencoder", "latent_channels"),
+    **{("encoders", f"vae_{k}"): ("autoencoder", k) for k in (
+        "pretrained_id", "block_channels", "train_steps", "lr", "batch_size", "kl_weight", "l1_weight",
+        "finetune_decoder", "layers_per_block", "mid_attention", "seed", "ema_decay", "crop_size",
+        "standardize_latents")},
+    **{("encoders", k): ("features", k) for k in (
+        "batch_size", "num_actors", "num_gpus_per_actor", "num_cpus_per_actor", "shard_images")},
+}
+
+
+def upgrade_legacy_config(d: dict[str, Any]) -> dict[str, Any]:
+    """A config dict written before the sections were split (model folders registered earlier keep
+    their full config) with each moved key in its new place; any other dict is returned unchanged.
+    Such a folder's top-level ``features`` and ``autoencoder`` entries were lineage records (now under
+    ``lineage``) and are moved there."""
+    legacy = any(isinstance(d.get(sec), dict) and key in d[sec] for sec, key in _LEGACY_KEYS)
+    if not legacy:
+        return d
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in d.items()}
+    out["lineage"] = {k: out.pop(k) for k in ("features", "autoencoder") if k in out}
+    for (sec, key), (new_sec, new_key) in _LEGACY_KEYS.items():
+        if isinstance(out.get(sec), dict) and key in out[sec]:
+            out.setdefault(new_sec, {})[new_key] = out[sec].pop(key)
+    return out
 
 
 def section_hash(*parts: Any) -> str:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tiny_config import tiny_config
 
 from pipelines.common import stage_main
 from xmdpt.ops.cluster import (
@@ -21,7 +22,7 @@ from xmdpt.ops.cluster import (
     upload_outputs,
     working_dir_excludes,
 )
-from xmdpt.config import ConfigError, XMDPTConfig, load_config
+from xmdpt.config import ConfigError, load_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -42,7 +43,7 @@ def _restore_root_logger():
 
 
 def test_outputs_are_read_from_dvc_yaml_and_templated():
-    cfg = XMDPTConfig().replace(paths={"artifacts_dir": "out/art"})
+    cfg = tiny_config().replace(paths={"artifacts_dir": "out/art"})
     dvc_yaml = REPO_ROOT / "dvc.yaml"
     assert stage_outputs("synth", cfg, dvc_yaml) == ["data/synth"]
     assert stage_outputs("pairs", cfg, dvc_yaml) == ["out/art/pairs/manifest.json"]
@@ -54,7 +55,7 @@ def test_outputs_are_read_from_dvc_yaml_and_templated():
 def test_unknown_template_variable_names_the_stage(tmp_path):
     (tmp_path / "dvc.yaml").write_text("stages:\n  s:\n    cmd: x\n    outs:\n      - ${paths.nope}/m.json\n")
     with pytest.raises(ConfigError, match=r"stages\.s\.outs: \$\{paths\.nope\} is not a params key"):
-        stage_outputs("s", XMDPTConfig(), tmp_path / "dvc.yaml")
+        stage_outputs("s", tiny_config(), tmp_path / "dvc.yaml")
 
 
 @pytest.mark.parametrize("address,expected", [
@@ -66,7 +67,7 @@ def test_loopback_addresses(address, expected):
 
 
 def test_address_comes_from_env_then_config(monkeypatch):
-    cfg = XMDPTConfig().replace(cluster={"submit": True, "address": "http://cfg-head:8265"})
+    cfg = tiny_config().replace(cluster={"submit": True, "address": "http://cfg-head:8265"})
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.delenv("RAY_API_SERVER_ADDRESS", raising=False)
     assert resolve_address(cfg) == "http://cfg-head:8265"
@@ -74,12 +75,12 @@ def test_address_comes_from_env_then_config(monkeypatch):
     assert resolve_address(cfg) == "http://env-head:8265"
     monkeypatch.delenv("RAY_ADDRESS")
     with pytest.raises(ConfigError, match=r"RAY_ADDRESS"):
-        resolve_address(XMDPTConfig().replace(cluster={"submit": True}))
+        resolve_address(tiny_config().replace(cluster={"submit": True}))
 
 
 def test_job_config_on_a_shared_filesystem_makes_local_paths_absolute(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    cfg = XMDPTConfig().replace(cluster={"submit": True}, paths={"dataset_root": "s3://bucket/deepfashion"},
+    cfg = tiny_config().replace(cluster={"submit": True}, paths={"dataset_root": "s3://bucket/deepfashion"},
                                 evaluate={"inception_weights": "models/inception.pth"})
     job = job_config(cfg, tmp_path, shared_filesystem=True)
     assert job.evaluate.inception_weights == str(tmp_path / "models/inception.pth")
@@ -89,11 +90,11 @@ def test_job_config_on_a_shared_filesystem_makes_local_paths_absolute(tmp_path, 
     assert job.paths.storage_root == str(tmp_path / "data/store")
     assert job.paths.artifacts_dir == "artifacts"  # stays relative: written in the job, sent back
     assert job.paths.mlflow_tracking_uri == f"sqlite:///{tmp_path}/mlflow.db"
-    assert Path(job.data.pose_model_path).is_absolute()
+    assert Path(job.poses.model_path).is_absolute()
 
 
 def test_job_config_without_shared_filesystem_rejects_local_storage(tmp_path):
-    cfg = XMDPTConfig().replace(cluster={"submit": True}, paths={"dataset_root": "s3://b/df"})
+    cfg = tiny_config().replace(cluster={"submit": True}, paths={"dataset_root": "s3://b/df"})
     with pytest.raises(ConfigError, match=r"paths\.storage_root: 'data/store' is a local path"):
         job_config(cfg, tmp_path, shared_filesystem=False)
     ok = cfg.replace(paths={"storage_root": "s3://b/store", "mlflow_tracking_uri": "http://mlflow:5000"})
@@ -102,7 +103,7 @@ def test_job_config_without_shared_filesystem_rejects_local_storage(tmp_path):
 
 
 def test_working_dir_excludes_data_and_the_local_stores(tmp_path):
-    cfg = XMDPTConfig().replace(paths={"dataset_root": "datasets/deepfashion", "storage_root": "s3://b/x"},
+    cfg = tiny_config().replace(paths={"dataset_root": "datasets/deepfashion", "storage_root": "s3://b/x"},
                                 cluster={"excludes": ["*.ckpt"]})
     ex = working_dir_excludes(cfg, tmp_path)
     for pattern in ("/data", "/.git", "/.venv", "/mlflow.db", "/.dvc/cache", "/datasets/deepfashion", "*.ckpt"):
@@ -112,7 +113,7 @@ def test_working_dir_excludes_data_and_the_local_stores(tmp_path):
 
 def test_outputs_round_trip_through_the_job_dir(tmp_path):
     """What the job uploads replaces the submitter's copy (a stale file does not survive)."""
-    cfg = XMDPTConfig()
+    cfg = tiny_config()
     (tmp_path / "dvc.yaml").write_text(
         "stages:\n  s:\n    cmd: x\n    outs:\n      - ${paths.artifacts_dir}/s/manifest.json\n"
         "      - data/s_dir\n    metrics:\n      - ${paths.artifacts_dir}/s/metrics.json\n"
@@ -145,7 +146,7 @@ def test_download_without_listing_is_a_clear_error(tmp_path):
 
 
 def _params(tmp_path: Path, **cluster) -> Path:
-    d = XMDPTConfig().to_dict()
+    d = tiny_config().to_dict()
     d["cluster"].update(cluster)
     p = tmp_path / "params.yaml"
     p.write_text(yaml.safe_dump(d))
@@ -224,9 +225,9 @@ def test_unreachable_cluster_fails_the_stage_with_the_address(tmp_path, monkeypa
 def test_only_the_autoencoder_driver_asks_for_its_own_gpus():
     from xmdpt.ops.cluster import entrypoint_resources
 
-    cfg = XMDPTConfig().replace(cluster={"entrypoint_num_cpus": 1.0, "autoencoder_num_gpus": 1.0})
+    cfg = tiny_config().replace(cluster={"entrypoint_num_cpus": 1.0, "autoencoder_num_gpus": 1.0})
     assert entrypoint_resources(cfg, "autoencoder") == {"entrypoint_num_cpus": 1.0, "entrypoint_num_gpus": 1.0}
     assert entrypoint_resources(cfg, "features") == {"entrypoint_num_cpus": 1.0, "entrypoint_num_gpus": None}
-    assert entrypoint_resources(XMDPTConfig(), "autoencoder") == {"entrypoint_num_cpus": None, "entrypoint_num_gpus": None}
+    assert entrypoint_resources(tiny_config(), "autoencoder") == {"entrypoint_num_cpus": None, "entrypoint_num_gpus": None}
     profile = load_config(Path(__file__).resolve().parents[2] / "params" / "deepfashion.yaml")
     assert entrypoint_resources(profile, "autoencoder")["entrypoint_num_gpus"] == 1.0

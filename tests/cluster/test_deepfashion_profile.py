@@ -19,21 +19,26 @@ PROFILE = REPO_ROOT / "params" / "deepfashion.yaml"
 VENV_BIN = Path(sys.executable).parent
 
 
-def test_profile_loads_and_names_every_section():
+def test_profile_loads_and_keeps_the_papers_defaults():
+    """The profile says where things are; every setting the paper fixes is the config's default."""
     cfg = load_config(PROFILE)
     raw = yaml.safe_load(PROFILE.read_text())
-    assert set(raw) == {f.name for f in dataclasses.fields(XMDPTConfig)}
+    assert set(raw) <= {f.name for f in dataclasses.fields(XMDPTConfig)}
+    paper = XMDPTConfig()
+    for section in ("synth", "autoencoder", "encoders", "features", "model", "diffusion", "sample"):
+        assert getattr(cfg, section) == getattr(paper, section), section
+    assert cfg.data.image_size == paper.data.image_size
     assert cfg.cluster.submit is False  # switched on per run: dvc exp run -S cluster.submit=true
 
 
 def test_profile_is_the_papers_setting():
     cfg = load_config(PROFILE)
-    e, m, t, s = cfg.encoders, cfg.model, cfg.train, cfg.sample
+    ae, e, m, t, s = cfg.autoencoder, cfg.encoders, cfg.model, cfg.train, cfg.sample
     # 256x256 images -> SD VAE (ft-MSE, decoder fine-tuned) latents 4x32x32 scaled by 0.18215
     assert cfg.data.image_size == 256
-    assert (e.vae, e.vae_pretrained_id, e.latent_scale, e.latent_channels) == (
+    assert (ae.vae, ae.pretrained_id, ae.latent_scale, ae.latent_channels) == (
         "pretrained", "stabilityai/sd-vae-ft-mse", 0.18215, 4)
-    assert e.vae_finetune_decoder is True
+    assert ae.finetune_decoder is True
     assert m.input_size == cfg.data.image_size // 8 == 32 and m.in_channels == 4
     # DINOv2 g/14 (source image) and B/14 (target skeleton), pretrained, at 224 px -> 257 tokens
     assert e.pretrained is True
@@ -62,25 +67,55 @@ def test_profile_is_the_papers_setting():
     assert ev.inception_weights and ev.alexnet_weights and ev.lpips_weights
     assert (cfg.register.metric, cfg.register.higher_is_better) == ("fid", False)
     # GPU actor pools for features and evaluation
-    assert e.num_gpus_per_actor >= 1 and (ev.num_gpus_per_actor or 0) >= 1
+    assert cfg.features.num_gpus_per_actor >= 1 and (ev.num_gpus_per_actor or 0) >= 1
 
 
+# The project's mechanism in miniature: the `config` stage resolves params.yaml with every default
+# filled in (xmdpt/ops/stage_config.py) and the stage depends on its resolved file, so a value reruns
+# it whether params.yaml writes it or the profile leaves it to the paper's default.
 STAGE = """\
 vars:
   - params.yaml
 stages:
+  config:
+    cmd: python -m pipelines.config
+    deps:
+      - params.yaml
+    outs:
+      - ${paths.artifacts_dir}/config/train.yaml:
+          cache: false
   show:
     cmd: >-
       python -c "from xmdpt.config import load_config; c = load_config();
       open('${paths.artifacts_dir}/show.txt', 'w').write(f'{c.model.preset} {c.train.max_steps} {c.sample.cfg_scale}')"
-    params:
-      - model.preset
-      - train.max_steps
-      - sample.cfg_scale
+    deps:
+      - ${paths.artifacts_dir}/config/train.yaml
     outs:
       - ${paths.artifacts_dir}/show.txt:
           cache: false
 """
+
+
+def _dvc_yaml_params() -> list[str]:
+    """Every `params:` key the project's dvc.yaml declares (DVC reads each from params.yaml)."""
+    keys = set()
+    for stage in yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"].values():
+        for entry in stage.get("params", []):
+            keys.update([entry] if isinstance(entry, str) else [k for v in entry.values() for k in v])
+    return sorted(keys)
+
+
+def test_the_profile_writes_every_param_dvc_yaml_declares():
+    """DVC refuses to run a stage whose declared params are missing from params.yaml: copied there,
+    the profile must write each of them."""
+    raw = yaml.safe_load(PROFILE.read_text())
+
+    def written(key: str) -> bool:
+        section, _, name = key.partition(".")
+        return section in raw and (not name or name in raw[section])
+
+    missing = [k for k in _dvc_yaml_params() if not written(k)]
+    assert not missing, f"params/deepfashion.yaml lacks params dvc.yaml declares: {missing}"
 
 
 def test_copying_the_profile_over_params_yaml_reruns_dvc_stages_with_it(tmp_path):
@@ -107,6 +142,9 @@ def test_copying_the_profile_over_params_yaml_reruns_dvc_stages_with_it(tmp_path
 
     shutil.copy(PROFILE, tmp_path / "params.yaml")
     status = run(dvc, "status").stdout
-    assert "modified:" in status and "train.max_steps" in status
+    assert "modified:" in status and "params.yaml" in status
     run(dvc, "repro", "-q")
     assert (tmp_path / "artifacts/show.txt").read_text() == "xmdpt-s/2 300000 2.0"
+    resolved = yaml.safe_load((tmp_path / "artifacts/config/train.yaml").read_text())
+    assert (resolved["model"]["preset"], resolved["train"]["max_steps"], resolved["sample"]["cfg_scale"]) == (
+        "xmdpt-s/2", 300_000, 2.0)

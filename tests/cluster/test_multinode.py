@@ -44,9 +44,10 @@ DAG_STAGES = ("synth", "pairs", "poses", "validate", "autoencoder", "features", 
 
 # The embedded DAG at a size that runs in minutes on 2 cores shared by three nodes.
 TINY = {
-    "data": {"synth_identities": 6, "synth_test_fraction": 0.34, "num_cpus_per_task": 0.5},
-    "encoders": {"vae_train_steps": 30, "vae_batch_size": 8, "num_actors": 2, "num_cpus_per_actor": 1.0,
-                 "batch_size": 8, "shard_images": 16},
+    "data": {"num_cpus_per_task": 0.5},
+    "synth": {"identities": 6, "test_fraction": 0.34},
+    "autoencoder": {"train_steps": 30, "batch_size": 8},
+    "features": {"num_actors": 2, "num_cpus_per_actor": 1.0, "batch_size": 8, "shard_images": 16},
     "train": {"num_workers": 2, "cpus_per_worker": 1.0, "threads_per_worker": 1, "batch_size_per_worker": 4,
               "max_steps": 6, "checkpoint_every": 3, "log_every": 1, "sample_every": 0, "keep_checkpoints": 10,
               "placement_strategy": "SPREAD", "max_failures": 2},

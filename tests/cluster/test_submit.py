@@ -47,8 +47,8 @@ def test_dvc_repro_runs_synth_as_a_ray_job(ray_head, s3_store, make_project, tmp
     from xmdpt.synth import write_synthetic_dataset
 
     s3_env, s3 = s3_store
-    synth = {"synth_identities": 4, "synth_seed": 3, "synth_test_fraction": 0.25}
-    proj = make_project(tmp_path / "proj", {"data": synth, "paths": {"storage_root": "s3://xmdpt-store/run"},
+    synth = {"identities": 4, "seed": 3, "test_fraction": 0.25}
+    proj = make_project(tmp_path / "proj", {"synth": synth, "paths": {"storage_root": "s3://xmdpt-store/run"},
                                             "cluster": {"submit": True, "timeout_s": 180.0}})
     (proj / "data").mkdir()
     (proj / "data" / "not_shipped.bin").write_bytes(os.urandom(1024))

@@ -11,12 +11,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from xmdpt.config import EncodersConfig
+from xmdpt.config import AutoencoderConfig, EncodersConfig
 from xmdpt.data import schema
 from xmdpt.encoders.dino import TokenEncoder, prepare_image, prepare_pose, token_spec
 from xmdpt.encoders.vae import LatentCodec, build_fitted_vae, reconstruction_metrics
 
-TINY = EncodersConfig(vae_block_channels=(8, 16), standin_depth=1, token_input_size=28)
+TINY = EncodersConfig(pretrained=False, standin_depth=1, token_input_size=28)
+TINY_AE = AutoencoderConfig(vae="fitted", block_channels=(8, 16))
 
 
 def test_prepare_image_is_bicubic_without_antialias_and_keeps_range():
@@ -56,7 +57,7 @@ def test_standin_tokens_shape_spec_and_labels():
 def test_standin_weights_are_reproducible_across_processes_and_roundtrip(tmp_path):
     enc = TokenEncoder.from_config(TINY, "pose")
     code = ("from xmdpt.config import EncodersConfig; from xmdpt.encoders.dino import TokenEncoder; "
-            "print(TokenEncoder.from_config(EncodersConfig(vae_block_channels=(8, 16), standin_depth=1, "
+            "print(TokenEncoder.from_config(EncodersConfig(pretrained=False, standin_depth=1, "
             "token_input_size=28), 'pose').fingerprint())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip().splitlines()[-1] == enc.fingerprint()
@@ -98,15 +99,15 @@ def test_pretrained_encoders_fail_fast_offline_naming_the_model():
     lines = [line for line in out.stdout.splitlines() if line.startswith(("ERR", "LOADED"))]
     assert len(lines) == 2, out.stdout + out.stderr
     assert "vit_base_patch14_dinov2.lvd142m" in lines[0] and "HF_HUB_OFFLINE" in lines[0]
-    assert "stabilityai/sd-vae-ft-mse" in lines[1] and "encoders.vae=fitted" in lines[1]
+    assert "stabilityai/sd-vae-ft-mse" in lines[1] and "autoencoder.vae=fitted" in lines[1]
 
 
 def test_latent_codec_shapes_and_safetensors_roundtrip(tmp_path):
     torch.manual_seed(0)
-    codec = LatentCodec(build_fitted_vae(TINY, 32), latent_scale=0.5, source="fitted")
+    codec = LatentCodec(build_fitted_vae(TINY_AE, 32), latent_scale=0.5, source="fitted")
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     mean, std = codec.encode(x)
-    assert mean.shape == std.shape == (2, TINY.latent_channels, 16, 16) and (std > 0).all()
+    assert mean.shape == std.shape == (2, TINY_AE.latent_channels, 16, 16) and (std > 0).all()
     rec = codec.decode(mean)
     assert rec.shape == x.shape and rec.abs().max() <= 1
     uri = codec.save(str(tmp_path / "ae"))
@@ -118,7 +119,7 @@ def test_latent_codec_shapes_and_safetensors_roundtrip(tmp_path):
     with pytest.raises(ValueError, match="not divisible"):
         codec.encode(torch.zeros(1, 3, 31, 31))
     with pytest.raises(ValueError, match="downsampling factor"):
-        build_fitted_vae(EncodersConfig(vae_block_channels=(8, 8, 8, 8)), 36)
+        build_fitted_vae(AutoencoderConfig(vae="fitted", block_channels=(8, 8, 8, 8)), 36)
 
 
 def test_reconstruction_metrics_identity_and_noise():
@@ -156,7 +157,7 @@ def test_standardize_latent_channels_is_exact_and_whitens_each_channel():
     from xmdpt.encoders.vae import from_uint8, standardize_latent_channels
 
     torch.manual_seed(0)
-    vae = build_fitted_vae(EncodersConfig(vae_block_channels=(8, 16)), image_size=32).eval()
+    vae = build_fitted_vae(AutoencoderConfig(vae="fitted", block_channels=(8, 16)), image_size=32).eval()
     with torch.no_grad():  # a fitted-like posterior: small std, channel means far from 0 and unequal spreads
         vae.quant_conv.bias[4:] = -6.0
         vae.quant_conv.bias[:4] += torch.tensor([2.0, -1.0, 0.5, -3.0])

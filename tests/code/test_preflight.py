@@ -15,11 +15,14 @@ from xmdpt.cli import app
 from xmdpt.config import load_config
 from xmdpt.ops.preflight import STAGES, run_checks
 
+from tiny_config import tiny_dict
+
 
 def _params(tmp_path, **sections) -> str:
-    base = {"paths": {"dataset_root": str(tmp_path / "data"), "storage_root": str(tmp_path / "store"),
+    """The tiny test config (offline, CPU) in a params file under ``tmp_path``, with ``sections`` merged in."""
+    base = tiny_dict({"paths": {"dataset_root": str(tmp_path / "data"), "storage_root": str(tmp_path / "store"),
                       "artifacts_dir": str(tmp_path / "artifacts"),
-                      "mlflow_tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}}
+                      "mlflow_tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}})
     for k, v in sections.items():
         base[k] = {**base.get(k, {}), **v}
     p = tmp_path / "params.yaml"

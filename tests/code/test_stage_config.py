@@ -48,9 +48,9 @@ def test_resolved_configs_hold_the_defaults_params_yaml_leaves_out():
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     cfg = load_config(REPO / "params.yaml")
     resolved = resolved_stage_configs(cfg)
-    assert "data_specs_dir" not in raw["paths"] and "log_every" not in raw["train"]
+    assert "data_specs_dir" not in raw["paths"] and "cond_drop_prob" not in raw["train"]
     assert resolved["validate"]["paths"]["data_specs_dir"] == cfg.paths.data_specs_dir
-    assert resolved["train"]["train"]["log_every"] == cfg.train.log_every
+    assert resolved["train"]["train"]["cond_drop_prob"] == cfg.train.cond_drop_prob
     assert resolved["train"]["model"]["depth"] == 4  # filled in from the preset
     for stage, sections in STAGE_SECTIONS.items():
         assert list(resolved[stage]) == ["config_code", *sections]

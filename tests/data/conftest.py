@@ -83,7 +83,7 @@ def write_stage(tmp: Path, stage: str, tables: dict[str, pa.Table], counts: dict
 def make_upstream(tmp_path):
     """``make_upstream(pairs_rows, poses_rows, pairs_schema=..., poses_schema=..., pairs_counts=...)``
     writes both upstream stages and returns a config pointing at them."""
-    from xmdpt.config import XMDPTConfig
+    from tiny_config import tiny_config
 
     def make(pairs_rows, poses_rows, *, pairs_schema=PAIRS_SCHEMA, poses_schema=POSES_SCHEMA, pairs_counts=None):
         empty_q = pa.Table.from_pylist([], schema=QUARANTINE_SCHEMA)
@@ -91,9 +91,9 @@ def make_upstream(tmp_path):
                                         "quarantine": empty_q}, pairs_counts)
         write_stage(tmp_path, "poses", {"poses": pa.Table.from_pylist(poses_rows, schema=poses_schema),
                                         "quarantine": empty_q})
-        return XMDPTConfig().replace(paths={"dataset_root": str(tmp_path / "ds"),
-                                           "storage_root": str(tmp_path / "store"),
-                                           "artifacts_dir": str(tmp_path / "artifacts")})
+        return tiny_config().replace(paths={"dataset_root": str(tmp_path / "ds"),
+                                            "storage_root": str(tmp_path / "store"),
+                                            "artifacts_dir": str(tmp_path / "artifacts")})
 
     return make
 

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
+from tiny_config import tiny_dict
 
 from xmdpt.data.keypoints import gfla_lists_to_kps, pidm_txt_to_image_frame
 from xmdpt.data.deepfashion import path_to_fashion_name
@@ -147,8 +149,8 @@ def test_rewrites_its_own_output_but_refuses_foreign_folders(tmp_path):
 
 
 def test_synth_stage_writes_data_synth(tmp_path):
-    """The DVC command itself: ``python -m pipelines.synth`` writes ``data/synth`` from the data.synth_* params."""
-    (tmp_path / "params.yaml").write_text("data:\n  synth_identities: 2\n  synth_seed: 5\n")
+    """The DVC command itself: ``python -m pipelines.synth`` writes ``data/synth`` from the synth.* params."""
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_dict({"synth": {"identities": 2, "seed": 5}})))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run([sys.executable, "-m", "pipelines.synth", "--params", "params.yaml", "--no-submit"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)

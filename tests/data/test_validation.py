@@ -107,13 +107,14 @@ def test_wrong_schema_and_bad_counts_fail(make_upstream, rows):
 
 def test_stage_entry_point_exits_nonzero_on_failure(make_upstream, rows, tmp_path):
     import yaml
+    from tiny_config import tiny_dict
 
     from pipelines.validate import main
 
     pairs, poses = rows
     cfg = make_upstream([p for p in pairs if p[SPLIT] == "train"], poses)
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"paths": cfg.to_dict()["paths"]}))
+    params.write_text(yaml.safe_dump(tiny_dict({"paths": cfg.to_dict()["paths"]})))
     with pytest.raises(SystemExit) as e:
         main(["--params", str(params)])
     assert e.value.code == 1

@@ -9,10 +9,11 @@ import pytest
 from PIL import Image
 from skimage.metrics import structural_similarity
 
-from xmdpt.config import XMDPTConfig
 from xmdpt.ops.evaluation import dataset_image_for_eval, fid_real_paths, generated_for_eval, one_per_target, pixel_metrics
 from xmdpt.metrics.image import ssim_256
 from xmdpt.metrics.protocol import PROTOCOLS, get_protocol
+
+from tiny_config import tiny_config
 
 
 def _pair(seed: int = 0):
@@ -70,7 +71,7 @@ def test_fid_real_set_is_all_of_train_lst(tmp_path):
     names = [f"fashionMENDenimid{i:08d}01_1front.jpg" for i in range(5)]
     (tmp_path / "train.lst").write_text("\n".join(names) + "\n")
     (tmp_path / "test.lst").write_text("fashionWOMENDressesid0000009901_1front.jpg\n")
-    cfg = XMDPTConfig.from_dict({"paths": {"dataset_root": str(tmp_path)}})
+    cfg = tiny_config(paths={"dataset_root": str(tmp_path)})
     paths, source = fid_real_paths(cfg, validate_manifest={})
     assert len(paths) == 5 and all(p.startswith("img/MEN/Denim/id_") for p in paths)
     assert source == "train.lst (5 images)"

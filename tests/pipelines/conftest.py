@@ -143,12 +143,13 @@ def encode(arr: np.ndarray, fmt: str, mode: str | None = None) -> bytes:
 
 def stage_config(tmp: Path, dataset_root: str, pose_task: Path, storage_root: str | None = None, **data):
     """A config whose stages read ``dataset_root`` and write under ``tmp``."""
-    from xmdpt.config import XMDPTConfig
+    from tiny_config import tiny_config
 
-    return XMDPTConfig().replace(
+    return tiny_config().replace(
         paths={"dataset_root": str(dataset_root), "storage_root": storage_root or str(tmp / "store"),
                "artifacts_dir": str(tmp / "artifacts")},
-        data={"pose_model_path": str(pose_task), "num_cpus_per_task": 0.5, **data},
+        data={"num_cpus_per_task": 0.5, **data},
+        poses={"model_path": str(pose_task)},
     )
 
 

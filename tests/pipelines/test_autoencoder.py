@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tiny_config import tiny_config
 from xmdpt.config import XMDPTConfig
 from xmdpt.data import schema
 from xmdpt.ops.manifests import AutoencoderManifest
@@ -59,14 +60,16 @@ def write_image_dataset(root: Path, n_train: int = 8, n_test: int = 4, corrupt: 
     ).write(ValidateManifest.path(root / "artifacts"))
 
 
-def tiny_config(root: Path, **encoders) -> XMDPTConfig:
-    return XMDPTConfig().replace(
+def image_config(root: Path, *, autoencoder: dict | None = None, features: dict | None = None) -> XMDPTConfig:
+    """The tiny test config at 32 px, reading and writing under ``root``; ``autoencoder`` / ``features``
+    override those sections."""
+    return tiny_config(
         paths={"dataset_root": str(root / "data"), "storage_root": str(root / "store"),
                "artifacts_dir": str(root / "artifacts")},
         data={"image_size": 32},
-        encoders={"vae_block_channels": [8, 16], "vae_train_steps": 3, "vae_batch_size": 4, "standin_depth": 1,
-                  "token_input_size": 28, "batch_size": 4, "shard_images": 4, "num_actors": 1,
-                  "num_cpus_per_actor": 1.0, **encoders},
+        autoencoder={"block_channels": [8, 16], "train_steps": 3, "batch_size": 4, **(autoencoder or {})},
+        encoders={"standin_depth": 1, "token_input_size": 28},
+        features={"batch_size": 4, "shard_images": 4, "num_actors": 1, "num_cpus_per_actor": 1.0, **(features or {})},
     )
 
 
@@ -75,7 +78,7 @@ def test_autoencoder_stage_fits_measures_and_reuses(tmp_path):
     from xmdpt.encoders.vae import LatentCodec
 
     write_image_dataset(tmp_path, corrupt=("img/MEN/Denim/id_00000001/01_1_front.jpg",))
-    cfg = tiny_config(tmp_path)
+    cfg = image_config(tmp_path)
     m = run(cfg)
     art = tmp_path / "artifacts" / "autoencoder"
     on_disk = json.loads((art / "manifest.json").read_text())
@@ -99,7 +102,7 @@ def test_autoencoder_stage_fits_measures_and_reuses(tmp_path):
     again = run(cfg)
     assert again["uri"] == m["uri"] and again["metrics"] == m["metrics"]
     # an explicit scale is used as is and changes the prefix
-    fixed = run(tiny_config(tmp_path, latent_scale=0.25))
+    fixed = run(image_config(tmp_path, autoencoder={"latent_scale": 0.25}))
     assert fixed["latent_scale"] == 0.25 and fixed["uri"] != m["uri"]
 
 
@@ -107,34 +110,35 @@ def test_autoencoder_without_validated_images_is_a_clear_error(tmp_path):
     from xmdpt.encoders.vae import fit_autoencoder
 
     with pytest.raises(FileNotFoundError, match="validate/manifest.json"):
-        fit_autoencoder(tiny_config(tmp_path))
+        fit_autoencoder(image_config(tmp_path))
 
 
 def test_fit_on_crops_feeds_aligned_windows_and_rejects_misaligned_crops():
-    from xmdpt.config import EncodersConfig
     from xmdpt.encoders.vae import _train_steps, build_fitted_vae
 
-    enc = EncodersConfig(vae_block_channels=(8, 16), vae_train_steps=4, vae_batch_size=2, vae_crop_size=8)
+    enc = tiny_config(autoencoder={"block_channels": [8, 16], "train_steps": 4, "batch_size": 2,
+                                   "crop_size": 8}).autoencoder
     vae = build_fitted_vae(enc, 32)
     train = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
     seen = []
     vae.encoder.register_forward_hook(lambda mod, args, out: seen.append(tuple(args[0].shape)))
     last = _train_steps(vae, list(vae.parameters()), train, enc, encoder_frozen=False, seed=0)
     assert seen == [(2, 3, 8, 8)] * 4 and np.isfinite(last["loss"])  # every step sees an 8x8 window
-    with pytest.raises(ValueError, match="vae_crop_size=7 is not a multiple"):
-        _train_steps(vae, list(vae.parameters()), train, enc.__class__(vae_block_channels=(8, 16), vae_crop_size=7),
+    with pytest.raises(ValueError, match=r"autoencoder\.crop_size=7 is not a multiple"):
+        _train_steps(vae, list(vae.parameters()), train,
+                     tiny_config(autoencoder={"block_channels": [8, 16], "crop_size": 7}).autoencoder,
                      encoder_frozen=False, seed=0)
 
 
 def test_fit_keeps_the_ema_weights():
-    from xmdpt.config import EncodersConfig
     from xmdpt.encoders.vae import _train_steps, build_fitted_vae
     from xmdpt.training.ema import EMA
 
     train = np.random.default_rng(0).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
     out = {}
     for decay in (0.0, 0.9):
-        enc = EncodersConfig(vae_block_channels=(8, 16), vae_train_steps=6, vae_batch_size=2, vae_ema_decay=decay)
+        enc = tiny_config(autoencoder={"block_channels": [8, 16], "train_steps": 6, "batch_size": 2,
+                                       "ema_decay": decay}).autoencoder
         torch.manual_seed(0)
         vae = build_fitted_vae(enc, 16)
         init = {k: v.clone() for k, v in vae.state_dict().items()}

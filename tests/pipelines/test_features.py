@@ -26,13 +26,13 @@ class Interrupted(Exception):
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
     """A 12-image fixture (one undecodable) with a 2-step autoencoder fitted on it."""
-    from test_autoencoder import tiny_config, write_image_dataset
+    from test_autoencoder import image_config, write_image_dataset
 
     from xmdpt.encoders.vae import fit_autoencoder
 
     root = tmp_path_factory.mktemp("features")
     validate = write_image_dataset(root, n_train=8, n_test=4, corrupt=(BAD,))
-    cfg = tiny_config(root, vae_train_steps=2)
+    cfg = image_config(root, autoencoder={"train_steps": 2})
     return root, cfg, validate, fit_autoencoder(cfg, validate)
 
 

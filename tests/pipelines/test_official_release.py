@@ -67,7 +67,7 @@ def test_import_writes_a_complete_pipeline_folder(files, imported):
     config = json.loads((imported / "config.json").read_text())
     assert config["sample"]["source_latent"] == "sample" and config["sample"]["cfg_scale"] == 2.0
     assert config["sample"]["cfg_power"] == 0.01 and config["sample"]["guidance_interval"] is None
-    assert config["encoders"]["token_input_size"] == 224 and config["encoders"]["latent_scale"] == 0.18215
+    assert config["encoders"]["token_input_size"] == 224 and config["autoencoder"]["latent_scale"] == 0.18215
     assert config["encoders"]["image_encoder_weights"] == ""  # copied into encoders/, not a path on this machine
     assert config["source"]["sha256"] == __import__("hashlib").sha256(files["ckpt"].read_bytes()).hexdigest()
 
@@ -206,7 +206,7 @@ def test_missing_hub_weights_offline_name_id_cache_and_setting(files, tmp_path, 
                                              str(files["image"]), "--pose-encoder", str(files["pose"])])
     assert r.exit_code == 2, r.output
     text = " ".join(r.output.split())
-    assert "stabilityai/sd-vae-ft-mse" in text and hf_cache_dir() in text and "encoders.vae_pretrained_id" in text
+    assert "stabilityai/sd-vae-ft-mse" in text and hf_cache_dir() in text and "autoencoder.pretrained_id" in text
     assert not (tmp_path / "o").exists()
 
 

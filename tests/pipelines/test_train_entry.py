@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import yaml
+from tiny_config import tiny_dict
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -19,9 +20,9 @@ def test_train_entry_exits_in_seconds_naming_the_unreachable_tracking_uri(tmp_pa
         port = s.getsockname()[1]
     uri = f"http://127.0.0.1:{port}"
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"paths": {"storage_root": str(tmp_path / "store"),
-                                                "artifacts_dir": str(tmp_path / "artifacts"),
-                                                "mlflow_tracking_uri": uri}}))
+    params.write_text(yaml.safe_dump(tiny_dict({"paths": {"storage_root": str(tmp_path / "store"),
+                                                          "artifacts_dir": str(tmp_path / "artifacts"),
+                                                          "mlflow_tracking_uri": uri}})))
     t0 = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "pipelines.train", "--params", str(params)], cwd=REPO,
                           capture_output=True, text=True, timeout=120)

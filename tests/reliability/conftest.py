@@ -34,7 +34,7 @@ def data_fixtures() -> ModuleType:
 
 
 def image_fixtures() -> ModuleType:
-    """``tests/pipelines/test_autoencoder.py``: write_image_dataset, tiny_config."""
+    """``tests/pipelines/test_autoencoder.py``: write_image_dataset, image_config."""
     return _module(TESTS / "pipelines" / "test_autoencoder.py", "xmdpt_tests_pipelines_autoencoder")
 
 

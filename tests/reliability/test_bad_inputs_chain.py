@@ -34,9 +34,9 @@ def test_every_bad_input_through_the_dag_to_the_feature_cache(ray_local, tmp_pat
     info.update(dfx.add_bad_inputs(tmp_path / "ds", tmp_path / "outside"))
     cfg = dfx.stage_config(tmp_path, tmp_path / "ds", pose_task_path).replace(
         data={"image_size": 32},
-        encoders={"vae_block_channels": [8, 16], "vae_train_steps": 2, "vae_batch_size": 4, "standin_depth": 1,
-                  "token_input_size": 28, "batch_size": 8, "shard_images": 8, "num_actors": 1,
-                  "num_cpus_per_actor": 1.0})
+        autoencoder={"block_channels": [8, 16], "train_steps": 2, "batch_size": 4},
+        encoders={"standin_depth": 1, "token_input_size": 28},
+        features={"batch_size": 8, "shard_images": 8, "num_actors": 1, "num_cpus_per_actor": 1.0})
     out = dfx.run_chain(cfg)
     pairs, poses, validate = out["pairs"], out["poses"], out["validate"]
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tiny_config import tiny_dict
 
 from xmdpt.data import schema
 from xmdpt.data.quarantine import read_table
@@ -25,7 +26,7 @@ DVC_YAML = """\
 stages:
   synth:
     cmd: python -m pipelines.synth
-    params: [data.synth_identities, data.synth_seed, data.synth_test_fraction]
+    params: [synth.identities, synth.seed, synth.test_fraction]
     outs: [data/synth]
   pairs:
     cmd: python -m pipelines.pairs
@@ -59,17 +60,17 @@ def test_parallel_experiments_do_not_mix_outputs(tmp_path):
     repo, store = tmp_path / "repo", tmp_path / "store"
     repo.mkdir()
     (repo / "dvc.yaml").write_text(DVC_YAML)
-    (repo / "params.yaml").write_text(yaml.safe_dump({
+    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_dict({
         "paths": {"dataset_root": "data/synth", "storage_root": str(store), "artifacts_dir": "artifacts"},
-        "data": {"synth_identities": 3, "synth_seed": 0, "synth_test_fraction": 0.34, "split_test_fraction": 0.2,
-                 "num_cpus_per_task": 0.5}}))
+        "data": {"split_test_fraction": 0.2, "num_cpus_per_task": 0.5},
+        "synth": {"identities": 3, "seed": 0, "test_fraction": 0.34}})))
     _sh(repo, "git", "init", "-q")
     _sh(repo, "dvc", "init", "-q")
     _sh(repo, "git", "add", "-A")
     _sh(repo, "git", "commit", "-qm", "pipeline")
 
     runs = {seed: subprocess.Popen(
-        ["dvc", "exp", "run", "--temp", "-n", f"seed{seed}", "-S", f"data.synth_seed={seed}"],
+        ["dvc", "exp", "run", "--temp", "-n", f"seed{seed}", "-S", f"synth.seed={seed}"],
         cwd=repo, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for seed in (1, 2)}
     for seed, proc in runs.items():
         out = proc.communicate(timeout=540)[0]
@@ -81,7 +82,7 @@ def test_parallel_experiments_do_not_mix_outputs(tmp_path):
     for seed in (1, 2):
         ref = next(r for r in refs if r.endswith(f"/seed{seed}"))
         lock = yaml.safe_load(_sh(repo, "git", "show", f"{ref}:dvc.lock"))["stages"]
-        assert lock["synth"]["params"]["params.yaml"]["data.synth_seed"] == seed
+        assert lock["synth"]["params"]["params.yaml"]["synth.seed"] == seed
         manifest = json.loads(_cached(repo, lock["pairs"]["outs"][0]["md5"]).read_text())
         listing = json.loads(_cached(repo, lock["synth"]["outs"][0]["md5"]).read_text())  # the .dir listing
         got[seed] = (manifest, {e["relpath"]: e["md5"] for e in listing})

@@ -54,7 +54,7 @@ def test_a_changed_model_line_reruns_train_evaluate_register_only(project):
 def test_a_changed_default_reruns_the_stages_reading_its_section(project):
     config = project / "xmdpt" / "config.py"
     params = yaml.safe_load((project / "params.yaml").read_text())
-    assert "grid_rows" not in params["evaluate"] and "pose_num_actors" not in params["data"]
+    assert "grid_rows" not in params["evaluate"] and "split_test_fraction" not in params["data"]
     assert "data_specs_dir" not in params["paths"]
 
     _edit(config, "    grid_rows: int = 8\n", "    grid_rows: int = 4\n")
@@ -62,7 +62,7 @@ def test_a_changed_default_reruns_the_stages_reading_its_section(project):
     dvc(project, "repro", "-q", "config")
     assert _changed(project) == {"evaluate"}
 
-    _edit(config, "    pose_num_actors: int = 1", "    pose_num_actors: int = 2")
+    _edit(config, "    split_test_fraction: float = 0.2", "    split_test_fraction: float = 0.25")
     dvc(project, "repro", "-q", "config")
     assert _changed(project) == {"evaluate", "synth", "pairs", "poses", "autoencoder", "features", "train"}
 

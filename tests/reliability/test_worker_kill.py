@@ -90,7 +90,8 @@ def test_sigkill_of_an_encoder_actor_mid_run_loses_and_duplicates_nothing(ray_lo
     from xmdpt.encoders.features import build_feature_cache
 
     validate = image_mod.write_image_dataset(tmp_path, n_train=8, n_test=4)
-    cfg = image_mod.tiny_config(tmp_path, vae_train_steps=2, shard_images=2, batch_size=2)
+    cfg = image_mod.image_config(tmp_path, autoencoder={"train_steps": 2},
+                                 features={"shard_images": 2, "batch_size": 2})
     from xmdpt.encoders.vae import fit_autoencoder
 
     ae = fit_autoencoder(cfg, validate)

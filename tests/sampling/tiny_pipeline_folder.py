@@ -13,16 +13,21 @@ import torch
 
 from xmdpt.config import XMDPTConfig
 
-TINY = {
+from tiny_config import tiny_dict
+
+# the tiny test config (tests/tiny_config.py) made smaller still: 16 px images, a 2x autoencoder, 5 tokens
+TINY = tiny_dict({
     "data": {"image_size": 16},
-    "encoders": {"vae_block_channels": [8, 16], "latent_channels": 4, "standin_depth": 1, "token_input_size": 28},
+    "autoencoder": {"block_channels": [8, 16], "latent_channels": 4},
+    "encoders": {"standin_depth": 1, "token_input_size": 28},
     "model": {"preset": "xmdpt-tiny/2", "hidden_size": 32, "depth": 3, "num_heads": 2, "input_size": 8,
               "pose_num_tokens": 5, "pose_token_dim": 384, "ref_num_tokens": 5, "ref_token_dim": 384},
     "sample": {"num_steps": 3},
-}
+})
 
 
 def tiny_config(**sections) -> XMDPTConfig:
+    """``TINY`` with ``sections`` merged in, section by section."""
     d = {k: dict(v) for k, v in TINY.items()}
     for k, v in sections.items():
         d[k] = {**d.get(k, {}), **v}
@@ -40,7 +45,7 @@ def build_tiny_pipeline_folder(root: Path, cfg: XMDPTConfig | None = None, seed:
     cfg = cfg or tiny_config()
     root = Path(root)
     torch.manual_seed(seed)
-    codec = LatentCodec(build_fitted_vae(cfg.encoders, cfg.data.image_size), 1.0, source="fitted")
+    codec = LatentCodec(build_fitted_vae(cfg.autoencoder, cfg.data.image_size), 1.0, source="fitted")
     codec_dir = codec.save(str(root / "autoencoder"))
     weights, specs = {}, {}
     for role in ("image", "pose"):

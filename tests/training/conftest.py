@@ -20,6 +20,8 @@ from xmdpt.data import schema
 from xmdpt.ops.manifests import (AutoencoderManifest, FeatureImages, FeaturesManifest, FeatureTables, TableEntry,
                              TensorSpec, ValidateManifest, ValidateTables)
 
+from tiny_config import tiny_dict
+
 # a model small enough for a CPU test step: 8x8x4 latents, 5 tokens of width 16
 TINY_MODEL = dict(preset="", input_size=8, in_channels=4, patch_size=2, hidden_size=32, depth=2, num_heads=2,
                   decode_layer=1, pose_num_tokens=5, pose_token_dim=16, ref_num_tokens=5, ref_token_dim=16)
@@ -27,14 +29,14 @@ TINY_MODEL = dict(preset="", input_size=8, in_channels=4, patch_size=2, hidden_s
 
 def _tiny_config(tmp: Path, **train) -> XMDPTConfig:
     """Config for a CPU test run under ``tmp`` (storage, artifacts, MLflow all inside it)."""
-    return XMDPTConfig.from_dict({
+    return XMDPTConfig.from_dict(tiny_dict({
         "paths": {"storage_root": str(tmp / "store"), "artifacts_dir": str(tmp / "artifacts"),
                   "mlflow_tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}"},
         "model": TINY_MODEL,
         "sample": {"num_steps": 2},
         "train": {"num_workers": 1, "batch_size_per_worker": 4, "max_steps": 6, "lr": 1e-3, "ema_decay": 0.9,
                   "log_every": 2, "checkpoint_every": 3, "sample_every": 3, "warmup_steps": 0, **train},
-    })
+    }))
 
 
 def _write_fixture_cache(root: Path, *, persons: int = 3, views: int = 3, latent=(4, 8, 8), tokens=(5, 16),
@@ -101,13 +103,13 @@ def _write_fixture_cache(root: Path, *, persons: int = 3, views: int = 3, latent
 
 def _write_fixture_autoencoder(root: Path, latent_scale: float = 0.5) -> dict:
     """A random-init fitted-type AutoencoderKL (32 px -> 4x8x8) saved as the autoencoder stage does."""
-    from xmdpt.config import EncodersConfig
+    from xmdpt.config import AutoencoderConfig
     from xmdpt.encoders.vae import LatentCodec, build_fitted_vae
 
     import torch
 
     torch.manual_seed(0)
-    vae = build_fitted_vae(EncodersConfig(vae_block_channels=(8, 8, 8)), image_size=32)
+    vae = build_fitted_vae(AutoencoderConfig(vae="fitted", block_channels=(8, 8, 8)), image_size=32)
     uri = str(root / "autoencoder")
     LatentCodec(vae, latent_scale, source="fitted").save(uri)
     return AutoencoderManifest(

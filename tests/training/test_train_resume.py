@@ -38,12 +38,12 @@ def test_train_stage_outputs_and_relaunch(ray_local, fixture_cache_with_vae, mak
 
     model, config = load_model_folder(out["model_uri"])  # final EMA weights + full config
     assert config["latent_scale"] == 0.5 and config["model"]["hidden_size"] == 32
-    assert config["features"]["manifest"].endswith("features/manifest.json") and config["train"]["max_steps"] == 6
+    assert config["lineage"]["features"]["manifest"].endswith("features/manifest.json") and config["train"]["max_steps"] == 6
 
     info = tracking.run_info(manifest["tracking_uri"], out["run_id"])
     assert info["status"] == "FINISHED" and info["params"]["train.max_steps"] == "6"
     assert {"samples/step_00000003.png", "samples/step_00000006.png"} <= set(info["artifacts"])
-    assert config["autoencoder"]["uri"] == fixture_cache_with_vae["autoencoder"]["uri"]
+    assert config["lineage"]["autoencoder"]["uri"] == fixture_cache_with_vae["autoencoder"]["uri"]
     assert info["tags"]["git_commit"] and info["tags"]["manifest.features.uri"]
     assert [s for s, _ in tracking.metric_history(manifest["tracking_uri"], out["run_id"], "loss")] == [2, 4, 6]
     assert {"loss_masked", "vb", "lr", "samples_per_s", "step_time_s"} <= set(info["metrics"])

@@ -57,7 +57,7 @@ class PoseEstimator:
             raise FileNotFoundError(
                 f"pose model not found: {model_path} — download MediaPipe's published "
                 f"pose_landmarker_full.task ({_MODEL_URL}, see the 'Pose landmarker' model card) "
-                "and point data.pose_model_path at it")
+                "and point poses.model_path at it")
         if not 0.0 <= min_visibility <= 1.0:
             raise ValueError(f"min_visibility: must be in [0, 1], got {min_visibility}")
         from mediapipe.tasks.python import BaseOptions, vision  # heavy import, only when used

@@ -4,7 +4,7 @@
   the `pairs` stage found), converted into the image's own pixel frame with the size `pairs`
   measured — no decode needed.
 - Images without an annotation are decoded and go through the real pose estimator
-  (:class:`xmdpt.data.pose_estimation.PoseEstimator`, ``data.pose_model_path``) in a Ray Data
+  (:class:`xmdpt.data.pose_estimation.PoseEstimator`, ``poses.model_path``) in a Ray Data
   actor pool (``ActorPoolStrategy``, fractional CPUs): one MediaPipe graph per actor.
 - An image whose annotation is malformed (not 18 points, non-numeric) or that cannot be decoded
   is quarantined with the reason; an annotation row that names no readable image is quarantined
@@ -149,8 +149,8 @@ def extract_poses(cfg: XMDPTConfig) -> dict:
     root, layout = resolve_root(cfg.paths.dataset_root), pairs_manifest.layout
     entry = pairs_manifest.tables.images
     images = read_table(entry.uri, rows=entry.rows).to_pandas()
-    params = {"layout": layout, "pose_model": _model_id(cfg.data.pose_model_path),
-              "pose_min_visibility": cfg.data.pose_min_visibility}
+    params = {"layout": layout, "pose_model": _model_id(cfg.poses.model_path),
+              "pose_min_visibility": cfg.poses.min_visibility}
     prefix = fresh_prefix(stage_prefix(cfg.paths.storage_root, STAGE_NAME, params,
                                        {PAIRS_STAGE: pairs_manifest.key()}))
 
@@ -178,15 +178,15 @@ def extract_poses(cfg: XMDPTConfig) -> dict:
     logger.info("%d images: %d annotated, %d to the pose estimator, %d unusable annotations", len(annotated),
                 int((done[_ERROR] == "").sum()), len(pending), int((done[_ERROR] != "").sum()))
     if len(pending):
-        if not os.path.isfile(cfg.data.pose_model_path):
-            raise FileNotFoundError(f"data.pose_model_path: {cfg.data.pose_model_path} not found; "
+        if not os.path.isfile(cfg.poses.model_path):
+            raise FileNotFoundError(f"poses.model_path: {cfg.poses.model_path} not found; "
                                     f"{len(pending)} images have no annotation and need the pose estimator")
         estimated = ray.data.from_items(pending[list(images.columns)].to_dict("records")).map_batches(
             EstimatePoses,
-            fn_constructor_kwargs={"root": root, "model_path": os.path.abspath(cfg.data.pose_model_path),
-                                   "min_visibility": cfg.data.pose_min_visibility},
-            compute=ActorPoolStrategy(size=cfg.data.pose_num_actors),
-            num_cpus=cfg.data.pose_cpus_per_actor, batch_format="pandas", batch_size=4,
+            fn_constructor_kwargs={"root": root, "model_path": os.path.abspath(cfg.poses.model_path),
+                                   "min_visibility": cfg.poses.min_visibility},
+            compute=ActorPoolStrategy(size=cfg.poses.num_actors),
+            num_cpus=cfg.poses.cpus_per_actor, batch_format="pandas", batch_size=4,
         ).to_pandas()
         done = pd.concat([done, estimated], ignore_index=True)
 

@@ -8,8 +8,8 @@ left/right swapped *before* the skeleton is rendered) the cache holds:
 - ``pose_tokens`` (S, Dp) of the pose encoder on the image's own rendered skeleton;
 - the keypoints in the model's square frame (``image_size`` x ``image_size``, flipped for flips).
 
-Encoders run in a Ray Data actor pool (``encoders.num_actors`` actors, GPUs if
-``num_gpus_per_actor > 0``). Images are processed in fixed chunks of ``encoders.shard_images``
+Encoders run in a Ray Data actor pool (``features.num_actors`` actors, GPUs if
+``num_gpus_per_actor > 0``). Images are processed in fixed chunks of ``features.shard_images``
 (sorted by path), one shard ``data/part-00017.parquet`` per chunk, written to a temporary name and
 renamed; a rerun skips chunks whose shard exists and is readable, so an interrupted stage redoes
 only what is missing and never duplicates rows. Images that cannot be decoded are quarantined
@@ -54,11 +54,11 @@ _OUT_SCHEMA = pa.schema([*schema.FEATURES_SCHEMA, pa.field(CHUNK, pa.int32()), p
                          pa.field(NODE, pa.string())])
 
 
-def token_params(enc: EncodersConfig) -> dict[str, Any]:
-    """Encoder-config fields that change the cached tokens (hashed into the cache prefix)."""
+def token_params(enc: EncodersConfig, shard_images: int) -> dict[str, Any]:
+    """The config fields that change the cached tokens or their shards (hashed into the cache prefix)."""
     keep = ("pretrained", "image_encoder", "pose_encoder", "standin_image_encoder", "standin_pose_encoder",
-            "standin_depth", "standin_seed", "token_input_size", "shard_images")
-    return {k: v for k, v in asdict(enc).items() if k in keep}
+            "standin_depth", "standin_seed", "token_input_size")
+    return {**{k: v for k, v in asdict(enc).items() if k in keep}, "shard_images": shard_images}
 
 
 def shard_name(chunk: int) -> str:
@@ -135,13 +135,13 @@ class EncoderActor:
         import ray
 
         cfg = XMDPTConfig.from_dict(config)
-        enc = cfg.encoders
+        enc, fc = cfg.encoders, cfg.features
         self.cfg = cfg
         self.node_id = ray.get_runtime_context().get_node_id()  # recorded per row: where the encoding ran
-        use_gpu = enc.num_gpus_per_actor > 0 and torch.cuda.is_available()
+        use_gpu = fc.num_gpus_per_actor > 0 and torch.cuda.is_available()
         device = "cuda" if use_gpu else "cpu"
         if not use_gpu:
-            torch.set_num_threads(max(1, int(round(enc.num_cpus_per_actor))))
+            torch.set_num_threads(max(1, int(round(fc.num_cpus_per_actor))))
         self.codec = LatentCodec.from_folder(vae_uri, device=device)
         self.encoders = {}
         for role in ("image", "pose"):
@@ -285,13 +285,13 @@ def build_feature_cache(
     """
     import ray
 
-    enc, size = cfg.encoders, cfg.data.image_size
+    enc, fc, size = cfg.encoders, cfg.features, cfg.data.image_size
     validate_manifest = ValidateManifest.coerce(validate_manifest or ValidateManifest.load(cfg.paths.artifacts_dir))
     ae_manifest = AutoencoderManifest.coerce(ae_manifest or AutoencoderManifest.load(cfg.paths.artifacts_dir))
     if ae_manifest.image_size != size:
         raise ValueError(f"autoencoder manifest image_size={ae_manifest.image_size} != data.image_size={size}; "
                          "rerun the autoencoder stage")
-    prefix = stage_prefix(cfg.paths.storage_root, STAGE, token_params(enc), size,
+    prefix = stage_prefix(cfg.paths.storage_root, STAGE, token_params(enc, fc.shard_images), size,
                           validate_manifest.key(), {"uri": ae_manifest.uri, "latent_scale": ae_manifest.latent_scale})
     data_uri, quarantine_uri = join(prefix, "data"), join(prefix, "quarantine")
     fs, data_dir = filesystem(data_uri)
@@ -305,7 +305,7 @@ def build_feature_cache(
     n = table.num_rows
     if n == 0:
         raise ValueError("validate manifest lists no images; nothing to encode")
-    k = enc.shard_images
+    k = fc.shard_images
     num_chunks = math.ceil(n / k)
     chunk_ids = np.arange(n) // k
     todo = [c for c in range(num_chunks) if not _chunk_done(fs, data_dir, quarantine_dir, c, min(k, n - c * k))]
@@ -321,7 +321,7 @@ def build_feature_cache(
         rows = table.filter(pa.array(sel)).select([schema.IMAGE_PATH, schema.SPLIT, schema.KEYPOINTS])
         rows = rows.append_column(CHUNK, pa.array(chunk_ids[sel], pa.int32()))
         expected = {c: 2 * min(k, n - c * k) for c in todo}
-        blocks = [rows.slice(i, enc.batch_size) for i in range(0, rows.num_rows, enc.batch_size)]
+        blocks = [rows.slice(i, fc.batch_size) for i in range(0, rows.num_rows, fc.batch_size)]
         ctx = ray.data.DataContext.get_current()
         old_order = ctx.execution_options.preserve_order
         ctx.execution_options.preserve_order = True  # chunks complete one after another
@@ -330,10 +330,10 @@ def build_feature_cache(
                 EncoderActor,
                 fn_constructor_kwargs={"config": cfg.to_dict(), "vae_uri": ae_manifest.uri,
                                        "encoder_weights": weights},
-                compute=ray.data.ActorPoolStrategy(size=enc.num_actors),
-                num_gpus=enc.num_gpus_per_actor or None,
-                num_cpus=enc.num_cpus_per_actor,
-                batch_size=enc.batch_size,
+                compute=ray.data.ActorPoolStrategy(size=fc.num_actors),
+                num_gpus=fc.num_gpus_per_actor or None,
+                num_cpus=fc.num_cpus_per_actor,
+                batch_size=fc.batch_size,
                 batch_format="pyarrow",
             )
             pending: dict[int, list[pa.Table]] = {}

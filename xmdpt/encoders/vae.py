@@ -1,14 +1,14 @@
 """The latent codec: a diffusers ``AutoencoderKL`` between images and diffusion latents.
 
-Two sources (``encoders.vae``):
+Two sources (``autoencoder.vae``):
 
 - ``pretrained`` — the paper's ``stabilityai/sd-vae-ft-mse`` (8x downsampling, 4 channels, latent
   scale 0.18215) with its decoder fine-tuned on the dataset images, as the authors did; the
   encoder stays frozen, so cached latents stay valid. Needs the model hub.
 - ``fitted`` — the offline embedded default: a small ``AutoencoderKL`` built from
-  ``encoders.vae_block_channels`` / ``latent_channels`` (downsampling ``2**(len(blocks) - 1)``:
+  ``autoencoder.block_channels`` / ``latent_channels`` (downsampling ``2**(len(blocks) - 1)``:
   64 px -> 16x16x4 by default) and fitted from scratch on the train split and its flips (optionally
-  on random ``encoders.vae_crop_size`` crops: the network is fully convolutional, and 32 px crops
+  on random ``autoencoder.crop_size`` crops: the network is fully convolutional, and 32 px crops
   make a step 4x cheaper at 64 px), with loss ``MSE + l1_weight * L1 + kl_weight * KL``
   (``l1_weight=0`` fits PSNR best; see ``benchmarks/bench_autoencoder.py``).
 
@@ -19,12 +19,13 @@ SSIM of the decoded posterior mean — and saves the weights as safetensors
 
 Latents: ``encode`` returns the *unscaled* posterior ``(mean, std)``; the diffusion model works on
 ``latent_scale * z`` with ``z ~ N(mean, std^2)``; ``decode`` takes unscaled latents. The scale is
-one config value (``encoders.latent_scale``); when null it is ``1 / std`` of posterior samples of
+one config value (``autoencoder.latent_scale``); when null it is ``1 / std`` of posterior samples of
 the train images (fitted) or the VAE's own ``scaling_factor`` (0.18215 for the SD VAE).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -40,13 +41,14 @@ import numpy as np
 import torch
 from fsspec.implementations.local import LocalFileSystem
 
-from xmdpt.config import EncodersConfig, XMDPTConfig
+from xmdpt.config import AutoencoderConfig, XMDPTConfig
 from xmdpt.data import schema
 from xmdpt.ops.manifests import AutoencoderManifest, ValidateManifest
 from xmdpt.ops.storage import filesystem, join, stage_prefix
 from xmdpt.encoders.dino import hf_cache_dir
 from xmdpt.encoders.inputs import load_square_images, read_image_table
 from xmdpt.training.ema import EMA
+from xmdpt.training.loop import TrainLoop, lr_schedule
 
 logger = logging.getLogger(__name__)
 
@@ -62,20 +64,20 @@ SOURCES = ("fitted", "pretrained")
 # --------------------------------------------------------------------------------------------
 
 
-def build_fitted_vae(enc: EncodersConfig, image_size: int):
+def build_fitted_vae(ae: AutoencoderConfig, image_size: int):
     """A small ``AutoencoderKL`` from the config (random init; fitted by :func:`fit_autoencoder`).
 
     Args:
-        enc: encoder config (``vae_block_channels``, ``latent_channels``, ``vae_layers_per_block``).
+        ae: autoencoder config (``block_channels``, ``latent_channels``, ``layers_per_block``).
         image_size: square input side; must be divisible by the downsampling factor.
     """
     from diffusers import AutoencoderKL
 
-    blocks = tuple(int(c) for c in enc.vae_block_channels)
+    blocks = tuple(int(c) for c in ae.block_channels)
     factor = 2 ** (len(blocks) - 1)
     if image_size % factor:
         raise ValueError(f"data.image_size={image_size} is not divisible by the autoencoder's downsampling "
-                         f"factor {factor} (encoders.vae_block_channels={list(blocks)})")
+                         f"factor {factor} (autoencoder.block_channels={list(blocks)})")
     groups = math.gcd(*blocks, 32)  # GroupNorm groups must divide every width
     return AutoencoderKL(
         in_channels=3,
@@ -83,11 +85,11 @@ def build_fitted_vae(enc: EncodersConfig, image_size: int):
         down_block_types=("DownEncoderBlock2D",) * len(blocks),
         up_block_types=("UpDecoderBlock2D",) * len(blocks),
         block_out_channels=blocks,
-        layers_per_block=enc.vae_layers_per_block,
-        latent_channels=enc.latent_channels,
+        layers_per_block=ae.layers_per_block,
+        latent_channels=ae.latent_channels,
         norm_num_groups=groups,
         sample_size=image_size,
-        mid_block_add_attention=enc.vae_mid_attention,
+        mid_block_add_attention=ae.mid_attention,
     )
 
 
@@ -105,10 +107,10 @@ def load_pretrained_vae(model_id: str):
         return AutoencoderKL.from_pretrained(model_id, use_safetensors=_has_safetensors(model_id))
     except (OSError, ValueError) as e:
         raise RuntimeError(
-            f"cannot load the pretrained autoencoder {model_id!r} (encoders.vae_pretrained_id): {e}. It needs the "
-            f"Hugging Face hub or a copy in the cache {hf_cache_dir()}; or point encoders.vae_pretrained_id "
+            f"cannot load the pretrained autoencoder {model_id!r} (autoencoder.pretrained_id): {e}. It needs the "
+            f"Hugging Face hub or a copy in the cache {hf_cache_dir()}; or point autoencoder.pretrained_id "
             "(`xmdpt import-official --vae DIR`) at a local diffusers AutoencoderKL folder; offline, "
-            "encoders.vae=fitted trains a small one."
+            "autoencoder.vae=fitted trains a small one."
         ) from e
 
 
@@ -342,71 +344,73 @@ def reconstruction_grid(originals: np.ndarray, recons: np.ndarray, max_images: i
 # --------------------------------------------------------------------------------------------
 
 
-def vae_params(enc: EncodersConfig) -> dict[str, Any]:
-    """The encoder-config fields that define the autoencoder (hashed into its prefix)."""
-    return {k: v for k, v in asdict(enc).items() if k.startswith("vae") or k in ("latent_channels", "latent_scale")}
+def vae_params(ae: AutoencoderConfig) -> dict[str, Any]:
+    """The autoencoder section, hashed into the stage's prefix."""
+    return asdict(ae)
 
 
-def _train_steps(vae, trainable, train_u8: np.ndarray, enc: EncodersConfig, *, encoder_frozen: bool,
+def _train_steps(vae, trainable, train_u8: np.ndarray, ae: AutoencoderConfig, *, encoder_frozen: bool,
                  seed: int) -> dict[str, float]:
-    """Minimise ``MSE + l1_weight * L1 + kl_weight * KL`` on random flipped crops of the train images.
+    """Minimise ``MSE + l1_weight * L1 + kl_weight * KL`` on random flipped crops of the train images,
+    with the training loop the denoiser uses (:class:`xmdpt.training.loop.TrainLoop`): AdamW, 5 %
+    linear warm-up then cosine decay, the EMA of ``autoencoder.ema_decay``.
 
     Runs on the device ``vae`` is on; ``train_u8`` stays uint8 on the host and only each batch is
-    converted. With ``encoders.vae_ema_decay > 0`` the weights left in ``vae`` at the end are the
+    converted. With ``autoencoder.ema_decay > 0`` the weights left in ``vae`` at the end are the
     exponential moving average (with the warm-up of :class:`xmdpt.training.ema.EMA`).
     """
     from tqdm.auto import tqdm
 
     gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(trainable, lr=enc.vae_lr, weight_decay=0.0)
-    steps = enc.vae_train_steps
-    warmup = max(1, steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     device = next(vae.parameters()).device
     H, W = train_u8.shape[1:3]
-    crop = enc.vae_crop_size if enc.vae_crop_size and enc.vae_crop_size < min(H, W) else None
+    crop = ae.crop_size if ae.crop_size and ae.crop_size < min(H, W) else None
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
     if crop and crop % factor:
-        raise ValueError(f"encoders.vae_crop_size={crop} is not a multiple of the autoencoder's downsampling factor {factor}")
-    ema = EMA(vae, enc.vae_ema_decay) if enc.vae_ema_decay > 0 else None
-    vae.train()
-    last = {}
-    bar = tqdm(range(steps), desc=f"autoencoder ({'decoder' if encoder_frozen else 'fit'})", mininterval=2.0)
-    for step in bar:
-        idx = torch.randint(len(train_u8), (enc.vae_batch_size,), generator=gen)
-        x = from_uint8(train_u8[idx.numpy()])  # (B, 3, H, W)
-        flip = torch.rand(len(x), generator=gen) < 0.5
-        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-        if crop:  # one random window per step, on the latent grid (the codec is fully convolutional)
-            top = int(torch.randint((H - crop) // factor + 1, (1,), generator=gen)) * factor
-            left = int(torch.randint((W - crop) // factor + 1, (1,), generator=gen)) * factor
-            x = x[:, :, top:top + crop, left:left + crop]  # (B, 3, crop, crop)
-        x = x.to(device)
-        if encoder_frozen:
-            with torch.no_grad():
-                posterior = vae.encode(x).latent_dist
-        else:
+        raise ValueError(f"autoencoder.crop_size={crop} is not a multiple of the autoencoder's downsampling factor {factor}")
+
+    def batches():
+        while True:
+            idx = torch.randint(len(train_u8), (ae.batch_size,), generator=gen)
+            x = from_uint8(train_u8[idx.numpy()])  # (B, 3, H, W)
+            flip = torch.rand(len(x), generator=gen) < 0.5
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+            if crop:  # one random window per step, on the latent grid (the codec is fully convolutional)
+                top = int(torch.randint((H - crop) // factor + 1, (1,), generator=gen)) * factor
+                left = int(torch.randint((W - crop) // factor + 1, (1,), generator=gen)) * factor
+                x = x[:, :, top:top + crop, left:left + crop]  # (B, 3, crop, crop)
+            yield x.to(device)
+
+    def loss_fn(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        with torch.no_grad() if encoder_frozen else contextlib.nullcontext():
             posterior = vae.encode(x).latent_dist
         z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen).to(device)  # (B, C, h, w)
         rec = vae.decode(z).sample  # (B, 3, H, W)
         l1 = (rec - x).abs().mean()
         mse = ((rec - x) ** 2).mean()
         kl = posterior.kl().mean() / posterior.mean[0].numel()  # per latent element
-        loss = mse + enc.vae_l1_weight * l1 + (0.0 if encoder_frozen else enc.vae_kl_weight) * kl
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if ema is not None:
-            ema.update(vae)
-        last = {"loss": loss.item(), "l1": l1.item(), "mse": mse.item(), "kl": kl.item()}
-        if step % 25 == 0:
-            bar.set_postfix(loss=f"{last['loss']:.4f}")
+        return {"loss": mse + ae.l1_weight * l1 + (0.0 if encoder_frozen else ae.kl_weight) * kl,
+                "l1": l1, "mse": mse, "kl": kl}
+
+    ema = EMA(vae, ae.ema_decay) if ae.ema_decay > 0 else None
+    loop = TrainLoop(vae, torch.optim.AdamW(trainable, lr=ae.lr, weight_decay=0.0), ema=ema,
+                     lr=lr_schedule(ae.lr, ae.train_steps // 20, total_steps=ae.train_steps, decay="cosine"))
+    last: dict[str, float] = {}
+    bar = tqdm(total=ae.train_steps, desc=f"autoencoder ({'decoder' if encoder_frozen else 'fit'})", mininterval=2.0)
+
+    def after_step(step: int, metrics: dict[str, float]) -> None:
+        last.update(metrics)
+        bar.update(1)
+        if step % 25 == 1:
+            bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+
+    vae.train()
+    loop.run(batches(), loss_fn, step=0, max_steps=ae.train_steps, after_step=after_step)
+    bar.close()
     if ema is not None:
         ema.copy_to(vae)
     vae.eval()
-    return last
+    return {k: last[k] for k in ("loss", "l1", "mse", "kl") if k in last}
 
 
 @torch.no_grad()
@@ -479,11 +483,11 @@ def fit_autoencoder(cfg: XMDPTConfig,
         metrics, recon_uri``.
     """
 
-    enc, size = cfg.encoders, cfg.data.image_size
+    ae, size = cfg.autoencoder, cfg.data.image_size
     if validate_manifest is None:
         validate_manifest = ValidateManifest.load(cfg.paths.artifacts_dir)
     validate_manifest = ValidateManifest.coerce(validate_manifest)
-    prefix = stage_prefix(cfg.paths.storage_root, STAGE, vae_params(enc), size, validate_manifest.key())
+    prefix = stage_prefix(cfg.paths.storage_root, STAGE, vae_params(ae), size, validate_manifest.key())
     fs, path = filesystem(prefix)
     codec_path = f"{path.rstrip('/')}/{CODEC_FILE}"
     if fs.exists(codec_path) and fs.exists(f"{path.rstrip('/')}/{VAE_FOLDER}/config.json"):
@@ -513,41 +517,41 @@ def fit_autoencoder(cfg: XMDPTConfig,
     logger.info("loaded %d train / %d test images at %d px in %.1fs", len(train_u8), len(test_u8), size,
                 time.perf_counter() - t0)
 
-    torch.manual_seed(enc.vae_seed)
-    if enc.vae == "fitted":
-        vae = build_fitted_vae(enc, size)
+    torch.manual_seed(ae.seed)
+    if ae.vae == "fitted":
+        vae = build_fitted_vae(ae, size)
         trainable = list(vae.parameters())
         frozen_encoder = False
     else:
-        vae = load_pretrained_vae(enc.vae_pretrained_id)
+        vae = load_pretrained_vae(ae.pretrained_id)
         vae.encoder.requires_grad_(False)
         if vae.quant_conv is not None:
             vae.quant_conv.requires_grad_(False)
-        trainable = [p for p in vae.parameters() if p.requires_grad] if enc.vae_finetune_decoder else []
+        trainable = [p for p in vae.parameters() if p.requires_grad] if ae.finetune_decoder else []
         frozen_encoder = True
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     vae.to(device)
-    logger.info("autoencoder (%s): %.2fM parameters, %d trainable steps on %s", enc.vae,
-                sum(p.numel() for p in vae.parameters()) / 1e6, enc.vae_train_steps if trainable else 0, device)
+    logger.info("autoencoder (%s): %.2fM parameters, %d trainable steps on %s", ae.vae,
+                sum(p.numel() for p in vae.parameters()) / 1e6, ae.train_steps if trainable else 0, device)
     t0 = time.perf_counter()
     last = {}
-    if trainable and enc.vae_train_steps > 0:
-        last = _train_steps(vae, trainable, train_u8, enc, encoder_frozen=frozen_encoder, seed=enc.vae_seed)
+    if trainable and ae.train_steps > 0:
+        last = _train_steps(vae, trainable, train_u8, ae, encoder_frozen=frozen_encoder, seed=ae.seed)
     fit_seconds = time.perf_counter() - t0
     standardized = None
-    if enc.vae == "fitted" and enc.vae_standardize_latents:
+    if ae.vae == "fitted" and ae.standardize_latents:
         vae.eval()
-        standardized = standardize_latent_channels(vae, train_u8, seed=enc.vae_seed)
+        standardized = standardize_latent_channels(vae, train_u8, seed=ae.seed)
         logger.info("latent channels standardised (unscaled mean %s, std %s folded into the 1x1 convs)",
                     standardized["mean"], standardized["std"])
 
-    if enc.latent_scale is not None:
-        scale = enc.latent_scale
-    elif enc.vae == "pretrained":
+    if ae.latent_scale is not None:
+        scale = ae.latent_scale
+    elif ae.vae == "pretrained":
         scale = float(vae.config.scaling_factor)
     else:
-        scale = estimate_latent_scale(LatentCodec(vae, 1.0, source=enc.vae, device=device), train_u8, seed=enc.vae_seed)
-    codec = LatentCodec(vae, scale, source=enc.vae, device=device)
+        scale = estimate_latent_scale(LatentCodec(vae, 1.0, source=ae.vae, device=device), train_u8, seed=ae.seed)
+    codec = LatentCodec(vae, scale, source=ae.vae, device=device)
 
     recons = reconstruct(codec, test_u8)
     metrics = {
@@ -555,7 +559,7 @@ def fit_autoencoder(cfg: XMDPTConfig,
         "num_eval_images": len(test_u8),
         "num_train_images": len(train_u8),
         "num_skipped_images": len(skipped),
-        "train_steps": enc.vae_train_steps if trainable else 0,
+        "train_steps": ae.train_steps if trainable else 0,
         "fit_seconds": round(fit_seconds, 1),
         **{f"final_{k}": round(v, 6) for k, v in last.items()},
     }

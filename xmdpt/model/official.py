@@ -17,7 +17,7 @@ from typing import Any, Mapping, Optional
 
 import torch
 
-from xmdpt.config import MODEL_PRESETS, ConfigError, DataConfig, DiffusionConfig, EncodersConfig, ModelConfig, SampleConfig
+from xmdpt.config import MODEL_PRESETS, AutoencoderConfig, ConfigError, EncodersConfig, ModelConfig, XMDPTConfig
 from xmdpt.model.folder import check_state_dict, write_model_folder
 from xmdpt.model.layers import relative_position_index
 from xmdpt.model.xmdpt import XMDPT
@@ -29,7 +29,7 @@ from xmdpt.sampling.folder import write_pipeline_folder
 logger = logging.getLogger(__name__)
 
 __all__ = ["convert_official_state_dict", "export_official_state_dict", "import_official", "official_key",
-           "OFFICIAL_ENCODERS", "official_config", "check_preset_fits", "describe_official_checkpoint",
+           "official_config", "check_preset_fits", "describe_official_checkpoint",
            "load_official_checkpoint"]
 
 # Authors' key prefix -> ours (first match wins), then renames inside a block.
@@ -61,10 +61,6 @@ _INDEX = "attn.rel_pos_bias.relative_position_index"
 
 # What the released checkpoints were trained with (PAPER.md §1.7): SD VAE latents x 0.18215,
 # DINOv2 ViT-B/14 pose tokens and ViT-g/14 image tokens at 224 px.
-OFFICIAL_ENCODERS = {"vae": "pretrained", "vae_pretrained_id": "stabilityai/sd-vae-ft-mse", "latent_scale": 0.18215,
-                     "pretrained": True, "image_encoder": "vit_giant_patch14_dinov2.lvd142m",
-                     "pose_encoder": "vit_base_patch14_dinov2.lvd142m", "token_input_size": 224}
-OFFICIAL_IMAGE_SIZE = 256  # the squashed 256x256 frame of the 256x176 DeepFashion images
 
 
 def official_key(key: str) -> str:
@@ -191,23 +187,25 @@ def load_official_checkpoint(ckpt_path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def official_config(cfg: ModelConfig, *, encoders: Optional[Mapping[str, Any]] = None,
+                    autoencoder: Optional[Mapping[str, Any]] = None,
                     data: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
-    """The config an imported checkpoint runs with: the authors' inference (PAPER.md §1.7-1.8).
+    """The config an imported checkpoint runs with: the authors' inference (PAPER.md §1.7-1.8), which
+    is the config's defaults.
 
     256-px squashed frame; SD-VAE latents x 0.18215; DINOv2 ViT-g/14 source tokens and ViT-B/14 pose
     tokens at 224 px (hub position interpolation); 50 respaced DDIM steps incl. t=999, CFG 2.0 with
     power 0.01 at every step; the source latent a seeded posterior sample; bf16 on CUDA (auto).
     """
     try:
-        enc = EncodersConfig(**{**OFFICIAL_ENCODERS, **dict(encoders or {})})
-        data_cfg = DataConfig(**{"image_size": OFFICIAL_IMAGE_SIZE, **dict(data or {})})
-    except TypeError as e:
-        raise ConfigError(f"encoders/data overrides: {e}") from None
-    sample = SampleConfig(num_steps=50, respacing="authors", eta=0.0, cfg_scale=2.0, cfg_power=0.01,
-                          guidance_interval=None, seed=0, source_latent="sample", precision="auto")
-    return {"model": dataclasses.asdict(cfg), "diffusion": dataclasses.asdict(DiffusionConfig()),
-            "sample": dataclasses.asdict(sample), "encoders": dataclasses.asdict(enc),
-            "data": dataclasses.asdict(data_cfg)}
+        sections = XMDPTConfig.from_dict({"encoders": dict(encoders or {}), "autoencoder": dict(autoencoder or {}),
+                                          "data": dict(data or {})})
+    except ConfigError as e:
+        raise ConfigError(f"overrides: {e}") from None
+    if sections.autoencoder.vae != "pretrained" or not sections.encoders.pretrained:
+        raise ConfigError("overrides: the released checkpoints need the pretrained autoencoder and token encoders")
+    return {"model": dataclasses.asdict(cfg), "diffusion": dataclasses.asdict(sections.diffusion),
+            "sample": dataclasses.asdict(sections.sample), "encoders": dataclasses.asdict(sections.encoders),
+            "autoencoder": dataclasses.asdict(sections.autoencoder), "data": dataclasses.asdict(sections.data)}
 
 
 def import_official(ckpt_path: str | Path, preset: str, out_dir: str | Path, *,
@@ -216,6 +214,7 @@ def import_official(ckpt_path: str | Path, preset: str, out_dir: str | Path, *,
                     pose_encoder_weights: Optional[str | Path] = None,
                     model_overrides: Optional[Mapping[str, Any]] = None,
                     encoders: Optional[Mapping[str, Any]] = None,
+                    autoencoder: Optional[Mapping[str, Any]] = None,
                     data: Optional[Mapping[str, Any]] = None) -> Path:
     """The authors' released checkpoint -> a complete pipeline folder (what ``generate``, ``serve`` and
     the registry read), conditioned as the authors' inference conditions it.
@@ -235,7 +234,7 @@ def import_official(ckpt_path: str | Path, preset: str, out_dir: str | Path, *,
         image_encoder_weights / pose_encoder_weights: local DINOv2 ViT-g/14 / ViT-B/14 weights (timm
             ``model.safetensors`` or the torch-hub ``dinov2_vit*14_pretrain.pth``), copied into
             ``encoders/``; without them the folder references timm's hub ids, resolved when loading.
-        model_overrides, encoders, data: config fields replaced (small stand-ins in tests).
+        model_overrides, encoders, autoencoder, data: config fields replaced (small stand-ins in tests).
 
     Returns:
         ``out_dir`` as a Path.
@@ -247,9 +246,9 @@ def import_official(ckpt_path: str | Path, preset: str, out_dir: str | Path, *,
         cfg = ModelConfig.from_preset(preset, **dict(model_overrides or {}))
     except TypeError as e:
         raise ConfigError(f"model overrides: {e}") from None
-    enc_fields = dict(encoders or {})
+    enc_fields, ae_fields = dict(encoders or {}), dict(autoencoder or {})
     if vae:
-        enc_fields["vae_pretrained_id"] = str(vae)
+        ae_fields["pretrained_id"] = str(vae)
     weights = {"image": image_encoder_weights, "pose": pose_encoder_weights}
     for role, w in weights.items():
         if w is not None:
@@ -258,8 +257,9 @@ def import_official(ckpt_path: str | Path, preset: str, out_dir: str | Path, *,
             enc_fields[f"{role}_encoder_weights"] = str(w)
     if vae_decoder is not None:
         check_diffusers_vae_folder(vae_decoder)
-    config = official_config(cfg, encoders=enc_fields, data=data)
+    config = official_config(cfg, encoders=enc_fields, autoencoder=ae_fields, data=data)
     enc_cfg = EncodersConfig(**config["encoders"])
+    ae_cfg = AutoencoderConfig(**config["autoencoder"])
     for role in ("image", "pose"):  # copied into encoders/: the folder must not point at this machine's files
         config["encoders"][f"{role}_encoder_weights"] = ""
     sd = load_official_checkpoint(ckpt_path)
@@ -267,20 +267,20 @@ def import_official(ckpt_path: str | Path, preset: str, out_dir: str | Path, *,
     for role in ("image", "pose"):  # fail now, not after the copies, when a hub encoder is unreachable
         if not weights[role]:
             check_hub_reachable(enc_cfg.image_encoder if role == "image" else enc_cfg.pose_encoder, role)
-    vae_model = load_pretrained_vae(enc_cfg.vae_pretrained_id)  # fails fast offline, before the conversion
+    vae_model = load_pretrained_vae(ae_cfg.pretrained_id)  # fails fast offline, before the conversion
     converted = convert_official_state_dict(sd, cfg)
     sha = file_sha256(ckpt_path)
     logger.info("converted %s (%d tensors) for %s", ckpt_path, len(converted), cfg.preset)
 
-    decoder = {"decoder": f"{enc_cfg.vae_pretrained_id} (the VAE's own decoder)", "decoder_finetuned": False}
+    decoder = {"decoder": f"{ae_cfg.pretrained_id} (the VAE's own decoder)", "decoder_finetuned": False}
     if vae_decoder is not None:
         info = replace_decoder(vae_model, vae_decoder)
         decoder = {"decoder": f"authors' fine-tuned decoder ({Path(vae_decoder).name})", "decoder_finetuned": True,
                    "decoder_sha256": info["decoder_sha256"]}
-    codec = LatentCodec(vae_model, enc_cfg.latent_scale or OFFICIAL_ENCODERS["latent_scale"], source="pretrained")
+    codec = LatentCodec(vae_model, ae_cfg.latent_scale or AutoencoderConfig().latent_scale, source="pretrained")
     vae_factor = 2 ** (len(vae_model.config.block_out_channels) - 1)
     if config["data"]["image_size"] // vae_factor != cfg.input_size or codec.latent_channels != cfg.in_channels:
-        raise ValueError(f"{enc_cfg.vae_pretrained_id}: the autoencoder gives {codec.latent_channels}x"
+        raise ValueError(f"{ae_cfg.pretrained_id}: the autoencoder gives {codec.latent_channels}x"
                          f"{config['data']['image_size'] // vae_factor}^2 latents at {config['data']['image_size']} px; "
                          f"{cfg.preset} needs {cfg.in_channels}x{cfg.input_size}^2")
 

@@ -22,7 +22,7 @@ cluster, or a local folder when the filesystem is shared (a head on this machine
 never travels this way: stages write it under ``storage_root`` themselves; only the small outputs
 DVC tracks (manifests, metrics, plots) come back through the job directory.
 
-Local paths in the params (``paths.dataset_root``, ``paths.storage_root``, ``data.pose_model_path``,
+Local paths in the params (``paths.dataset_root``, ``paths.storage_root``, ``poses.model_path``,
 the ``evaluate.*_weights`` files, the MLflow store) are made absolute for the job when the
 filesystem is shared; otherwise a local ``dataset_root`` or ``storage_root`` is an error that
 names the key.
@@ -170,7 +170,7 @@ def job_config(cfg: XMDPTConfig, repo_root: str | Path, shared_filesystem: bool)
             paths={"dataset_root": _absolute(paths.dataset_root, root),
                    "storage_root": _absolute(paths.storage_root, root),
                    "mlflow_tracking_uri": tracking},
-            data={"pose_model_path": _absolute(cfg.data.pose_model_path, root)},
+            poses={"model_path": _absolute(cfg.poses.model_path, root)},
             evaluate={k: _absolute(getattr(cfg.evaluate, k), root) if getattr(cfg.evaluate, k) else ""
                       for k in _WEIGHT_KEYS},
             cluster={"submit": False, "shared_filesystem": True},
@@ -183,11 +183,11 @@ def job_config(cfg: XMDPTConfig, repo_root: str | Path, shared_filesystem: bool)
     if os.path.isabs(paths.artifacts_dir):
         raise ConfigError(f"paths.artifacts_dir: {paths.artifacts_dir!r} is absolute; on a cluster without a shared "
                           "filesystem it must be relative to the repository (outputs come back through the job dir)")
-    pose_model = cfg.data.pose_model_path
+    pose_model = cfg.poses.model_path
     if not is_url(pose_model) and not os.path.isabs(pose_model):
         inside = (root / pose_model).resolve()
         if not str(inside).startswith(str(root) + os.sep):
-            logger.warning("data.pose_model_path %r is outside the repository and is not shipped; the poses stage "
+            logger.warning("poses.model_path %r is outside the repository and is not shipped; the poses stage "
                            "needs it on the cluster's nodes (an absolute path in the image, or a URL)", pose_model)
     tracking = paths.mlflow_tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
     if not tracking or _local_store(tracking) is not None:

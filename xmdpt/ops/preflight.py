@@ -32,7 +32,7 @@ FETCH = {
     "evaluate.alexnet_weights": "curl -LO https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
     "evaluate.lpips_weights": ("curl -L -o lpips_alex_v0.1.pth https://github.com/richzhang/PerceptualSimilarity/"
                                "raw/master/lpips/weights/v0.1/alex.pth"),
-    "data.pose_model_path": ("curl -LO https://storage.googleapis.com/mediapipe-models/pose_landmarker/"
+    "poses.model_path": ("curl -LO https://storage.googleapis.com/mediapipe-models/pose_landmarker/"
                              "pose_landmarker_full/float16/latest/pose_landmarker_full.task"),
 }
 METRIC_WEIGHTS = {"fid": ("evaluate.inception_weights",),
@@ -89,8 +89,8 @@ def check_register_metric(stage: str, cfg: XMDPTConfig) -> list[Check]:
 
 
 def check_pose_model(stage: str, cfg: XMDPTConfig) -> list[Check]:
-    return [_file_check(stage, cfg, "data.pose_model_path") if cfg.data.pose_model_path
-            else Check(stage, "data.pose_model_path", True, "not configured")]
+    return [_file_check(stage, cfg, "poses.model_path") if cfg.poses.model_path
+            else Check(stage, "poses.model_path", True, "not configured")]
 
 
 def check_dataset(stage: str, cfg: XMDPTConfig) -> list[Check]:
@@ -156,26 +156,26 @@ def check_token_encoders(stage: str, cfg: XMDPTConfig) -> list[Check]:
 
 
 def check_vae(stage: str, cfg: XMDPTConfig) -> list[Check]:
-    enc = cfg.encoders
-    if enc.vae != "pretrained":
-        return [Check(stage, "encoders.vae", True, "fitted here (no weights needed)")]
-    vid = enc.vae_pretrained_id
+    ae = cfg.autoencoder
+    if ae.vae != "pretrained":
+        return [Check(stage, "autoencoder.vae", True, "fitted here (no weights needed)")]
+    vid = ae.pretrained_id
     if Path(vid).is_dir():
         try:
             check_diffusers_vae_folder(vid)
         except FileNotFoundError as e:
-            return [Check(stage, "encoders.vae_pretrained_id", False, str(e))]
-        return [Check(stage, "encoders.vae_pretrained_id", True, vid)]
+            return [Check(stage, "autoencoder.pretrained_id", False, str(e))]
+        return [Check(stage, "autoencoder.pretrained_id", True, vid)]
 
     if hub_offline():
         from huggingface_hub import try_to_load_from_cache
 
         if not any(isinstance(try_to_load_from_cache(vid, f), str)
                    for f in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")):
-            return [Check(stage, "encoders.vae_pretrained_id", False,
+            return [Check(stage, "autoencoder.pretrained_id", False,
                           f"{vid}: HF_HUB_OFFLINE is set and it is not in the Hugging Face cache {hf_cache_dir()}; "
-                          "point encoders.vae_pretrained_id at a local diffusers AutoencoderKL folder")]
-    return [Check(stage, "encoders.vae_pretrained_id", True, f"{vid} (hub or cache)")]
+                          "point autoencoder.pretrained_id at a local diffusers AutoencoderKL folder")]
+    return [Check(stage, "autoencoder.pretrained_id", True, f"{vid} (hub or cache)")]
 
 
 def check_devices(stage: str, cfg: XMDPTConfig) -> list[Check]:
@@ -186,8 +186,8 @@ def check_devices(stage: str, cfg: XMDPTConfig) -> list[Check]:
     asked = []
     if stage == "train" and cfg.train.use_gpu:
         asked.append("train.use_gpu")
-    if stage == "features" and cfg.encoders.num_gpus_per_actor > 0:
-        asked.append("encoders.num_gpus_per_actor")
+    if stage == "features" and cfg.features.num_gpus_per_actor > 0:
+        asked.append("features.num_gpus_per_actor")
     if stage == "evaluate" and (cfg.evaluate.num_gpus_per_actor or 0) > 0:
         asked.append("evaluate.num_gpus_per_actor")
     if asked and not torch.cuda.is_available():

@@ -36,14 +36,14 @@ from xmdpt.config import XMDPTConfig
 __all__ = ["STAGE_SECTIONS", "resolved_stage_configs", "config_code_fingerprint", "write_stage_configs"]
 
 STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
-    "synth": ("paths", "data"),  # data.synth_*; writes data/synth, and publishes it to a URL dataset_root
+    "synth": ("paths", "data", "synth"),  # writes data/synth, and publishes it to a URL dataset_root
     "pairs": ("paths", "data"),
-    "poses": ("paths", "data"),  # pose_model_path lies under paths.models_dir
+    "poses": ("paths", "data", "poses"),  # poses.model_path lies under paths.models_dir
     "validate": ("paths",),  # incl. data_specs_dir, the suites' folder
-    "autoencoder": ("paths", "data", "encoders"),
-    "features": ("paths", "data", "encoders"),
-    # the model folder keeps data / encoders / sample for sampling; the rest is read here
-    "train": ("paths", "data", "encoders", "model", "diffusion", "train", "sample"),
+    "autoencoder": ("paths", "data", "autoencoder"),
+    "features": ("paths", "data", "encoders", "features"),
+    # the model folder keeps data / poses / encoders / sample for sampling; the rest is read here
+    "train": ("paths", "data", "poses", "encoders", "model", "diffusion", "train", "sample"),
     # the model, encoders and autoencoder come in through the train / features manifests
     "evaluate": ("paths", "sample", "evaluate"),
     "register": ("paths", "register"),

@@ -180,7 +180,7 @@ def pose_from_photo(img: np.ndarray, pose_model_path: Union[str, Path], *, min_v
 
     if not Path(pose_model_path).is_file():
         raise PoseError(f"{name}: pose estimator model {pose_model_path} not found "
-                        "(set data.pose_model_path in the model's config or pass --pose-model)")
+                        "(set poses.model_path in the model's config or pass --pose-model)")
     with PoseEstimator(str(pose_model_path), min_visibility) as est:
         try:
             kps, _conf = est.estimate_or_raise(img, name=name)

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from xmdpt.config import SampleConfig, XMDPTConfig
+from xmdpt.config import SampleConfig, XMDPTConfig, upgrade_legacy_config
 from xmdpt.precision import inference_dtype
 from xmdpt.sampling.folder import CODEC_DIR, check_pipeline_folder
 from xmdpt.sampling.inputs import (
@@ -66,7 +66,7 @@ PoseLike = Union[Pose, dict, str, Path, np.ndarray, Image.Image, bytes]
 def _config_from_folder(config: dict[str, Any]) -> XMDPTConfig:
     """The full config saved with the model; sections other than the config tree's are ignored."""
     known = set(XMDPTConfig.__dataclass_fields__)
-    return XMDPTConfig.from_dict({k: v for k, v in config.items() if k in known})
+    return XMDPTConfig.from_dict({k: v for k, v in upgrade_legacy_config(config).items() if k in known})
 
 
 def _load_token_encoders(folder: Path, cfg: XMDPTConfig, meta: dict[str, Any], device: torch.device):
@@ -103,7 +103,7 @@ class XMDPTPipeline:
         self.meta = dict(meta or {})
         self.device = torch.device(device)
         self.image_size = cfg.data.image_size
-        self.pose_model_path = cfg.data.pose_model_path
+        self.pose_model_path = cfg.poses.model_path
 
     @classmethod
     def from_pretrained(cls, uri_or_dir: str | Path, *, device: Optional[str | torch.device] = None,
@@ -145,7 +145,7 @@ class XMDPTPipeline:
             return load_pose_annotation(pose)
         img = as_image_array(pose, name=str(pose) if isinstance(pose, (str, Path)) else name)
         return pose_from_photo(img, pose_model_path or self.pose_model_path,
-                               min_visibility=self.cfg.data.pose_min_visibility,
+                               min_visibility=self.cfg.poses.min_visibility,
                                name=str(pose) if isinstance(pose, (str, Path)) else name)
 
     def _encode(self, sources: np.ndarray, poses: Sequence[Pose], sc: Optional[SampleConfig] = None,
@@ -294,7 +294,7 @@ def generate(model: str | Path, source: str | Path, pose: str | Path, out: str |
         model: pipeline folder or MLflow model URI.
         source: any photo of a person.
         pose: a pose JSON file, a PIDM pose txt / GFLA annotation row, or a photo to take the pose from.
-        pose_model_path: overrides the folder's ``data.pose_model_path`` (MediaPipe ``.task``).
+        pose_model_path: overrides the folder's ``poses.model_path`` (MediaPipe ``.task``).
         square: write the model's square frame instead of the source's aspect.
         source_latent, precision: override ``sample.source_latent`` / ``sample.precision``.
     """

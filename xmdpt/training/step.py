@@ -6,14 +6,13 @@ A step consumes one batch of training-table rows (see :class:`xmdpt.training.dat
    authors encode with ``.sample()``: ``x_0 = (mean + std * eps) * latent_scale``;
 2. both loss passes (unmasked + masked MIPNet pass) with CFG dropout, via
    :func:`xmdpt.diffusion.losses.training_losses`;
-3. gradient accumulation over ``accum_steps`` micro-batches (DDP gradient sync only on the last),
-   optional gradient clipping, AdamW step, EMA update.
+3. the optimizer step of :mod:`xmdpt.training.loop` (shared with the autoencoder): gradient
+   accumulation over ``accum_steps`` micro-batches (DDP gradient sync only on the last), optional
+   gradient clipping, AdamW step, EMA update.
 """
 
 from __future__ import annotations
 
-import contextlib
-import math
 from typing import Any, Mapping, Optional
 
 import torch
@@ -21,6 +20,7 @@ from torch import nn
 
 from xmdpt.diffusion.losses import training_losses
 from xmdpt.precision import cpu_has_native_bf16
+from xmdpt.training.loop import lr_schedule, optimizer_step
 
 __all__ = ["sample_posterior", "lr_at", "cpu_has_native_bf16", "autocast_dtype", "train_step", "LOSS_KEYS"]
 
@@ -43,9 +43,7 @@ def sample_posterior(mean: torch.Tensor, std: torch.Tensor, latent_scale: float,
 
 def lr_at(step: int, base_lr: float, warmup_steps: int) -> float:
     """Learning rate for optimizer step ``step`` (0-based): linear warm-up, then constant."""
-    if warmup_steps > 0 and step < warmup_steps:
-        return base_lr * (step + 1) / warmup_steps
-    return base_lr
+    return lr_schedule(base_lr, warmup_steps)(step)
 
 
 def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
@@ -63,11 +61,6 @@ def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype
             return torch.bfloat16
         return None
     raise ValueError(f"unknown precision {precision!r}; expected one of ['auto', 'bf16', 'fp32']")
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The module inside a DDP wrapper (or the model itself)."""
-    return getattr(model, "module", model)
 
 
 def train_step(model: nn.Module, ema: Any, opt: torch.optim.Optimizer, batch: Mapping[str, torch.Tensor], *,
@@ -102,38 +95,16 @@ def train_step(model: nn.Module, ema: Any, opt: torch.optim.Optimizer, batch: Ma
     n = batch["x0_mean"].shape[0]
     if n < accum_steps:
         raise ValueError(f"batch of {n} rows cannot be split into accum_steps={accum_steps} micro-batches")
-    if lr is not None:
-        for group in opt.param_groups:
-            group["lr"] = lr
-    device = batch["x0_mean"].device
     chunks = [dict(zip(batch, parts)) for parts in zip(*(torch.tensor_split(v, accum_steps) for v in batch.values()))]
-    totals = {k: 0.0 for k in LOSS_KEYS}
-    for i, mb in enumerate(chunks):
-        last = i == len(chunks) - 1
-        sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
-        with sync:
-            x_0 = sample_posterior(mb["x0_mean"], mb["x0_std"], latent_scale, generator)  # (n, C, H, W)
-            ref_latent = sample_posterior(mb["ref_mean"], mb["ref_std"], latent_scale, generator)  # (n, C, H, W)
-            cond = {"pose_tokens": mb["pose_tokens"], "ref_tokens": mb["ref_tokens"], "ref_latent": ref_latent}
-            amp = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None
-                   else contextlib.nullcontext())
-            with amp:
-                losses = training_losses(model, diffusion, x_0, cond, cond_drop_prob=cond_drop_prob,
-                                         mask_ratio=mask_ratio, generator=generator,
-                                         min_snr_gamma=min_snr_gamma,
-                                         timestep_logit_normal=timestep_logit_normal)
-            (losses["loss"] / len(chunks)).backward()
-        for k in LOSS_KEYS:
-            totals[k] += float(losses[k].detach()) / len(chunks)
-    params = [p for p in model.parameters() if p.grad is not None]
-    if grad_clip_norm is not None:
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, grad_clip_norm))
-    else:
-        grad_norm = float(torch.linalg.vector_norm(torch.stack([p.grad.detach().norm() for p in params]))) \
-            if params else 0.0
-    if not math.isfinite(totals["loss"]):
-        raise FloatingPointError(f"non-finite training loss {totals['loss']} (lr={opt.param_groups[0]['lr']})")
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-    ema.update(_unwrap(model))
-    return {**totals, "grad_norm": grad_norm, "lr": float(opt.param_groups[0]["lr"])}
+
+    def loss_fn(mb: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        x_0 = sample_posterior(mb["x0_mean"], mb["x0_std"], latent_scale, generator)  # (n, C, H, W)
+        ref_latent = sample_posterior(mb["ref_mean"], mb["ref_std"], latent_scale, generator)  # (n, C, H, W)
+        cond = {"pose_tokens": mb["pose_tokens"], "ref_tokens": mb["ref_tokens"], "ref_latent": ref_latent}
+        losses = training_losses(model, diffusion, x_0, cond, cond_drop_prob=cond_drop_prob, mask_ratio=mask_ratio,
+                                 generator=generator, min_snr_gamma=min_snr_gamma,
+                                 timestep_logit_normal=timestep_logit_normal)
+        return {k: losses[k] for k in LOSS_KEYS}
+
+    return optimizer_step(model, opt, chunks, loss_fn, lr=lr, ema=ema, grad_clip_norm=grad_clip_norm,
+                          amp_dtype=amp_dtype, device_type=batch["x0_mean"].device.type)

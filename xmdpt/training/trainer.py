@@ -392,12 +392,14 @@ def _model_config(cfg: XMDPTConfig, manifests: Mapping[str, StageManifest], spec
     return {
         **cfg.to_dict(),
         "latent_scale": spec.latent_scale,
-        "features": {
-            "manifest": paths["features"], "uri": feats.uri, "vae_uri": feats.vae_uri,
-            "image_size": feats.image_size, "standin": feats.standin,
-            "encoders": feats.to_dict()["encoders"], "tensors": spec.to_dict()["shapes"],
+        "lineage": {
+            "features": {
+                "manifest": paths["features"], "uri": feats.uri, "vae_uri": feats.vae_uri,
+                "image_size": feats.image_size, "standin": feats.standin,
+                "encoders": feats.to_dict()["encoders"], "tensors": spec.to_dict()["shapes"],
+            },
+            "autoencoder": {"manifest": paths["autoencoder"], "uri": ae.uri if ae else None},
         },
-        "autoencoder": {"manifest": paths["autoencoder"], "uri": ae.uri if ae else None},
         "data_hash": data_hash,
     }
 
