@@ -22,7 +22,8 @@ from xmdpt.diffusion.losses import training_losses
 from xmdpt.precision import cpu_has_native_bf16
 from xmdpt.training.loop import lr_schedule, optimizer_step
 
-__all__ = ["sample_posterior", "lr_at", "cpu_has_native_bf16", "autocast_dtype", "train_step", "LOSS_KEYS"]
+__all__ = ["sample_posterior", "lr_at", "cpu_has_native_bf16", "autocast_dtype", "train_step", "split_batch",
+           "denoiser_loss", "LOSS_KEYS"]
 
 LOSS_KEYS = ("loss", "loss_unmasked", "loss_masked", "mse", "vb")
 
@@ -92,10 +93,27 @@ def train_step(model: nn.Module, ema: Any, opt: torch.optim.Optimizer, batch: Ma
         Floats: the loss terms averaged over micro-batches (``loss``, ``loss_unmasked``,
         ``loss_masked``, ``mse``, ``vb``), ``grad_norm`` (before clipping) and ``lr``.
     """
+    return optimizer_step(model, opt, split_batch(batch, accum_steps),
+                          denoiser_loss(model, diffusion, latent_scale=latent_scale, cond_drop_prob=cond_drop_prob,
+                                        mask_ratio=mask_ratio, generator=generator, min_snr_gamma=min_snr_gamma,
+                                        timestep_logit_normal=timestep_logit_normal),
+                          lr=lr, ema=ema, grad_clip_norm=grad_clip_norm, amp_dtype=amp_dtype,
+                          device_type=batch["x0_mean"].device.type)
+
+
+def split_batch(batch: Mapping[str, torch.Tensor], accum_steps: int) -> list[dict[str, torch.Tensor]]:
+    """``batch`` split along the rows into ``accum_steps`` micro-batches."""
     n = batch["x0_mean"].shape[0]
     if n < accum_steps:
         raise ValueError(f"batch of {n} rows cannot be split into accum_steps={accum_steps} micro-batches")
-    chunks = [dict(zip(batch, parts)) for parts in zip(*(torch.tensor_split(v, accum_steps) for v in batch.values()))]
+    return [dict(zip(batch, parts)) for parts in zip(*(torch.tensor_split(v, accum_steps) for v in batch.values()))]
+
+
+def denoiser_loss(model: nn.Module, diffusion: Any, *, latent_scale: float, cond_drop_prob: float, mask_ratio: float,
+                  generator: Optional[torch.Generator] = None, min_snr_gamma: Optional[float] = None,
+                  timestep_logit_normal: Optional[tuple[float, float]] = None):
+    """The loss of one micro-batch of training-table rows (arguments as :func:`train_step`): x_0 and
+    the source latent sampled from their posteriors, then both passes of ``training_losses``."""
 
     def loss_fn(mb: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         x_0 = sample_posterior(mb["x0_mean"], mb["x0_std"], latent_scale, generator)  # (n, C, H, W)
@@ -106,5 +124,4 @@ def train_step(model: nn.Module, ema: Any, opt: torch.optim.Optimizer, batch: Ma
                                  timestep_logit_normal=timestep_logit_normal)
         return {k: losses[k] for k in LOSS_KEYS}
 
-    return optimizer_step(model, opt, chunks, loss_fn, lr=lr, ema=ema, grad_clip_norm=grad_clip_norm,
-                          amp_dtype=amp_dtype, device_type=batch["x0_mean"].device.type)
+    return loss_fn
