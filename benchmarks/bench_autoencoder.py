@@ -74,7 +74,8 @@ def load_split(root: str, size: int):
 
 def main() -> None:
     from xmdpt.synth import write_synthetic_dataset
-    from xmdpt.encoders.vae import LatentCodec, _train_steps, build_fitted_vae, reconstruct, reconstruction_metrics
+    from xmdpt.encoders.autoencoder_fit import _train_steps, reconstruct, reconstruction_metrics
+    from xmdpt.encoders.vae import LatentCodec, build_fitted_vae
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=400, help="fitting steps where a variant does not set them")

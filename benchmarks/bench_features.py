@@ -36,7 +36,7 @@ def tensor_bytes(latent: tuple[int, int, int], image_tokens: tuple[int, int], po
     return 2 * per_aug
 
 
-def make_fixture(root: Path, n_images: int) -> dict:
+def make_fixture(root: Path, n_images: int):
     """Synthetic images + a validated-poses table (keypoints from the synthetic annotations)."""
     from xmdpt.synth import write_synthetic_dataset
 
@@ -53,7 +53,15 @@ def make_fixture(root: Path, n_images: int) -> dict:
             rows[k].append(v)
     (root / "poses").mkdir()
     pq.write_table(pa.Table.from_pydict(rows, schema=schema.POSES_SCHEMA), root / "poses" / "part-0.parquet")
-    return {"stage": "validate", "uri": str(root), "tables": {"poses": {"uri": str(root / "poses"), "rows": len(paths)}}}
+    from xmdpt.ops.manifests import TableEntry, ValidateManifest, ValidateTables
+
+    unused = TableEntry(uri=str(root / "unused"), rows=0)  # tables the autoencoder / features stages do not read
+    return ValidateManifest(
+        uri=str(root), params={}, dataset_root=str(data), layout="pidm", inputs={},
+        tables=ValidateTables(pairs=unused, poses=TableEntry(uri=str(root / "poses"), rows=len(paths)),
+                              quarantine=unused),
+        counts={"input_rows": len(paths), "valid": len(paths), "quarantined": 0},
+    )
 
 
 def main() -> None:
@@ -64,7 +72,7 @@ def main() -> None:
     os.environ.setdefault("TQDM_DISABLE", "1")
 
     from xmdpt.encoders.features import build_feature_cache
-    from xmdpt.encoders.vae import fit_autoencoder
+    from xmdpt.encoders.autoencoder_fit import fit_autoencoder
     from xmdpt.ops.ray_utils import init_ray
 
     init_ray(num_cpus=os.cpu_count())

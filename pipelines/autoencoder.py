@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 
 from pipelines.common import stage_main
 from xmdpt.config import XMDPTConfig
-from xmdpt.encoders.vae import fit_autoencoder
+from xmdpt.encoders.autoencoder_fit import fit_autoencoder
 from xmdpt.ops.manifests import AutoencoderManifest
 from xmdpt.ops.storage import filesystem
 

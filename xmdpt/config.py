@@ -16,15 +16,13 @@ only where the data, the outputs and the cluster are.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 import yaml
+
+from xmdpt.typed_config import ConfigError, check, from_plain, section_hash, to_plain
 
 __all__ = [
     "ConfigError",
@@ -48,15 +46,6 @@ __all__ = [
     "upgrade_legacy_config",
     "section_hash",
 ]
-
-
-class ConfigError(ValueError):
-    """A configuration value or key is invalid; the message names the key."""
-
-
-def _check(cond: bool, key: str, msg: str) -> None:
-    if not cond:
-        raise ConfigError(f"{key}: {msg}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -94,10 +83,10 @@ class DataConfig:
     split_test_fraction: float = 0.2  # raw In-shop tree without train.lst/test.lst: identities held out (by hash)
 
     def __post_init__(self) -> None:
-        _check(0.0 < self.split_test_fraction < 1.0, "data.split_test_fraction", "must be in (0, 1)")
-        _check(self.layout in ("auto", "gfla", "pidm", "inshop"), "data.layout",
+        check(0.0 < self.split_test_fraction < 1.0, "data.split_test_fraction", "must be in (0, 1)")
+        check(self.layout in ("auto", "gfla", "pidm", "inshop"), "data.layout",
                f"unknown layout {self.layout!r}; expected one of ['auto', 'gfla', 'inshop', 'pidm']")
-        _check(self.image_size % 8 == 0 and self.image_size > 0, "data.image_size", "must be a positive multiple of 8")
+        check(self.image_size % 8 == 0 and self.image_size > 0, "data.image_size", "must be a positive multiple of 8")
 
 
 @dataclass(frozen=True)
@@ -109,8 +98,8 @@ class SynthConfig:
     test_fraction: float = 0.2  # share of identities held out (disjoint from train)
 
     def __post_init__(self) -> None:
-        _check(0.0 < self.test_fraction < 1.0, "synth.test_fraction", "must be in (0, 1)")
-        _check(self.identities >= 2, "synth.identities", "need at least 2 identities (train and test)")
+        check(0.0 < self.test_fraction < 1.0, "synth.test_fraction", "must be in (0, 1)")
+        check(self.identities >= 2, "synth.identities", "need at least 2 identities (train and test)")
 
 
 @dataclass(frozen=True)
@@ -123,9 +112,9 @@ class PosesConfig:
     cpus_per_actor: float = 1.0
 
     def __post_init__(self) -> None:
-        _check(self.num_actors >= 1, "poses.num_actors", "must be >= 1")
-        _check(self.cpus_per_actor > 0, "poses.cpus_per_actor", "must be > 0")
-        _check(0.0 <= self.min_visibility <= 1.0, "poses.min_visibility", "must be in [0, 1]")
+        check(self.num_actors >= 1, "poses.num_actors", "must be >= 1")
+        check(self.cpus_per_actor > 0, "poses.cpus_per_actor", "must be > 0")
+        check(0.0 <= self.min_visibility <= 1.0, "poses.min_visibility", "must be in [0, 1]")
 
 
 @dataclass(frozen=True)
@@ -157,14 +146,14 @@ class AutoencoderConfig:
     standardize_latents: bool = True  # fitted: fold per-channel mean/std of the latents into its 1x1 convs (exact)
 
     def __post_init__(self) -> None:
-        _check(self.vae in ("fitted", "pretrained"), "autoencoder.vae",
+        check(self.vae in ("fitted", "pretrained"), "autoencoder.vae",
                f"unknown vae {self.vae!r}; expected one of ['fitted', 'pretrained']")
-        _check(self.latent_scale is None or self.latent_scale > 0, "autoencoder.latent_scale", "must be > 0 or null")
-        _check(len(self.block_channels) >= 1, "autoencoder.block_channels", "needs at least one block")
-        _check(self.layers_per_block >= 1, "autoencoder.layers_per_block", "must be >= 1")
-        _check(self.l1_weight >= 0 and self.kl_weight >= 0, "autoencoder.l1_weight", "loss weights must be >= 0")
-        _check(0.0 <= self.ema_decay < 1.0, "autoencoder.ema_decay", "must be in [0, 1)")
-        _check(self.crop_size is None or self.crop_size >= 1, "autoencoder.crop_size", "must be >= 1 or null")
+        check(self.latent_scale is None or self.latent_scale > 0, "autoencoder.latent_scale", "must be > 0 or null")
+        check(len(self.block_channels) >= 1, "autoencoder.block_channels", "needs at least one block")
+        check(self.layers_per_block >= 1, "autoencoder.layers_per_block", "must be >= 1")
+        check(self.l1_weight >= 0 and self.kl_weight >= 0, "autoencoder.l1_weight", "loss weights must be >= 0")
+        check(0.0 <= self.ema_decay < 1.0, "autoencoder.ema_decay", "must be in [0, 1)")
+        check(self.crop_size is None or self.crop_size >= 1, "autoencoder.crop_size", "must be >= 1 or null")
 
 
 @dataclass(frozen=True)
@@ -189,7 +178,7 @@ class EncodersConfig:
     standin_seed: int = 0
 
     def __post_init__(self) -> None:
-        _check(self.token_input_size % 14 == 0, "encoders.token_input_size", "must be a multiple of the patch size 14")
+        check(self.token_input_size % 14 == 0, "encoders.token_input_size", "must be a multiple of the patch size 14")
 
 
 @dataclass(frozen=True)
@@ -203,9 +192,9 @@ class FeaturesConfig:
     shard_images: int = 1024  # images per cache shard (x2 rows with the flip); the unit of resumption
 
     def __post_init__(self) -> None:
-        _check(self.shard_images >= 1, "features.shard_images", "must be >= 1")
-        _check(self.batch_size >= 1, "features.batch_size", "must be >= 1")
-        _check(self.num_actors >= 1, "features.num_actors", "must be >= 1")
+        check(self.shard_images >= 1, "features.shard_images", "must be >= 1")
+        check(self.batch_size >= 1, "features.batch_size", "must be >= 1")
+        check(self.num_actors >= 1, "features.num_actors", "must be >= 1")
 
 
 # Named architectures (DiT naming). Paper presets use the paper's encoders: 32x32x4 SD-VAE latents,
@@ -261,12 +250,12 @@ class ModelConfig:
         return cls(preset=name, **{**MODEL_PRESETS[name], **overrides})
 
     def __post_init__(self) -> None:
-        _check(self.preset == "" or self.preset in MODEL_PRESETS, "model.preset",
+        check(self.preset == "" or self.preset in MODEL_PRESETS, "model.preset",
                f"unknown preset {self.preset!r}; expected one of {sorted(MODEL_PRESETS)}")
-        _check(self.hidden_size % self.num_heads == 0, "model.hidden_size", "must be divisible by model.num_heads")
-        _check(self.input_size % self.patch_size == 0, "model.input_size", "must be divisible by model.patch_size")
-        _check(0.0 <= self.mask_ratio < 1.0, "model.mask_ratio", "must be in [0, 1)")
-        _check(0 < self.decode_layer < self.depth, "model.decode_layer", "must be in (0, depth)")
+        check(self.hidden_size % self.num_heads == 0, "model.hidden_size", "must be divisible by model.num_heads")
+        check(self.input_size % self.patch_size == 0, "model.input_size", "must be divisible by model.patch_size")
+        check(0.0 <= self.mask_ratio < 1.0, "model.mask_ratio", "must be in [0, 1)")
+        check(0 < self.decode_layer < self.depth, "model.decode_layer", "must be in (0, depth)")
 
 
 @dataclass(frozen=True)
@@ -278,7 +267,7 @@ class DiffusionConfig:
     beta_end: float = 0.02
 
     def __post_init__(self) -> None:
-        _check(0 < self.beta_start < self.beta_end < 1, "diffusion.beta_start", "need 0 < beta_start < beta_end < 1")
+        check(0 < self.beta_start < self.beta_end < 1, "diffusion.beta_start", "need 0 < beta_start < beta_end < 1")
 
 
 @dataclass(frozen=True)
@@ -316,25 +305,25 @@ class TrainConfig:
     mlflow_experiment: str = "xmdpt"
 
     def __post_init__(self) -> None:
-        _check(self.precision in ("auto", "fp32", "bf16"), "train.precision",
+        check(self.precision in ("auto", "fp32", "bf16"), "train.precision",
                f"unknown precision {self.precision!r}; expected one of ['auto', 'bf16', 'fp32']")
-        _check(0.0 <= self.cond_drop_prob < 1.0, "train.cond_drop_prob", "must be in [0, 1)")
-        _check(0.0 <= self.ema_decay < 1.0, "train.ema_decay", "must be in [0, 1)")
-        _check(self.num_workers >= 1, "train.num_workers", "must be >= 1")
-        _check(self.placement_strategy in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"),
+        check(0.0 <= self.cond_drop_prob < 1.0, "train.cond_drop_prob", "must be in [0, 1)")
+        check(0.0 <= self.ema_decay < 1.0, "train.ema_decay", "must be in [0, 1)")
+        check(self.num_workers >= 1, "train.num_workers", "must be >= 1")
+        check(self.placement_strategy in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"),
                "train.placement_strategy", f"unknown strategy {self.placement_strategy!r}; expected one of "
                "['PACK', 'SPREAD', 'STRICT_PACK', 'STRICT_SPREAD']")
-        _check(self.threads_per_worker is None or self.threads_per_worker >= 1, "train.threads_per_worker",
+        check(self.threads_per_worker is None or self.threads_per_worker >= 1, "train.threads_per_worker",
                "must be >= 1 or null")
-        _check(self.max_steps >= 1, "train.max_steps", "must be >= 1")
-        _check(self.grad_accum_steps >= 1, "train.grad_accum_steps", "must be >= 1")
-        _check(self.checkpoint_every >= 1, "train.checkpoint_every", "must be >= 1")
-        _check(self.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
-        _check(self.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
-        _check(self.grad_clip_norm is None or self.grad_clip_norm > 0, "train.grad_clip_norm", "must be > 0 or null")
-        _check(self.min_snr_gamma is None or self.min_snr_gamma > 0, "train.min_snr_gamma", "must be > 0 or null")
+        check(self.max_steps >= 1, "train.max_steps", "must be >= 1")
+        check(self.grad_accum_steps >= 1, "train.grad_accum_steps", "must be >= 1")
+        check(self.checkpoint_every >= 1, "train.checkpoint_every", "must be >= 1")
+        check(self.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
+        check(self.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
+        check(self.grad_clip_norm is None or self.grad_clip_norm > 0, "train.grad_clip_norm", "must be > 0 or null")
+        check(self.min_snr_gamma is None or self.min_snr_gamma > 0, "train.min_snr_gamma", "must be > 0 or null")
         if self.timestep_logit_normal is not None:
-            _check(len(self.timestep_logit_normal) == 2 and self.timestep_logit_normal[1] > 0,
+            check(len(self.timestep_logit_normal) == 2 and self.timestep_logit_normal[1] > 0,
                    "train.timestep_logit_normal", f"expected [mean, std > 0] or null, got {self.timestep_logit_normal}")
 
 
@@ -360,17 +349,17 @@ class SampleConfig:
     precision: str = "auto"
 
     def __post_init__(self) -> None:
-        _check(self.sampler in ("ddim",), "sample.sampler", f"unknown sampler {self.sampler!r}; expected one of ['ddim']")
-        _check(self.source_latent in ("mean", "sample"), "sample.source_latent",
+        check(self.sampler in ("ddim",), "sample.sampler", f"unknown sampler {self.sampler!r}; expected one of ['ddim']")
+        check(self.source_latent in ("mean", "sample"), "sample.source_latent",
                f"unknown source_latent {self.source_latent!r}; expected one of ['mean', 'sample']")
-        _check(self.precision in ("auto", "fp32", "bf16"), "sample.precision",
+        check(self.precision in ("auto", "fp32", "bf16"), "sample.precision",
                f"unknown precision {self.precision!r}; expected one of ['auto', 'bf16', 'fp32']")
         if self.guidance_interval is not None:
             lo, hi = self.guidance_interval
-            _check(0 <= lo <= hi, "sample.guidance_interval", f"expected 0 <= lo <= hi, got {list(self.guidance_interval)}")
-        _check(self.respacing in ("authors", "ddim"), "sample.respacing",
+            check(0 <= lo <= hi, "sample.guidance_interval", f"expected 0 <= lo <= hi, got {list(self.guidance_interval)}")
+        check(self.respacing in ("authors", "ddim"), "sample.respacing",
                f"unknown respacing {self.respacing!r}; expected one of ['authors', 'ddim']")
-        _check(self.num_steps >= 1, "sample.num_steps", "must be >= 1")
+        check(self.num_steps >= 1, "sample.num_steps", "must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -394,12 +383,12 @@ class EvaluateConfig:
     protocol: str = "pidm"
 
     def __post_init__(self) -> None:
-        _check(self.protocol in ("pidm", "cfld"), "evaluate.protocol",
+        check(self.protocol in ("pidm", "cfld"), "evaluate.protocol",
                f"unknown protocol {self.protocol!r}; expected one of ['cfld', 'pidm']")
-        _check(self.batch_size >= 1, "evaluate.batch_size", "must be >= 1")
-        _check(self.num_actors >= 1, "evaluate.num_actors", "must be >= 1")
-        _check(self.unguided_pairs >= 0, "evaluate.unguided_pairs", "must be >= 0")
-        _check(self.max_pairs is None or self.max_pairs >= 1, "evaluate.max_pairs", "must be >= 1 or null")
+        check(self.batch_size >= 1, "evaluate.batch_size", "must be >= 1")
+        check(self.num_actors >= 1, "evaluate.num_actors", "must be >= 1")
+        check(self.unguided_pairs >= 0, "evaluate.unguided_pairs", "must be >= 0")
+        check(self.max_pairs is None or self.max_pairs >= 1, "evaluate.max_pairs", "must be >= 1 or null")
 
 
 @dataclass(frozen=True)
@@ -433,10 +422,10 @@ class ClusterConfig:
     timeout_s: float = 0.0  # give up (and stop the job) after this long; 0 waits forever
 
     def __post_init__(self) -> None:
-        _check(self.entrypoint_num_cpus >= 0, "cluster.entrypoint_num_cpus", "must be >= 0")
-        _check(self.entrypoint_num_gpus >= 0, "cluster.entrypoint_num_gpus", "must be >= 0")
-        _check(self.autoencoder_num_gpus >= 0, "cluster.autoencoder_num_gpus", "must be >= 0")
-        _check(self.timeout_s >= 0, "cluster.timeout_s", "must be >= 0 (0 waits forever)")
+        check(self.entrypoint_num_cpus >= 0, "cluster.entrypoint_num_cpus", "must be >= 0")
+        check(self.entrypoint_num_gpus >= 0, "cluster.entrypoint_num_gpus", "must be >= 0")
+        check(self.autoencoder_num_gpus >= 0, "cluster.autoencoder_num_gpus", "must be >= 0")
+        check(self.timeout_s >= 0, "cluster.timeout_s", "must be >= 0 (0 waits forever)")
 
 
 @dataclass(frozen=True)
@@ -466,10 +455,10 @@ class XMDPTConfig:
             if name not in MODEL_PRESETS:
                 raise ConfigError(f"model.preset: unknown preset {name!r}; expected one of {sorted(MODEL_PRESETS)}")
             d["model"] = {**MODEL_PRESETS[name], **model}
-        return _from_dict(cls, d, prefix="")
+        return from_plain(cls, d, prefix="")
 
     def to_dict(self) -> dict[str, Any]:
-        return _to_plain(dataclasses.asdict(self))
+        return to_plain(dataclasses.asdict(self))
 
     def flat(self) -> dict[str, Any]:
         """``{"model.hidden_size": 128, ...}`` for MLflow params."""
@@ -486,87 +475,9 @@ class XMDPTConfig:
             if name not in d:
                 raise ConfigError(f"{name}: unknown section; expected one of {sorted(d)}")
             if dataclasses.is_dataclass(upd):
-                upd = _to_plain(dataclasses.asdict(upd))
+                upd = to_plain(dataclasses.asdict(upd))
             d[name] = {**d[name], **upd}
         return XMDPTConfig.from_dict(d)
-
-
-def _to_plain(v: Any) -> Any:
-    if isinstance(v, dict):
-        return {k: _to_plain(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_to_plain(x) for x in v]
-    return v
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _coerce(tp: Any, value: Any, key: str) -> Any:
-    """Check ``value`` against the annotation ``tp``; return it (tuples converted)."""
-    origin = typing.get_origin(tp)
-    if origin in (Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None:
-            if type(None) in args:
-                return None
-            raise ConfigError(f"{key}: null is not allowed; expected {_type_name(tp)}")
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(a, value, key)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
-        args = typing.get_args(tp)
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
-        if len(args) != len(value):
-            raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}")
-        return tuple(_coerce(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected bool, got {type(value).__name__} {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected int, got {type(value).__name__} {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected float, got {type(value).__name__} {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected str, got {type(value).__name__} {value!r}")
-        return value
-    raise ConfigError(f"{key}: unsupported annotation {tp!r}")
-
-
-def _from_dict(cls: type, d: Any, prefix: str) -> Any:
-    if not isinstance(d, dict):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {type(d).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(d) - set(names))
-    if unknown:
-        raise ConfigError(f"{prefix}{unknown[0]}: unknown key; expected one of {sorted(names)}")
-    kwargs = {}
-    for name in names:
-        if name not in d:
-            continue
-        tp = hints[name]
-        if dataclasses.is_dataclass(tp):
-            kwargs[name] = _from_dict(tp, d[name], prefix=f"{prefix}{name}.")
-        else:
-            kwargs[name] = _coerce(tp, d[name], f"{prefix}{name}")
-    return cls(**kwargs)
 
 
 def load_config(path: str | Path = "params.yaml") -> XMDPTConfig:
@@ -613,15 +524,3 @@ def upgrade_legacy_config(d: dict[str, Any]) -> dict[str, Any]:
         if isinstance(out.get(sec), dict) and key in out[sec]:
             out.setdefault(new_sec, {})[new_key] = out[sec].pop(key)
     return out
-
-
-def section_hash(*parts: Any) -> str:
-    """Stable short hash of config sections / manifests (for content-addressed prefixes)."""
-
-    def norm(x: Any) -> Any:
-        if dataclasses.is_dataclass(x):
-            return _to_plain(dataclasses.asdict(x))
-        return _to_plain(x)
-
-    blob = json.dumps([norm(p) for p in parts], sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from xmdpt.config import AutoencoderConfig, EncodersConfig
 from xmdpt.data import schema
 from xmdpt.encoders.dino import TokenEncoder, prepare_image, prepare_pose, token_spec
-from xmdpt.encoders.vae import LatentCodec, build_fitted_vae, reconstruction_metrics
+from xmdpt.encoders.autoencoder_fit import reconstruction_metrics
+from xmdpt.encoders.vae import LatentCodec, build_fitted_vae
 
 TINY = EncodersConfig(pretrained=False, standin_depth=1, token_input_size=28)
 TINY_AE = AutoencoderConfig(vae="fitted", block_channels=(8, 16))
@@ -154,7 +155,8 @@ def test_flip_augmentation_swaps_left_and_right_before_rendering():
 def test_standardize_latent_channels_is_exact_and_whitens_each_channel():
     """Folding per-channel mean/std into the 1x1 convs changes the latent coordinates only:
     reconstructions stay the same, each channel's posterior samples become mean 0 / std 1."""
-    from xmdpt.encoders.vae import from_uint8, standardize_latent_channels
+    from xmdpt.encoders.autoencoder_fit import standardize_latent_channels
+    from xmdpt.encoders.vae import from_uint8
 
     torch.manual_seed(0)
     vae = build_fitted_vae(AutoencoderConfig(vae="fitted", block_channels=(8, 16)), image_size=32).eval()

@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 
 from xmdpt.ops import storage
+from xmdpt.ops.contracts import ManifestError, ManifestVersionError
 from xmdpt.ops.manifests import (
     MANIFESTS, AutoencoderManifest, EvaluateLineage, EvaluateManifest, FeatureImages, FeaturesManifest,
-    FeatureTables, ManifestError, ManifestVersionError, PairsCounts, PairsManifest, PairsTables, PosesCounts,
-    PosesManifest, PosesTables, TableEntry, TensorSpec, TrainManifest, ValidateManifest, ValidateTables, WorkerStart,
+    FeatureTables, PairsCounts, PairsManifest, PairsTables, PosesCounts, PosesManifest, PosesTables, TableEntry,
+    TensorSpec, TrainManifest, ValidateManifest, ValidateTables, WorkerStart,
 )
 
 

@@ -9,19 +9,15 @@ import pytest
 
 from xmdpt.data.deepfashion import (
     UnsafePathError,
-    annotation_to_image_frame,
     dataset_fingerprint,
     detect_layout,
     fashion_name_to_path,
-    hash_split,
     path_to_fashion_name,
-    read_gfla_annotations,
-    read_gfla_pairs,
-    read_inshop_pairs,
-    read_pidm_annotation,
-    read_pidm_pairs,
     safe_join,
 )
+from xmdpt.data.deepfashion_annotations import annotation_to_image_frame, read_gfla_annotations, read_pidm_annotation
+from xmdpt.data.deepfashion_pairs import read_gfla_pairs, read_inshop_pairs, read_pidm_pairs
+from xmdpt.data.deepfashion_split import hash_split
 
 A = "img/WOMEN/Blouses_Shirts/id_00006370/03_1_front.jpg"
 B = "img/WOMEN/Blouses_Shirts/id_00006370/03_2_side.jpg"

@@ -5,14 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from xmdpt.data.deepfashion import (
-    annotation_to_image_frame,
-    read_gfla_annotations,
-    read_gfla_pairs,
-    read_inshop_pairs,
-    read_pidm_annotation,
-    read_pidm_pairs,
-)
+from xmdpt.data.deepfashion_annotations import annotation_to_image_frame, read_gfla_annotations, read_pidm_annotation
+from xmdpt.data.deepfashion_pairs import read_gfla_pairs, read_inshop_pairs, read_pidm_pairs
 
 
 @pytest.fixture(scope="module")

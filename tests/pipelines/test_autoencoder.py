@@ -107,14 +107,15 @@ def test_autoencoder_stage_fits_measures_and_reuses(tmp_path):
 
 
 def test_autoencoder_without_validated_images_is_a_clear_error(tmp_path):
-    from xmdpt.encoders.vae import fit_autoencoder
+    from xmdpt.encoders.autoencoder_fit import fit_autoencoder
 
     with pytest.raises(FileNotFoundError, match="validate/manifest.json"):
         fit_autoencoder(image_config(tmp_path))
 
 
 def test_fit_on_crops_feeds_aligned_windows_and_rejects_misaligned_crops():
-    from xmdpt.encoders.vae import _train_steps, build_fitted_vae
+    from xmdpt.encoders.autoencoder_fit import _train_steps
+    from xmdpt.encoders.vae import build_fitted_vae
 
     enc = tiny_config(autoencoder={"block_channels": [8, 16], "train_steps": 4, "batch_size": 2,
                                    "crop_size": 8}).autoencoder
@@ -131,7 +132,8 @@ def test_fit_on_crops_feeds_aligned_windows_and_rejects_misaligned_crops():
 
 
 def test_fit_keeps_the_ema_weights():
-    from xmdpt.encoders.vae import _train_steps, build_fitted_vae
+    from xmdpt.encoders.autoencoder_fit import _train_steps
+    from xmdpt.encoders.vae import build_fitted_vae
     from xmdpt.training.ema import EMA
 
     train = np.random.default_rng(0).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)

@@ -28,7 +28,7 @@ def fitted(tmp_path_factory):
     """A 12-image fixture (one undecodable) with a 2-step autoencoder fitted on it."""
     from test_autoencoder import image_config, write_image_dataset
 
-    from xmdpt.encoders.vae import fit_autoencoder
+    from xmdpt.encoders.autoencoder_fit import fit_autoencoder
 
     root = tmp_path_factory.mktemp("features")
     validate = write_image_dataset(root, n_train=8, n_test=4, corrupt=(BAD,))

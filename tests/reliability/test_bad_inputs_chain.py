@@ -28,7 +28,7 @@ def _adds_up(manifest) -> None:
 
 def test_every_bad_input_through_the_dag_to_the_feature_cache(ray_local, tmp_path, dfx, pose_task_path):
     from xmdpt.encoders.features import build_feature_cache
-    from xmdpt.encoders.vae import fit_autoencoder
+    from xmdpt.encoders.autoencoder_fit import fit_autoencoder
 
     info = dfx.write_deepfashion(tmp_path / "ds", layouts=("pidm",), unannotated=dfx.UNANNOTATED)
     info.update(dfx.add_bad_inputs(tmp_path / "ds", tmp_path / "outside"))

@@ -1,4 +1,4 @@
-"""DeepFashion In-shop readers: the two public annotation layouts and the raw image tree.
+"""DeepFashion In-shop roots: the two public annotation layouts, the raw image tree, safe paths.
 
 Layouts (``data.layout``; ``auto`` picks the first one present, in this order):
 
@@ -12,6 +12,11 @@ Layouts (``data.layout``; ``auto`` picks the first one present, in this order):
   the ordered pairs of different images of the same identity; the split comes from
   ``train.lst`` / ``test.lst`` when present, else from a hash of the identity.
 
+This module holds the names (fashion names, pose files, identities), the path checks, file access
+and layout detection. The readers are :mod:`xmdpt.data.deepfashion_pairs` (candidate pairs),
+:mod:`xmdpt.data.deepfashion_split` (train/test split of the raw tree) and
+:mod:`xmdpt.data.deepfashion_annotations` (keypoints).
+
 Every path handed out is POSIX, relative to the dataset root, and has gone through
 :func:`safe_join`'s checks: nothing here ever reads outside the root. Readers never raise on a
 bad row: they return it as a :class:`Problem` (row key + reason) and carry on.
@@ -19,24 +24,13 @@ bad row: they return it as a :class:`Problem` (row key + reason) and carry on.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
-import logging
 import os
 import posixpath
 import re
-from collections import defaultdict
-from dataclasses import dataclass, field
-from typing import Optional
+from dataclasses import dataclass
 
-import numpy as np
-
-from xmdpt.data.keypoints import GFLA_FRAME_HW, gfla_lists_to_kps, pidm_txt_to_image_frame, scale_keypoints
-from xmdpt.data.schema import NUM_KEYPOINTS
 from xmdpt.ops.storage import filesystem, is_url
-
-logger = logging.getLogger(__name__)
 
 LAYOUTS = ("pidm", "gfla", "inshop")
 IMAGE_DIR = "img"
@@ -67,50 +61,6 @@ class Problem:
 
     row_key: str
     reason: str
-
-
-@dataclass(frozen=True)
-class PairRecord:
-    """One (target, source) candidate pair read from the dataset, before any file check."""
-
-    split: str
-    person_id: str
-    target_path: str
-    source_path: str
-    row_key: str  # where it came from: "train_pairs.txt:line 3 source 1"
-
-    @property
-    def pair_id(self) -> str:
-        """``{split}:{source fashion name}_2_{target fashion name}`` (the authors' output naming)."""
-        return f"{self.split}:{path_to_fashion_name(self.source_path)}_2_{path_to_fashion_name(self.target_path)}"
-
-
-@dataclass
-class PairsReadout:
-    """What a layout reader found: candidate pairs plus the rows it had to reject."""
-
-    layout: str
-    pairs: list[PairRecord] = field(default_factory=list)
-    problems: list[Problem] = field(default_factory=list)
-
-    @property
-    def input_rows(self) -> int:
-        return len(self.pairs) + len(self.problems)
-
-
-@dataclass(frozen=True)
-class Annotation:
-    """Keypoints of one image as written in an annotation file, before conversion.
-
-    Attributes:
-        keypoints: (18, 2) float32 ``(x, y)`` in the layout's annotation frame, -1 = missing.
-        layout: ``gfla`` or ``pidm`` (which frame ``keypoints`` are in).
-        row_key: the file (and line) the annotation came from.
-    """
-
-    keypoints: np.ndarray
-    layout: str
-    row_key: str
 
 
 # --------------------------------------------------------------------------------------------
@@ -207,16 +157,18 @@ def safe_join(root: str, rel: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# Dataset access
+# Dataset access and layout detection
 # --------------------------------------------------------------------------------------------
 
 
-def _exists(root: str, rel: str) -> bool:
+def file_exists(root: str, rel: str) -> bool:
+    """Whether ``rel`` (checked by :func:`safe_join`) is a file under ``root``."""
     fs, path = filesystem(safe_join(root, rel))
     return fs.isfile(path)
 
 
-def _read_text(root: str, rel: str) -> str:
+def read_text(root: str, rel: str) -> str:
+    """Text of a dataset file, decoded as UTF-8 (bad bytes replaced). ``FileNotFoundError`` if absent."""
     fs, path = filesystem(safe_join(root, rel))
     with fs.open(path, "rb") as f:
         return f.read().decode("utf-8", errors="replace")
@@ -250,9 +202,9 @@ def detect_layout(root: str, layout: str = "auto") -> str:
         raise ValueError(f"unknown layout {layout!r}; expected one of {['auto', *sorted(LAYOUTS)]}")
     if layout != "auto":
         return layout
-    if any(_exists(root, f) for f in PIDM_PAIR_FILES.values()):
+    if any(file_exists(root, f) for f in PIDM_PAIR_FILES.values()):
         return "pidm"
-    if any(_exists(root, f) for f in GFLA_PAIR_FILES.values()):
+    if any(file_exists(root, f) for f in GFLA_PAIR_FILES.values()):
         return "gfla"
     if list_images(root):
         return "inshop"
@@ -275,248 +227,3 @@ def dataset_fingerprint(root: str) -> str:
             with fs.open(p, "rb") as f:
                 h.update(hashlib.sha256(f.read()).digest())
     return h.hexdigest()[:16]
-
-
-# --------------------------------------------------------------------------------------------
-# Pair readers
-# --------------------------------------------------------------------------------------------
-
-
-def _make_pair(split: str, target: str, source: str, row_key: str) -> PairRecord:
-    """Validate one candidate pair's names; raises ``ValueError`` with the reason."""
-    target, source = check_relative(target), check_relative(source)
-    for role, p in (("target", target), ("source", source)):
-        if not p.lower().endswith(IMAGE_EXTENSIONS):
-            raise ValueError(f"{role} {p!r} is not an image file ({', '.join(IMAGE_EXTENSIONS)})")
-    if target == source:
-        raise ValueError(f"source equals target {target!r}")
-    person = person_id_of(target)
-    path_to_fashion_name(target), path_to_fashion_name(source)  # both must have an In-shop name
-    if person_id_of(source) != person:
-        raise ValueError(f"source {source!r} and target {target!r} are different identities")
-    return PairRecord(split=split, person_id=person, target_path=target, source_path=source, row_key=row_key)
-
-
-def _dedupe(readout: PairsReadout) -> PairsReadout:
-    """Keep the first occurrence of each (split, target, source); later ones become problems."""
-    seen: dict[tuple[str, str, str], str] = {}
-    kept = []
-    for p in readout.pairs:
-        key = (p.split, p.target_path, p.source_path)
-        if key in seen:
-            readout.problems.append(Problem(p.row_key, f"{p.row_key}: duplicate pair (first at {seen[key]})"))
-        else:
-            seen[key] = p.row_key
-            kept.append(p)
-    readout.pairs = kept
-    return readout
-
-
-def read_pidm_pairs(root: str) -> PairsReadout:
-    """``train_pairs.txt`` / ``test_pairs.txt``: target first, then the candidate sources."""
-    out = PairsReadout(layout="pidm")
-    for split, fname in PIDM_PAIR_FILES.items():
-        if not _exists(root, fname):
-            logger.warning("%s: not found; the %s split has no pairs", fname, split)
-            continue
-        for lineno, line in enumerate(_read_text(root, fname).splitlines(), start=1):
-            if not line.strip():
-                continue
-            items = [x.strip() for x in line.split(",")]
-            if len(items) < 2 or any(not x for x in items):
-                key = f"{fname}:line {lineno}"
-                out.problems.append(Problem(key, f"{key}: malformed row {line[:200]!r} "
-                                                 "(expected target,source[,source...])"))
-                continue
-            for k, src in enumerate(items[1:], start=1):
-                key = f"{fname}:line {lineno} source {k}"
-                try:
-                    out.pairs.append(_make_pair(split, items[0], src, key))
-                except ValueError as e:
-                    out.problems.append(Problem(key, f"{key}: {e}"))
-    return _dedupe(out)
-
-
-def read_gfla_pairs(root: str) -> PairsReadout:
-    """``fasion-resize-pairs-{train,test}.csv``: header ``from,to`` (source, target fashion names)."""
-    out = PairsReadout(layout="gfla")
-    for split, fname in GFLA_PAIR_FILES.items():
-        if not _exists(root, fname):
-            logger.warning("%s: not found; the %s split has no pairs", fname, split)
-            continue
-        rows = list(csv.reader(io.StringIO(_read_text(root, fname))))
-        if not rows:
-            continue
-        header = [h.strip() for h in rows[0]]
-        if "from" not in header or "to" not in header:
-            key = f"{fname}:line 1"
-            out.problems.append(Problem(key, f"{key}: header {rows[0]!r} lacks 'from' and 'to' columns"))
-            continue
-        i_from, i_to = header.index("from"), header.index("to")
-        for lineno, row in enumerate(rows[1:], start=2):
-            if not row or not any(c.strip() for c in row):
-                continue
-            key = f"{fname}:line {lineno}"
-            if len(row) != len(header):
-                out.problems.append(Problem(key, f"{key}: malformed row {','.join(row)[:200]!r} "
-                                                 f"({len(row)} fields, header has {len(header)})"))
-                continue
-            try:
-                source = fashion_name_to_path(row[i_from].strip())
-                target = fashion_name_to_path(row[i_to].strip())
-                out.pairs.append(_make_pair(split, target, source, key))
-            except ValueError as e:
-                out.problems.append(Problem(key, f"{key}: {e}"))
-    return _dedupe(out)
-
-
-def read_split_lists(root: str) -> tuple[dict[str, str], list[Problem]]:
-    """``train.lst`` / ``test.lst`` (flattened names) -> ``{image path: split}`` (empty if absent)."""
-    split_of: dict[str, str] = {}
-    problems: list[Problem] = []
-    for split, fname in SPLIT_LIST_FILES.items():
-        if not _exists(root, fname):
-            continue
-        for lineno, line in enumerate(_read_text(root, fname).splitlines(), start=1):
-            name = line.strip()
-            if not name:
-                continue
-            try:
-                split_of.setdefault(fashion_name_to_path(name), split)
-            except ValueError as e:
-                problems.append(Problem(f"{fname}:line {lineno}", f"{fname}:line {lineno}: {e}"))
-    return split_of, problems
-
-
-def hash_split(person_id: str, test_fraction: float) -> str:
-    """Deterministic identity split: ``test`` iff sha256(person id) falls below ``test_fraction``."""
-    u = int(hashlib.sha256(person_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
-    return "test" if u < test_fraction else "train"
-
-
-def read_inshop_pairs(root: str, test_fraction: float) -> PairsReadout:
-    """Raw ``img/`` tree: all ordered pairs of different images of one identity (within a split)."""
-    out = PairsReadout(layout="inshop")
-    split_of, list_problems = read_split_lists(root)
-    out.problems.extend(list_problems)
-    groups: dict[tuple[str, str], list[str]] = defaultdict(list)
-    for path in list_images(root):
-        try:
-            person = person_id_of(path)
-        except ValueError as e:
-            logger.warning("skipping %s: %s", path, e)
-            continue
-        if split_of:
-            split = split_of.get(path)
-            if split is None:
-                logger.warning("skipping %s: in neither %s", path, sorted(SPLIT_LIST_FILES.values()))
-                continue
-        else:
-            split = hash_split(person, test_fraction)
-        groups[(split, person)].append(path)
-    for (split, _), paths in sorted(groups.items()):
-        for target in paths:
-            for source in paths:
-                if source != target:
-                    out.pairs.append(_make_pair(split, target, source, f"{IMAGE_DIR}/ tree: {target} <- {source}"))
-    if not split_of:
-        logger.info("no %s: split identities by hash (test fraction %.2f)", sorted(SPLIT_LIST_FILES.values()),
-                    test_fraction)
-    return _dedupe(out)
-
-
-def read_pairs(root: str, layout: str = "auto", test_fraction: float = 0.2) -> PairsReadout:
-    """Candidate pairs of a DeepFashion root in any supported layout (see module docstring)."""
-    layout = detect_layout(root, layout)
-    logger.info("reading pairs from %s (layout %s)", root, layout)
-    if layout == "pidm":
-        return read_pidm_pairs(root)
-    if layout == "gfla":
-        return read_gfla_pairs(root)
-    return read_inshop_pairs(root, test_fraction)
-
-
-# --------------------------------------------------------------------------------------------
-# Annotation readers
-# --------------------------------------------------------------------------------------------
-
-
-def _keypoint_array(xs: list, ys: list, where: str) -> np.ndarray:
-    """(18, 2) float32 from coordinate lists; ``ValueError`` naming ``where`` on a bad length/value."""
-    if len(xs) != NUM_KEYPOINTS or len(ys) != NUM_KEYPOINTS:
-        raise ValueError(f"{where}: expected {NUM_KEYPOINTS} keypoints, got {len(xs)} x and {len(ys)} y values")
-    try:
-        kps = np.stack([np.asarray(xs, dtype=np.float32), np.asarray(ys, dtype=np.float32)], axis=1)  # (18, 2)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{where}: non-numeric keypoint value ({e})") from None
-    if not np.isfinite(kps).all():
-        raise ValueError(f"{where}: non-finite keypoint value")
-    return kps
-
-
-def read_gfla_annotations(root: str) -> tuple[dict[str, Annotation], list[Problem]]:
-    """``fasion-resize-annotation-*.csv`` -> ``{image path: Annotation}`` and the rejected rows.
-
-    A rejected row whose name is readable is keyed by that image path; otherwise by ``file:line``.
-    """
-    annotations: dict[str, Annotation] = {}
-    problems: list[Problem] = []
-    for fname in GFLA_ANNOTATION_FILES.values():
-        if not _exists(root, fname):
-            continue
-        for lineno, line in enumerate(_read_text(root, fname).splitlines(), start=1):
-            if not line.strip() or (lineno == 1 and line.replace(" ", "").startswith("name:")):
-                continue
-            where = f"{fname}:line {lineno}"
-            fields = line.split(":")
-            try:
-                path = fashion_name_to_path(fields[0].strip())
-            except ValueError as e:
-                problems.append(Problem(where, f"{where}: {e}"))
-                continue
-            try:
-                if len(fields) != 3:
-                    raise ValueError(f"malformed row ({len(fields)} ':'-separated fields, expected 3)")
-                kps = gfla_lists_to_kps(fields[1].strip(), fields[2].strip())  # (18, 2) in the 256x176 frame
-                if not np.isfinite(kps).all():
-                    raise ValueError("non-finite keypoint value")
-            except ValueError as e:
-                problems.append(Problem(path, f"{where}: annotation of {path}: {e}"))
-                continue
-            annotations.setdefault(path, Annotation(kps, "gfla", where))
-    return annotations, problems
-
-
-def read_pidm_annotation(root: str, image_path: str) -> Optional[Annotation]:
-    """``pose/…/NN_V_view.txt`` of one image (None if the file does not exist).
-
-    Raises ``ValueError`` naming the file if it is not an 18x2 table of numbers.
-    """
-    rel = pose_txt_path(image_path)
-    try:
-        text = _read_text(root, rel)
-    except FileNotFoundError:
-        return None
-    try:
-        rows = [[float(v) for v in line.replace(",", " ").split()] for line in text.splitlines() if line.strip()]
-    except ValueError as e:
-        raise ValueError(f"{rel}: non-numeric keypoint value ({e})") from None
-    if len(rows) != NUM_KEYPOINTS or any(len(r) != 2 for r in rows):
-        raise ValueError(f"{rel}: expected {NUM_KEYPOINTS} rows of 'x y', got {len(rows)} rows "
-                         f"of {sorted({len(r) for r in rows})} values")
-    xs, ys = [r[0] for r in rows], [r[1] for r in rows]
-    return Annotation(_keypoint_array(xs, ys, rel), "pidm", rel)
-
-
-def annotation_to_image_frame(ann: Annotation, height: int, width: int) -> np.ndarray:
-    """Keypoints of ``ann`` in the pixel frame of an image of ``height`` x ``width``.
-
-    GFLA: ``x * W/176``, ``y * H/256``; PIDM: ``(x - 40) * W/176``, ``y * H/256`` (see
-    :mod:`xmdpt.data.keypoints`). Missing stays -1.
-
-    Returns:
-        (18, 2) float32.
-    """
-    if ann.layout == "gfla":
-        return scale_keypoints(ann.keypoints, GFLA_FRAME_HW, (height, width))
-    return pidm_txt_to_image_frame(ann.keypoints, (height, width))

@@ -1,6 +1,6 @@
 """The `pairs` stage: the (target, source) pair table of a DeepFashion root, with Ray Data.
 
-1. Read the candidate pairs of the dataset's layout (:mod:`xmdpt.data.deepfashion`); malformed
+1. Read the candidate pairs of the dataset's layout (:mod:`xmdpt.data.deepfashion_pairs`); malformed
    rows, unsafe names and duplicates become quarantine rows.
 2. Ray Data, in parallel over the distinct images: read each file through fsspec and decode it
    fully (:func:`xmdpt.data.images.load_rgb`), recording its height and width or why it failed.
@@ -22,7 +22,8 @@ import pandas as pd
 import pyarrow as pa
 
 from xmdpt.config import XMDPTConfig
-from xmdpt.data.deepfashion import dataset_fingerprint, detect_layout, read_bytes, read_pairs, resolve_root
+from xmdpt.data.deepfashion import dataset_fingerprint, detect_layout, read_bytes, resolve_root
+from xmdpt.data.deepfashion_pairs import PairRecord, PairsReadout, read_pairs
 from xmdpt.data.quarantine import fresh_prefix, quarantine_table, summarize_reasons, write_table
 from xmdpt.data.schema import (
     HEIGHT,
@@ -87,6 +88,42 @@ def probe_images(root: str, paths: list[str], num_cpus: float) -> pd.DataFrame:
     return ds.to_pandas()
 
 
+def _screen_pairs(readout: PairsReadout, error_of: dict[str, str]) -> tuple[list[PairRecord], list[tuple[str, str]]]:
+    """Keep the pairs whose target and source both decode; return them and the ``(row key, reason)``
+    of every rejected row (the reader's own rejects first)."""
+    kept, problems = [], [(p.row_key, p.reason) for p in readout.problems]
+    for pair in readout.pairs:
+        bad = [f"{role} {error_of[p]}" for role, p in (("target", pair.target_path), ("source", pair.source_path))
+               if error_of[p]]
+        if bad:
+            problems.append((pair.row_key, f"{pair.row_key}: " + "; ".join(bad)))
+        else:
+            kept.append(pair)
+    return kept, problems
+
+
+def _pairs_table(kept: list[PairRecord]) -> pa.Table:
+    """The ``pairs`` table (:data:`~xmdpt.data.schema.PAIRS_SCHEMA`) of the kept pairs."""
+    return pa.Table.from_pydict({
+        PAIR_ID: [p.pair_id for p in kept],
+        SPLIT: [p.split for p in kept],
+        PERSON_ID: [p.person_id for p in kept],
+        TARGET_PATH: [p.target_path for p in kept],
+        SOURCE_PATH: [p.source_path for p in kept],
+    }, schema=PAIRS_SCHEMA)
+
+
+def _images_table(kept: list[PairRecord], size_of: dict[str, tuple[int, int]]) -> pa.Table:
+    """The ``images`` table (:data:`IMAGES_SCHEMA`): every image of a kept pair, per split, with its size."""
+    image_keys = sorted({(path, p.split) for p in kept for path in (p.target_path, p.source_path)})
+    return pa.Table.from_pydict({
+        IMAGE_PATH: [k[0] for k in image_keys],
+        SPLIT: [k[1] for k in image_keys],
+        HEIGHT: [size_of[k[0]][0] for k in image_keys],
+        WIDTH: [size_of[k[0]][1] for k in image_keys],
+    }, schema=IMAGES_SCHEMA)
+
+
 def build_pairs(cfg: XMDPTConfig) -> dict:
     """Run the `pairs` stage; return the manifest (also written to ``{artifacts_dir}/pairs/manifest.json``)."""
 
@@ -105,29 +142,9 @@ def build_pairs(cfg: XMDPTConfig) -> dict:
     error_of = dict(zip(probe[IMAGE_PATH], probe[_ERROR]))
     size_of = {p: (int(h), int(w)) for p, h, w in zip(probe[IMAGE_PATH], probe[HEIGHT], probe[WIDTH])}
 
-    kept, problems = [], [(p.row_key, p.reason) for p in readout.problems]
-    for pair in readout.pairs:
-        bad = [f"{role} {error_of[p]}" for role, p in (("target", pair.target_path), ("source", pair.source_path))
-               if error_of[p]]
-        if bad:
-            problems.append((pair.row_key, f"{pair.row_key}: " + "; ".join(bad)))
-        else:
-            kept.append(pair)
-
-    pairs = pa.Table.from_pydict({
-        PAIR_ID: [p.pair_id for p in kept],
-        SPLIT: [p.split for p in kept],
-        PERSON_ID: [p.person_id for p in kept],
-        TARGET_PATH: [p.target_path for p in kept],
-        SOURCE_PATH: [p.source_path for p in kept],
-    }, schema=PAIRS_SCHEMA)
-    image_keys = sorted({(path, p.split) for p in kept for path in (p.target_path, p.source_path)})
-    images = pa.Table.from_pydict({
-        IMAGE_PATH: [k[0] for k in image_keys],
-        SPLIT: [k[1] for k in image_keys],
-        HEIGHT: [size_of[k[0]][0] for k in image_keys],
-        WIDTH: [size_of[k[0]][1] for k in image_keys],
-    }, schema=IMAGES_SCHEMA)
+    kept, problems = _screen_pairs(readout, error_of)
+    pairs = _pairs_table(kept)
+    images = _images_table(kept, size_of)
     quarantine = quarantine_table(STAGE_NAME, problems)
     if readout.input_rows != pairs.num_rows + quarantine.num_rows:  # internal invariant
         raise AssertionError(f"pairs: {readout.input_rows} input rows != {pairs.num_rows} kept "

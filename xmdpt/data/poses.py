@@ -28,13 +28,12 @@ import pandas as pd
 import pyarrow as pa
 
 from xmdpt.config import XMDPTConfig
-from xmdpt.data.deepfashion import (
+from xmdpt.data.deepfashion import read_bytes, resolve_root
+from xmdpt.data.deepfashion_annotations import (
     Annotation,
     annotation_to_image_frame,
-    read_bytes,
     read_gfla_annotations,
     read_pidm_annotation,
-    resolve_root,
 )
 from xmdpt.data.pairs import STAGE_NAME as PAIRS_STAGE
 from xmdpt.data.quarantine import fresh_prefix, quarantine_table, read_table, summarize_reasons, write_table

@@ -47,7 +47,7 @@ from xmdpt.metrics.synthetic import (foreground_mask, mask_iou, part_colour_erro
                                      view_consistency)
 from xmdpt.ops.manifests import EvaluateLineage, EvaluateManifest, FeaturesManifest, TrainManifest, ValidateManifest
 from xmdpt.ops.storage import absolute
-from xmdpt.data.deepfashion import read_split_lists
+from xmdpt.data.deepfashion_split import read_split_lists
 from xmdpt.data.images import ImageError, load_rgb, resize_square
 from xmdpt.data.keypoints import render_skeleton, scale_keypoints
 from xmdpt.encoders.inputs import read_image_bytes, read_image_table, read_table

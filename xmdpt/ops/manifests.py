@@ -1,18 +1,8 @@
 """Typed stage contracts: one frozen dataclass per stage manifest.
 
-A stage builds its manifest as a dataclass and writes it with :meth:`StageManifest.write`; a
-downstream stage reads it with :meth:`StageManifest.read` and uses attributes
-(``features.tables.features.uri``) instead of indexing nested dicts. The JSON on disk is the
-dataclass's :meth:`~Record.to_dict`: every field under its own key, plus ``stage``,
-``format_version`` (the stage's :attr:`~StageManifest.FORMAT_VERSION`) and the storage layer's
-``manifest_version``, so DVC metrics, plots and readers of the raw JSON see the same keys as before.
-
-Parsing is strict: a missing field, a field of the wrong type or an unknown field is an error
-naming the file, the stage and the (dotted) field. A manifest whose ``format_version`` differs
-from the one this code writes fails with :class:`ManifestVersionError` naming the stage and the
-version found; manifests written before versions existed have no ``format_version`` (found:
-none) and are treated as older. Rerunning the stage (``dvc repro <stage>``; ``dvc repro -f
-<stage>`` when DVC says it is up to date) rewrites the manifest at the current version.
+Each class names its stage (``STAGE``) and the format version it writes (``FORMAT_VERSION``); the
+reading, writing and strict checking they share is :class:`~xmdpt.ops.contracts.StageManifest`'s
+(see :mod:`xmdpt.ops.contracts` for the JSON layout and the errors).
 
 When a stage's manifest changes shape (a field added, removed, retyped or given a new meaning),
 its ``FORMAT_VERSION`` goes up by one.
@@ -20,224 +10,16 @@ its ``FORMAT_VERSION`` goes up by one.
 
 from __future__ import annotations
 
-import collections.abc
 import dataclasses
-import functools
-import types
-import typing
-from pathlib import Path
-from typing import Any, ClassVar, Mapping, Optional, TypeVar, Union
+from typing import Any, ClassVar, Mapping, Optional
 
-from xmdpt.ops import storage
+from xmdpt.ops.contracts import Record, StageManifest, optional_key
 
 __all__ = [
-    "ManifestError", "ManifestVersionError", "Record", "StageManifest", "TableEntry", "TensorSpec",
-    "PairsTables", "PairsCounts", "PairsManifest", "PosesTables", "PosesCounts", "PosesManifest",
-    "ValidateTables", "ValidateManifest", "AutoencoderManifest", "FeatureTables", "FeatureImages",
-    "FeaturesManifest", "WorkerStart", "TrainManifest", "EvaluateLineage", "EvaluateManifest",
-    "MANIFESTS", "manifest_path",
+    "TableEntry", "TensorSpec", "PairsTables", "PairsCounts", "PairsManifest", "PosesTables", "PosesCounts",
+    "PosesManifest", "ValidateTables", "ValidateManifest", "AutoencoderManifest", "FeatureTables", "FeatureImages",
+    "FeaturesManifest", "WorkerStart", "TrainManifest", "EvaluateLineage", "EvaluateManifest", "MANIFESTS",
 ]
-
-M = TypeVar("M", bound="StageManifest")
-R = TypeVar("R", bound="Record")
-
-_OMIT_IF_NONE = "omit_if_none"
-
-
-def optional_key(**kwargs: Any) -> Any:
-    """A field whose key is absent from the JSON when its value is ``None`` (a key some writers
-    leave out), as opposed to an ``Optional`` field always written (``null`` when unknown)."""
-    return dataclasses.field(default=None, metadata={_OMIT_IF_NONE: True}, **kwargs)
-
-
-class ManifestError(ValueError):
-    """A manifest that does not match its stage's contract (the message names file, stage, field)."""
-
-
-class ManifestVersionError(ManifestError):
-    """A manifest written at another format version than the one this code reads."""
-
-
-def _rerun(stage: str) -> str:
-    return f"rerun the stage: `dvc repro {stage}` (`dvc repro -f {stage}` if DVC says it is up to date)"
-
-
-@functools.cache
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _type_name(hint: Any) -> str:
-    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
-
-
-def _parse(value: Any, hint: Any, where: str, fail) -> Any:
-    """``value`` checked against the type ``hint`` (JSON lists become tuples); ``fail(where, msg)`` raises."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if hint is Any:
-        return value
-    if origin in (Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        if len(inner) == 1:
-            return _parse(value, inner[0], where, fail)
-        raise TypeError(f"unsupported manifest field type {hint}")
-    if isinstance(hint, type) and issubclass(hint, Record):
-        if not isinstance(value, Mapping):
-            fail(where, f"expected an object, got {type(value).__name__}")
-        return hint._parse_fields(value, where, fail)
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            fail(where, f"expected a list, got {type(value).__name__}")
-        return tuple(_parse(v, args[0], f"{where}[{i}]", fail) for i, v in enumerate(value))
-    if origin in (dict, collections.abc.Mapping) or hint in (dict, Mapping):
-        if not isinstance(value, Mapping):
-            fail(where, f"expected an object, got {type(value).__name__}")
-        val_hint = args[1] if args else Any
-        return {str(k): _parse(v, val_hint, f"{where}.{k}", fail) for k, v in value.items()}
-    if hint is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    elif hint is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    else:
-        ok = isinstance(value, hint)
-    if not ok:
-        fail(where, f"expected {_type_name(hint)}, got {type(value).__name__} {value!r:.60}")
-    return value
-
-
-def _is_tuple(hint: Any) -> bool:
-    return typing.get_origin(hint) is tuple or any(typing.get_origin(a) is tuple for a in typing.get_args(hint))
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Record):
-        return value.to_dict()
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class Record:
-    """A frozen part of a manifest: :meth:`to_dict` for JSON, :meth:`_parse_fields` to read it back."""
-
-    def __post_init__(self) -> None:
-        hints = _hints(type(self))
-        for f in dataclasses.fields(self):  # lists given to tuple fields are stored as tuples
-            value = getattr(self, f.name)
-            if isinstance(value, list) and _is_tuple(hints[f.name]):
-                object.__setattr__(self, f.name, tuple(value))
-
-    def to_dict(self) -> dict[str, Any]:
-        out = {}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if value is None and f.metadata.get(_OMIT_IF_NONE):
-                continue
-            out[f.name] = _plain(value)
-        return out
-
-    @classmethod
-    def _parse_fields(cls: type[R], data: Mapping[str, Any], where: str, fail) -> R:
-        prefix = f"{where}." if where else ""
-        hints = _hints(cls)
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - set(fields))
-        if unknown:
-            fail(f"{prefix}{unknown[0]}", f"unknown field(s) {unknown}")
-        kwargs = {}
-        for name, f in fields.items():
-            if name not in data:
-                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                    fail(f"{prefix}{name}", "missing")
-                continue
-            kwargs[name] = _parse(data[name], hints[name], f"{prefix}{name}", fail)
-        return cls(**kwargs)
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class StageManifest(Record):
-    """A stage's ``{artifacts_dir}/<stage>/manifest.json``."""
-
-    STAGE: ClassVar[str]
-    FORMAT_VERSION: ClassVar[int]
-    _ENVELOPE: ClassVar[tuple[str, ...]] = ("stage", "format_version", "manifest_version")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"manifest_version": storage.MANIFEST_VERSION, "format_version": self.FORMAT_VERSION,
-                "stage": self.STAGE, **super().to_dict()}
-
-    @classmethod
-    def from_dict(cls: type[M], data: Mapping[str, Any], source: str = "") -> M:
-        """Parse and check a manifest dict; ``source`` (the file) is named in errors.
-
-        Raises:
-            ManifestVersionError: ``format_version`` is absent or not :attr:`FORMAT_VERSION`.
-            ManifestError: not this stage's manifest, a field missing, unknown or of the wrong type.
-        """
-        where = f"{source}: " if source else ""
-        if not isinstance(data, Mapping):
-            raise ManifestError(f"{where}{cls.STAGE} manifest: expected a JSON object, got {type(data).__name__}")
-        if data.get("stage") != cls.STAGE:
-            raise ManifestError(f"{where}not a {cls.STAGE} manifest (stage={data.get('stage')!r}); "
-                                f"{_rerun(cls.STAGE)}")
-        found = data.get("format_version")
-        if found != cls.FORMAT_VERSION:
-            age = "a newer" if isinstance(found, int) and found > cls.FORMAT_VERSION else "an older"
-            raise ManifestVersionError(
-                f"{where}{cls.STAGE} manifest has format version {'none' if found is None else found}, "
-                f"this code reads version {cls.FORMAT_VERSION} (written by {age} xmdpt); {_rerun(cls.STAGE)}")
-
-        def fail(field: str, problem: str) -> typing.NoReturn:
-            raise ManifestError(f"{where}{cls.STAGE} manifest field {field!r}: {problem}; {_rerun(cls.STAGE)}")
-
-        mv = data.get("manifest_version", storage.MANIFEST_VERSION)
-        if mv != storage.MANIFEST_VERSION:
-            fail("manifest_version", f"expected {storage.MANIFEST_VERSION}, got {mv!r}")
-        body = {k: v for k, v in data.items() if k not in cls._ENVELOPE}
-        return cls._parse_fields(body, "", fail)
-
-    @classmethod
-    def coerce(cls: type[M], manifest: "M | Mapping[str, Any]", source: str = "") -> M:
-        """``manifest`` as this class: a dict (a stage function's return value) is parsed."""
-        if isinstance(manifest, cls):
-            return manifest
-        return cls.from_dict(manifest, source or f"{cls.STAGE} manifest argument")
-
-    @classmethod
-    def read(cls: type[M], path: str | Path) -> M:
-        """Read and parse ``path`` (a missing file names the stage to run)."""
-        return cls.from_dict(storage.read_manifest(path), str(path))
-
-    @classmethod
-    def path(cls, artifacts_dir: str | Path) -> Path:
-        """``{artifacts_dir}/<stage>/manifest.json``."""
-        return manifest_path(artifacts_dir, cls.STAGE)
-
-    @classmethod
-    def load(cls: type[M], artifacts_dir: str | Path) -> M:
-        """:meth:`read` of ``{artifacts_dir}/<stage>/manifest.json``."""
-        return cls.read(cls.path(artifacts_dir))
-
-    def write(self, path: str | Path) -> dict[str, Any]:
-        """Check the JSON against the contract (a value of another type than its field's is an
-        error here, not a surprise for the next stage), write it atomically (see
-        :func:`xmdpt.ops.storage.write_manifest`) and return it."""
-        data = self.to_dict()
-        type(self).from_dict(data, str(path))
-        return storage.write_manifest(path, data)
-
-    def key(self) -> str:
-        """Identity of this output for downstream content addresses (:func:`xmdpt.ops.storage.manifest_key`)."""
-        return storage.manifest_key(self.to_dict())
-
-
-def manifest_path(artifacts_dir: str | Path, stage: str) -> Path:
-    return Path(artifacts_dir) / stage / "manifest.json"
 
 
 # ------------------------------------------------------------------------------------------------

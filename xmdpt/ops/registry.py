@@ -12,8 +12,8 @@ The metric values are stored as version tags (``metric.<name>``) so that the com
 depend on where the evaluation ran.
 
 Consumers resolve ``models:/name@alias``, ``models:/name/3``, ``runs:/…`` or ``models:/m-…`` with
-:func:`resolve_model_dir`: the model is downloaded once to a cache folder and the pipeline folder
-inside it is returned.
+:func:`xmdpt.ops.model_resolver.resolve_model_dir`: the model is downloaded once to a cache folder
+and the pipeline folder inside it is returned.
 
 The tracking URI is resolved by :func:`xmdpt.ops.tracking.resolve_tracking_uri` (configured value,
 else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` in the working directory), as training does.
@@ -25,30 +25,23 @@ import hashlib
 import json
 import logging
 import math
-import os
 import shutil
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from xmdpt.ops.tracking import lineage_tags, resolve_tracking_uri
 from xmdpt.ops.manifests import EvaluateManifest, FeaturesManifest, TrainManifest, ValidateManifest
+from xmdpt.ops.model_resolver import MODEL_DIR_ARTIFACT, default_cache_dir
 from xmdpt.ops.storage import filesystem
-from xmdpt.sampling.folder import check_pipeline_folder, is_pipeline_folder, not_a_pipeline_folder_reason
+from xmdpt.ops.tracking import lineage_tags, resolve_tracking_uri
+from xmdpt.sampling.folder import check_pipeline_folder
 
 logger = logging.getLogger(__name__)
 
 CANDIDATE_ALIAS = "candidate"
 CHAMPION_ALIAS = "champion"
-MODEL_DIR_ARTIFACT = "model_dir"
 METRIC_TAG_PREFIX = "metric."
 LOGGED_MODEL_NAME = "xmdpt"
 MODEL_CODE = Path(__file__).resolve().parents[1] / "sampling" / "mlflow_model.py"
-MODEL_URI_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/", "s3://", "gs://", "file://")
-
-
-class ModelNotFoundError(LookupError):
-    """A model URI does not name an existing model; the message says which part is unknown."""
-
 
 def _signature():
     from mlflow.models import ModelSignature
@@ -91,6 +84,39 @@ def is_better(value: float, incumbent: Optional[float], higher_is_better: bool) 
     return value > incumbent if higher_is_better else value < incumbent
 
 
+def _champion(client, model_name: str, metric: str) -> tuple[Optional[str], Optional[float]]:
+    """``(version, metric value)`` of the current ``@champion``; ``(None, None)`` when there is none yet."""
+    from mlflow.exceptions import MlflowException
+
+    incumbent_version, incumbent_value = None, None
+    try:
+        champ = client.get_model_version_by_alias(model_name, CHAMPION_ALIAS)
+        incumbent_version = champ.version
+        tag = champ.tags.get(METRIC_TAG_PREFIX + metric)
+        incumbent_value = float(tag) if tag is not None else None
+        if incumbent_value is None:
+            logger.warning("champion %s v%s has no %s tag; the new version replaces it", model_name, champ.version,
+                           METRIC_TAG_PREFIX + metric)
+    except MlflowException:
+        pass  # no registered model or no champion yet
+    return incumbent_version, incumbent_value
+
+
+def _move_aliases(client, model_name: str, version: str, *, metric: str, value: float, higher_is_better: bool,
+                  incumbent_version: Optional[str], incumbent_value: Optional[float]) -> bool:
+    """Set ``@candidate`` on ``version`` and ``@champion`` too when it beats the incumbent; True if promoted."""
+    client.set_registered_model_alias(model_name, CANDIDATE_ALIAS, version)
+    promoted = is_better(value, incumbent_value, higher_is_better)
+    if promoted:
+        client.set_registered_model_alias(model_name, CHAMPION_ALIAS, version)
+        logger.info("%s v%s is the new @%s (%s=%.6g, was %s)", model_name, version, CHAMPION_ALIAS, metric, value,
+                    incumbent_value)
+    else:
+        logger.info("%s v%s stays @%s only (%s=%.6g does not beat champion v%s's %.6g)", model_name, version,
+                    CANDIDATE_ALIAS, metric, value, incumbent_version, incumbent_value)
+    return promoted
+
+
 def log_and_register(
     model_dir: str | Path,
     *,
@@ -121,7 +147,6 @@ def log_and_register(
     """
     import mlflow
     from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
 
     model_dir = Path(model_dir)
 
@@ -134,49 +159,23 @@ def log_and_register(
     info, run = log_pipeline_model(model_dir, tracking_uri=tracking_uri, tags=lineage, run_id=run_id,
                                    experiment_name=experiment_name, params={"metric": metric}, metrics=numeric)
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-
-    # the champion before this version (read before any alias moves)
-    incumbent_version, incumbent_value = None, None
-    try:
-        champ = client.get_model_version_by_alias(model_name, CHAMPION_ALIAS)
-        incumbent_version = champ.version
-        tag = champ.tags.get(METRIC_TAG_PREFIX + metric)
-        incumbent_value = float(tag) if tag is not None else None
-        if incumbent_value is None:
-            logger.warning("champion %s v%s has no %s tag; the new version replaces it", model_name, champ.version,
-                           METRIC_TAG_PREFIX + metric)
-    except MlflowException:
-        pass  # no registered model or no champion yet
+    incumbent_version, incumbent_value = _champion(client, model_name, metric)  # read before any alias moves
 
     version_tags = {**lineage, **{METRIC_TAG_PREFIX + k: str(v) for k, v in numeric.items()},
                     "model_id": info.model_id, "register.metric": metric}
     mv = mlflow.register_model(info.model_uri, model_name, tags=version_tags)
-    client.set_registered_model_alias(model_name, CANDIDATE_ALIAS, mv.version)
-    promoted = is_better(value, incumbent_value, higher_is_better)
-    if promoted:
-        client.set_registered_model_alias(model_name, CHAMPION_ALIAS, mv.version)
-        logger.info("%s v%s is the new @%s (%s=%.6g, was %s)", model_name, mv.version, CHAMPION_ALIAS, metric, value,
-                    incumbent_value)
-    else:
-        logger.info("%s v%s stays @%s only (%s=%.6g does not beat champion v%s's %.6g)", model_name, mv.version,
-                    CANDIDATE_ALIAS, metric, value, incumbent_version, incumbent_value)
+    promoted = _move_aliases(client, model_name, mv.version, metric=metric, value=value,
+                             higher_is_better=higher_is_better, incumbent_version=incumbent_version,
+                             incumbent_value=incumbent_value)
     aliases = sorted(client.get_model_version(model_name, mv.version).aliases)
-    return {
-        "name": model_name,
-        "version": int(mv.version),
-        "aliases": aliases,
-        "model_uri": f"models:/{model_name}/{mv.version}",
-        "logged_model_uri": info.model_uri,
-        "model_id": info.model_id,
-        "run_id": run,
-        "tracking_uri": tracking_uri,
-        "metric": {"name": metric, "value": value, "higher_is_better": higher_is_better,
-                   "champion_before": {"version": int(incumbent_version) if incumbent_version else None,
-                                       "value": incumbent_value},
-                   "promoted": promoted},
-        "metrics": dict(metrics),
-        "lineage": lineage,
-    }
+    return {"name": model_name, "version": int(mv.version), "aliases": aliases,
+            "model_uri": f"models:/{model_name}/{mv.version}", "logged_model_uri": info.model_uri,
+            "model_id": info.model_id, "run_id": run, "tracking_uri": tracking_uri,
+            "metric": {"name": metric, "value": value, "higher_is_better": higher_is_better,
+                       "champion_before": {"version": int(incumbent_version) if incumbent_version else None,
+                                           "value": incumbent_value},
+                       "promoted": promoted},
+            "metrics": dict(metrics), "lineage": lineage}
 
 
 def log_pipeline_model(model_dir: str | Path, *, tracking_uri: str, tags: Mapping[str, str],
@@ -249,111 +248,6 @@ def register_pipeline_folder(model_dir: str | Path, name: str, *, alias: Optiona
     return {"name": name, "version": int(mv.version), "aliases": aliases, "model_uri": f"models:/{name}/{mv.version}",
             "alias_uri": f"models:/{name}@{alias}" if alias else None, "logged_model_uri": info.model_uri,
             "run_id": run_id, "tracking_uri": tracking_uri, "tags": tags}
-
-
-# ------------------------------------------------------------------------------------------------
-# Consumers: URI -> local pipeline folder
-# ------------------------------------------------------------------------------------------------
-
-
-def is_model_uri(s: str) -> bool:
-    return any(str(s).startswith(p) for p in MODEL_URI_SCHEMES)
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("XMDPT_CACHE_DIR") or Path.home() / ".cache" / "xmdpt" / "models")
-
-
-def _pin_uri(uri: str, tracking_uri: str) -> tuple[str, str]:
-    """``(download URI, cache key)``; aliases are resolved to a version first (an alias can move)."""
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    if not uri.startswith("models:/") or uri.startswith("models:/m-"):
-        return uri, uri
-    rest = uri[len("models:/"):].strip("/")
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    try:
-        if "@" in rest:
-            name, alias = rest.split("@", 1)
-            mv = client.get_model_version_by_alias(name, alias)
-        else:
-            name, _, version = rest.partition("/")
-            if not version:
-                raise ModelNotFoundError(f"model URI {uri!r}: expected models:/NAME/VERSION or models:/NAME@ALIAS")
-            mv = client.get_model_version(name, version)
-    except MlflowException as e:
-        raise ModelNotFoundError(f"unknown model URI {uri!r} (tracking URI {tracking_uri}): {e.message}") from None
-    pinned = f"models:/{mv.name}/{mv.version}"
-    return pinned, f"{pinned}|{mv.source}"
-
-
-def _find_pipeline_folder(root: Path) -> Path:
-    """The pipeline folder inside a downloaded pyfunc model (or ``root`` itself)."""
-
-    if is_pipeline_folder(root):
-        return root
-    reason = not_a_pipeline_folder_reason(root)
-    if reason:
-        raise ModelNotFoundError(reason)
-    mlmodel = root / "MLmodel"
-    if mlmodel.is_file():
-        import yaml
-
-        meta = yaml.safe_load(mlmodel.read_text())
-        arts = (meta.get("flavors", {}).get("python_function", {}).get("artifacts") or {})
-        rel = (arts.get(MODEL_DIR_ARTIFACT) or {}).get("path")
-        if rel and is_pipeline_folder(root / rel):
-            return root / rel
-    hits = [p.parent for p in root.rglob("config.json") if is_pipeline_folder(p.parent)]
-    if len(hits) == 1:
-        return hits[0]
-    raise ModelNotFoundError(f"{root}: no xmdpt pipeline folder inside the downloaded model "
-                             f"(looked for the pyfunc artifact {MODEL_DIR_ARTIFACT!r})")
-
-
-def resolve_model_dir(uri_or_dir: str | Path, *, tracking_uri: Optional[str] = None,
-                      cache_dir: Optional[str | Path] = None) -> Path:
-    """A local pipeline folder for a folder path or an MLflow model URI.
-
-    Args:
-        uri_or_dir: a local pipeline folder, or ``models:/name@alias``, ``models:/name/3``,
-            ``models:/m-<id>``, ``runs:/<run id>/<path>`` (resolved against ``tracking_uri``).
-        tracking_uri: default: ``$MLFLOW_TRACKING_URI`` (see :func:`resolve_tracking_uri`).
-        cache_dir: where downloads are kept (default ``$XMDPT_CACHE_DIR`` or ``~/.cache/xmdpt/models``).
-
-    Raises:
-        ModelNotFoundError: the folder does not exist / is not a pipeline folder, or the URI names no model.
-    """
-    s = str(uri_or_dir)
-    if not is_model_uri(s):
-        p = Path(s)
-        if not p.exists():
-            raise ModelNotFoundError(f"model {s!r}: no such folder, and not a model URI "
-                                     f"(expected a folder or one of {', '.join(MODEL_URI_SCHEMES)}…)")
-        return _find_pipeline_folder(p)
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    tracking_uri = resolve_tracking_uri(tracking_uri or "")
-    pinned, key = _pin_uri(s, tracking_uri)
-    dest = Path(cache_dir or default_cache_dir()) / hashlib.sha256(f"{tracking_uri}|{key}".encode()).hexdigest()[:16]
-    done = dest / ".complete"
-    if not done.is_file():
-        tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        try:
-            mlflow.set_registry_uri(tracking_uri)
-            mlflow.artifacts.download_artifacts(artifact_uri=pinned, dst_path=str(tmp), tracking_uri=tracking_uri)
-        except MlflowException as e:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise ModelNotFoundError(f"unknown model URI {s!r} (tracking URI {tracking_uri}): {e.message}") from None
-        (tmp / ".complete").write_text(json.dumps({"uri": s, "pinned": pinned}) + "\n")
-        shutil.rmtree(dest, ignore_errors=True)
-        tmp.rename(dest)
-        logger.info("downloaded %s (%s) to %s", s, pinned, dest)
-    return _find_pipeline_folder(dest)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -10,8 +10,9 @@ stages that read its section; an unchanged file leaves them alone (DVC compares 
 Each file also carries :func:`config_code_fingerprint`: ``xmdpt/config.py`` with its field
 declarations (names, types, defaults), preset tables and docstrings taken out. The stages do not list
 ``xmdpt/config.py`` itself (a changed default would rerun all of them): a field reaches them through
-its value, any other change to that file (loading, validation, presets merging, hashing) through the
-fingerprint, which every stage sees.
+its value, any other change to that file (validation, presets merging, the legacy layout) through the
+fingerprint, which every stage sees. The loading and hashing machinery (``xmdpt/typed_config.py``) is
+a dependency of every stage.
 
 Which sections a stage reads is decided from the code it runs (the stage's ``run`` and the library
 functions it calls with the config), plus the sections it writes into its outputs for later stages

@@ -1,7 +1,8 @@
 """Synthetic dataset in exactly the DeepFashion In-shop layout (what ``make run`` trains on offline).
 
-Modules: :mod:`~xmdpt.synth.figure` (appearance, 3-D pose), :mod:`~xmdpt.synth.render` (one view:
-image + keypoints), :mod:`~xmdpt.synth.dataset` (the files).
+Modules: :mod:`~xmdpt.synth.figure` (appearance, 3-D pose), :mod:`~xmdpt.synth.draw` (2-D shapes,
+prints, compositing), :mod:`~xmdpt.synth.render` (one view: image + keypoints),
+:mod:`~xmdpt.synth.dataset` (the files).
 
 Each identity is a clothed, person-like figure with its own appearance (skin tone, hair colour and
 length, body proportions, a top and a bottom garment with colour + pattern chosen by the category),

@@ -43,8 +43,8 @@ import numpy as np
 
 from xmdpt.config import XMDPTConfig, section_hash
 from xmdpt.ops import storage, tracking
-from xmdpt.ops.manifests import (AutoencoderManifest, FeaturesManifest, StageManifest, TrainManifest, ValidateManifest,
-                                 WorkerStart)
+from xmdpt.ops.contracts import StageManifest
+from xmdpt.ops.manifests import AutoencoderManifest, FeaturesManifest, TrainManifest, ValidateManifest, WorkerStart
 from xmdpt.ops.ray_utils import check_resources, init_ray
 from xmdpt.training.checkpoint import read_trainer_state
 from xmdpt.training.data import FeatureSpec, build_train_table, read_train_table
