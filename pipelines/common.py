@@ -27,7 +27,8 @@ from typing import Any, Callable, Optional, Sequence
 import yaml
 
 from xmdpt.config import ConfigError, XMDPTConfig, load_config
-from xmdpt.ops.cluster import ClusterJobError, submit_stage, upload_outputs
+from xmdpt.ops.cluster import ClusterJobError, submit_stage
+from xmdpt.ops.job_outputs import upload_outputs
 from xmdpt.ops.preflight import PreflightError, preflight
 from xmdpt.ops.storage import filesystem
 

@@ -131,7 +131,7 @@ def generate(
     from xmdpt.config import ConfigError
     from xmdpt.data.images import ImageError
     from xmdpt.precision import PrecisionError
-    from xmdpt.ops.registry import ModelNotFoundError
+    from xmdpt.ops.model_resolver import ModelNotFoundError
     from xmdpt.sampling.inputs import PoseError
     from xmdpt.sampling.pipeline import generate as _generate
 
@@ -194,7 +194,7 @@ def generate_batch(
 ) -> None:
     """Generate a table of (source, pose) rows on Ray Data: PNGs, a Parquet manifest and a quarantine."""
     _logging(verbose)
-    from xmdpt.ops.registry import ModelNotFoundError
+    from xmdpt.ops.model_resolver import ModelNotFoundError
     from xmdpt.sampling.batch import BatchError
     from xmdpt.sampling.batch import generate_batch as _run
 

@@ -12,16 +12,9 @@ import yaml
 from tiny_config import tiny_config
 
 from pipelines.common import stage_main
-from xmdpt.ops.cluster import (
-    ClusterJobError,
-    download_outputs,
-    is_loopback,
-    job_config,
-    resolve_address,
-    stage_outputs,
-    upload_outputs,
-    working_dir_excludes,
-)
+from xmdpt.ops.cluster import ClusterJobError, download_outputs
+from xmdpt.ops.job_env import is_loopback, job_config, resolve_address, working_dir_excludes
+from xmdpt.ops.job_outputs import stage_outputs, upload_outputs
 from xmdpt.config import ConfigError, load_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -223,7 +216,7 @@ def test_unreachable_cluster_fails_the_stage_with_the_address(tmp_path, monkeypa
 
 
 def test_only_the_autoencoder_driver_asks_for_its_own_gpus():
-    from xmdpt.ops.cluster import entrypoint_resources
+    from xmdpt.ops.job_env import entrypoint_resources
 
     cfg = tiny_config().replace(cluster={"entrypoint_num_cpus": 1.0, "autoencoder_num_gpus": 1.0})
     assert entrypoint_resources(cfg, "autoencoder") == {"entrypoint_num_cpus": 1.0, "entrypoint_num_gpus": 1.0}

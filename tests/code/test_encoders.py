@@ -134,7 +134,7 @@ def test_reconstruction_metrics_identity_and_noise():
 
 
 def test_flip_augmentation_swaps_left_and_right_before_rendering():
-    from xmdpt.encoders.features import augment
+    from xmdpt.encoders.encoding import augment
 
     img = np.zeros((40, 28, 3), np.uint8)
     img[:, :7] = 255  # a white band on the left

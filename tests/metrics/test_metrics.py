@@ -213,7 +213,7 @@ def test_foreground_mask_matches_synthetic_silhouettes():
 def test_other_identity_baseline_skips_a_person_whose_view_hides_the_part():
     """The next person's ground truth is a side view whose far shoulder is occluded (no torso region):
     the torso baseline comes from the person after, instead of dropping the pair."""
-    from xmdpt.ops.evaluation import synthetic_metrics
+    from xmdpt.ops.eval_metrics import synthetic_metrics
 
     hw = (64, 48)
 

@@ -158,8 +158,8 @@ def test_evaluate_and_register_stages(tmp_path, ray_local, monkeypatch):
 
     # seeded per pair: the generation actor (the one `xmdpt generate-batch` uses) gives the same images
     # for the same seeds in any batch, different ones for another seed
-    from xmdpt.ops.evaluation import load_test_pairs, pair_seed
-    from xmdpt.sampling.batch import GenerationActor
+    from xmdpt.ops.eval_pairs import load_test_pairs, pair_seed
+    from xmdpt.sampling.generation_actor import GenerationActor
 
     pairs = load_test_pairs(validate, 2)
     poses = [json.dumps({"format": "coco18", "image_size": [int(p["height"]), int(p["width"])],
@@ -181,7 +181,7 @@ def test_evaluate_and_register_stages(tmp_path, ray_local, monkeypatch):
 
 
 def test_a_pair_cap_spreads_over_every_identity():
-    from xmdpt.ops.evaluation import evenly_spaced
+    from xmdpt.ops.eval_pairs import evenly_spaced
 
     rows = [f"id{i // 20:02d}_pair{i % 20:02d}" for i in range(160)]  # 8 identities x 20 pairs, sorted
     picked = evenly_spaced(rows, 16)

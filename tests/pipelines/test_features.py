@@ -81,7 +81,8 @@ def test_cache_contents_match_the_manifest_and_the_encoders(fitted, ray_local):
     import torch
 
     from xmdpt.encoders.dino import TokenEncoder, prepare_image
-    from xmdpt.encoders.features import augment, build_feature_cache
+    from xmdpt.encoders.encoding import augment
+    from xmdpt.encoders.features import build_feature_cache
     from xmdpt.encoders.vae import LatentCodec, from_uint8
     from xmdpt.encoders.inputs import load_square_image
 

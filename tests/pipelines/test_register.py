@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from xmdpt.ops.registry import ModelNotFoundError, is_better, log_and_register, resolve_model_dir
+from xmdpt.ops.model_resolver import ModelNotFoundError, resolve_model_dir
+from xmdpt.ops.registry import is_better, log_and_register
 from xmdpt.sampling.folder import PIPELINE_FILE, PIPELINE_FORMAT
 
 

@@ -75,12 +75,12 @@ def test_cluster_and_comments_rerun_nothing_other_config_code_reruns_all(project
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["cluster"] = {"submit": True, "address": "http://head:8265", "timeout_s": 600.0}
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    _edit(project / "xmdpt" / "config.py", "class ConfigError(ValueError):\n",
-          "class ConfigError(ValueError):  # raised with the key's name\n")
+    _edit(project / "xmdpt" / "config.py", "def load_config(path: str | Path = \"params.yaml\") -> XMDPTConfig:\n",
+          "def load_config(path: str | Path = \"params.yaml\") -> XMDPTConfig:  # every stage's entry\n")
     dvc(project, "repro", "-q", "config")
     assert _changed(project) == set()
 
-    _edit(project / "xmdpt" / "config.py", "hexdigest()[:16]", "hexdigest()[:20]")
+    _edit(project / "xmdpt" / "config.py", 'f"{p}: params file not found"', 'f"{p}: no params file"')
     dvc(project, "repro", "-q", "config")
     assert _changed(project) == set(STAGES)
 
@@ -88,7 +88,8 @@ def test_cluster_and_comments_rerun_nothing_other_config_code_reruns_all(project
 def test_an_experiment_sets_a_param_the_config_stage_resolves(project):
     """`dvc exp run -S` edits params.yaml; the config stage resolves it for the stages that read it
     (``+`` adds a key params.yaml does not write yet)."""
-    dvc(project, "exp", "run", "-q", "-S", "evaluate.max_pairs=48", "-S", "+train.log_every=20", "config")
+    assert "weight_decay" not in yaml.safe_load((project / "params.yaml").read_text())["train"]
+    dvc(project, "exp", "run", "-q", "-S", "evaluate.max_pairs=48", "-S", "+train.weight_decay=0.01", "config")
     resolved = {s: yaml.safe_load((project / "artifacts" / "config" / f"{s}.yaml").read_text()) for s in STAGES}
-    assert resolved["evaluate"]["evaluate"]["max_pairs"] == 48 and resolved["train"]["train"]["log_every"] == 20
+    assert resolved["evaluate"]["evaluate"]["max_pairs"] == 48 and resolved["train"]["train"]["weight_decay"] == 0.01
     assert _changed(project) == {"train", "evaluate"}

@@ -11,7 +11,7 @@ from PIL import Image
 
 from tiny_pipeline_folder import build_tiny_pipeline_folder
 from xmdpt.data.images import ImageError
-from xmdpt.ops.registry import ModelNotFoundError
+from xmdpt.ops.model_resolver import ModelNotFoundError
 from xmdpt.sampling import PoseError, XMDPTPipeline
 from xmdpt.sampling.folder import check_pipeline_folder
 

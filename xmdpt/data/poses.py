@@ -139,11 +139,69 @@ def _model_id(path: str) -> str:
         return hashlib.sha256(f.read()).hexdigest()[:16]
 
 
-def extract_poses(cfg: XMDPTConfig) -> dict:
-    """Run the `poses` stage; return the manifest (also written to ``{artifacts_dir}/poses/manifest.json``)."""
-    import ray
+def _gfla_annotations(root: str, images: pd.DataFrame) -> tuple[dict[str, Annotation], dict[str, str], list]:
+    """GFLA annotations are two csv files: parse them once here (PIDM's are one file per image).
+
+    Returns the annotations, the error of each referenced image whose row is unusable, and the
+    ``(row key, reason)`` of rows that name no readable image.
+    """
+    gfla, problems = read_gfla_annotations(root)
+    referenced = set(images[IMAGE_PATH])
+    gfla_errors = {p.row_key: p.reason for p in problems if p.row_key in referenced}
+    loose = [(p.row_key, p.reason) for p in problems if "/" not in p.row_key]  # names no image
+    for p in problems:
+        if p.row_key not in gfla_errors and "/" in p.row_key:
+            logger.info("ignored (image not referenced by any pair): %s", p.reason)
+    return gfla, gfla_errors, loose
+
+
+def _annotate(images: pd.DataFrame, root: str, layout: str, gfla: Optional[dict[str, Annotation]],
+              gfla_errors: Optional[dict[str, str]], num_cpus: float) -> pd.DataFrame:
+    """:func:`annotate_batch` over every image, with Ray Data."""
+    import ray  # heavy to import: only when the stage runs
+
+    annotated = pd.DataFrame(columns=[*images.columns, KEYPOINTS, CONFIDENCE, POSE_SOURCE, _ERROR])
+    if len(images):
+        ds = ray.data.from_items(images.to_dict("records"), override_num_blocks=max(1, min(len(images) // 32, 64)))
+        annotated = ds.map_batches(
+            annotate_batch, fn_kwargs={"root": root, "layout": layout, "gfla": gfla, "gfla_errors": gfla_errors},
+            batch_format="pandas", batch_size=64, num_cpus=num_cpus,
+        ).to_pandas()
+    return annotated
+
+
+def _estimate(pending: pd.DataFrame, root: str, cfg: XMDPTConfig) -> pd.DataFrame:
+    """:class:`EstimatePoses` over the images without an annotation, in a Ray Data actor pool."""
+    import ray  # heavy to import: only when the stage runs
     from ray.data import ActorPoolStrategy
 
+    if not os.path.isfile(cfg.poses.model_path):
+        raise FileNotFoundError(f"poses.model_path: {cfg.poses.model_path} not found; "
+                                f"{len(pending)} images have no annotation and need the pose estimator")
+    return ray.data.from_items(pending.to_dict("records")).map_batches(
+        EstimatePoses,
+        fn_constructor_kwargs={"root": root, "model_path": os.path.abspath(cfg.poses.model_path),
+                               "min_visibility": cfg.poses.min_visibility},
+        compute=ActorPoolStrategy(size=cfg.poses.num_actors),
+        num_cpus=cfg.poses.cpus_per_actor, batch_format="pandas", batch_size=4,
+    ).to_pandas()
+
+
+def _poses_table(ok: pd.DataFrame) -> pa.Table:
+    """The ``poses`` table (:data:`~xmdpt.data.schema.POSES_SCHEMA`) of the images that have a pose."""
+    return pa.Table.from_pydict({
+        IMAGE_PATH: ok[IMAGE_PATH].tolist(),
+        SPLIT: ok[SPLIT].tolist(),
+        HEIGHT: ok[HEIGHT].astype("int32").tolist(),
+        WIDTH: ok[WIDTH].astype("int32").tolist(),
+        KEYPOINTS: [list(v) for v in ok[KEYPOINTS]],
+        CONFIDENCE: [list(v) for v in ok[CONFIDENCE]],
+        POSE_SOURCE: ok[POSE_SOURCE].tolist(),
+    }, schema=POSES_SCHEMA)
+
+
+def extract_poses(cfg: XMDPTConfig) -> dict:
+    """Run the `poses` stage; return the manifest (also written to ``{artifacts_dir}/poses/manifest.json``)."""
     pairs_manifest = PairsManifest.load(cfg.paths.artifacts_dir)
     root, layout = resolve_root(cfg.paths.dataset_root), pairs_manifest.layout
     entry = pairs_manifest.tables.images
@@ -153,52 +211,22 @@ def extract_poses(cfg: XMDPTConfig) -> dict:
     prefix = fresh_prefix(stage_prefix(cfg.paths.storage_root, STAGE_NAME, params,
                                        {PAIRS_STAGE: pairs_manifest.key()}))
 
-    # GFLA annotations are two csv files: parse them once here; PIDM's are one file per image.
     gfla, gfla_errors, loose = None, None, []
     if layout == "gfla":
-        gfla, problems = read_gfla_annotations(root)
-        referenced = set(images[IMAGE_PATH])
-        gfla_errors = {p.row_key: p.reason for p in problems if p.row_key in referenced}
-        loose = [(p.row_key, p.reason) for p in problems if "/" not in p.row_key]  # names no image
-        for p in problems:
-            if p.row_key not in gfla_errors and "/" in p.row_key:
-                logger.info("ignored (image not referenced by any pair): %s", p.reason)
+        gfla, gfla_errors, loose = _gfla_annotations(root, images)
 
     init_ray(cfg=cfg)
-    annotated = pd.DataFrame(columns=[*images.columns, KEYPOINTS, CONFIDENCE, POSE_SOURCE, _ERROR])
-    if len(images):
-        ds = ray.data.from_items(images.to_dict("records"), override_num_blocks=max(1, min(len(images) // 32, 64)))
-        annotated = ds.map_batches(
-            annotate_batch, fn_kwargs={"root": root, "layout": layout, "gfla": gfla, "gfla_errors": gfla_errors},
-            batch_format="pandas", batch_size=64, num_cpus=cfg.data.num_cpus_per_task,
-        ).to_pandas()
+    annotated = _annotate(images, root, layout, gfla, gfla_errors, cfg.data.num_cpus_per_task)
     pending = annotated[annotated[POSE_SOURCE] == _PENDING]
     done = annotated[annotated[POSE_SOURCE] != _PENDING]
     logger.info("%d images: %d annotated, %d to the pose estimator, %d unusable annotations", len(annotated),
                 int((done[_ERROR] == "").sum()), len(pending), int((done[_ERROR] != "").sum()))
     if len(pending):
-        if not os.path.isfile(cfg.poses.model_path):
-            raise FileNotFoundError(f"poses.model_path: {cfg.poses.model_path} not found; "
-                                    f"{len(pending)} images have no annotation and need the pose estimator")
-        estimated = ray.data.from_items(pending[list(images.columns)].to_dict("records")).map_batches(
-            EstimatePoses,
-            fn_constructor_kwargs={"root": root, "model_path": os.path.abspath(cfg.poses.model_path),
-                                   "min_visibility": cfg.poses.min_visibility},
-            compute=ActorPoolStrategy(size=cfg.poses.num_actors),
-            num_cpus=cfg.poses.cpus_per_actor, batch_format="pandas", batch_size=4,
-        ).to_pandas()
+        estimated = _estimate(pending[list(images.columns)], root, cfg)
         done = pd.concat([done, estimated], ignore_index=True)
 
     ok = done[done[_ERROR] == ""].sort_values([IMAGE_PATH, SPLIT])
-    poses = pa.Table.from_pydict({
-        IMAGE_PATH: ok[IMAGE_PATH].tolist(),
-        SPLIT: ok[SPLIT].tolist(),
-        HEIGHT: ok[HEIGHT].astype("int32").tolist(),
-        WIDTH: ok[WIDTH].astype("int32").tolist(),
-        KEYPOINTS: [list(v) for v in ok[KEYPOINTS]],
-        CONFIDENCE: [list(v) for v in ok[CONFIDENCE]],
-        POSE_SOURCE: ok[POSE_SOURCE].tolist(),
-    }, schema=POSES_SCHEMA)
+    poses = _poses_table(ok)
     bad = done[done[_ERROR] != ""]
     problems = loose + list(zip(bad[IMAGE_PATH], bad[_ERROR]))
     quarantine = quarantine_table(STAGE_NAME, problems)

@@ -25,6 +25,7 @@ import importlib.util
 import json
 import logging
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -211,77 +212,81 @@ def _render(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def validate_dataset(cfg: XMDPTConfig) -> tuple[dict, dict]:
-    """Run the `validate` stage; return ``(manifest, report)``.
+@dataclass
+class _Findings:
+    """What the checks found so far, in the order the report lists it."""
 
-    Raises:
-        DataValidationError: a table-level rule failed (schema, counts, leakage, empty split);
-            the message is the readable report.
-    """
-    art = cfg.paths.artifacts_dir
-    upstream = {"pairs": PairsManifest.load(art), "poses": PosesManifest.load(art)}
-    directory = specs_dir(cfg)
-    specs = {name: load_spec(directory, name) for name in SUITES}
-    runner = SuiteRunner()
+    table_failures: list[str] = field(default_factory=list)
+    expectations: list[dict[str, Any]] = field(default_factory=list)
+    tables_report: dict[str, dict[str, Any]] = field(default_factory=dict)
+    clean: dict[str, pd.DataFrame] = field(default_factory=dict)
+    quarantine_parts: list[pa.Table] = field(default_factory=list)
 
-    table_failures: list[str] = []
-    expectations: list[dict[str, Any]] = []
-    tables_report: dict[str, dict[str, Any]] = {}
-    clean: dict[str, pd.DataFrame] = {}
-    raw_tables: dict[str, pa.Table] = {}
-    quarantine_parts = []
 
+def _check_upstream(upstream: dict[str, Any], found: _Findings) -> None:
+    """Each upstream manifest's counts add up and match its quarantine table; keep those quarantines."""
     for stage, m in upstream.items():
         c = m.counts
         if c.input_rows != c.valid + c.quarantined:
-            table_failures.append(f"{stage} manifest: input_rows {c.input_rows} != valid {c.valid} "
-                                  f"+ quarantined {c.quarantined}")
+            found.table_failures.append(f"{stage} manifest: input_rows {c.input_rows} != valid {c.valid} "
+                                        f"+ quarantined {c.quarantined}")
         q = read_table(m.tables.quarantine.uri)
         if q.num_rows != c.quarantined:
-            table_failures.append(f"{stage} quarantine table has {q.num_rows} rows, manifest says {c.quarantined}")
-        quarantine_parts.append(q.select(QUARANTINE_SCHEMA.names).cast(QUARANTINE_SCHEMA))
+            found.table_failures.append(f"{stage} quarantine table has {q.num_rows} rows, "
+                                        f"manifest says {c.quarantined}")
+        found.quarantine_parts.append(q.select(QUARANTINE_SCHEMA.names).cast(QUARANTINE_SCHEMA))
 
+
+def _check_inputs(specs: dict[str, ModuleType], upstream: dict[str, Any], runner: SuiteRunner,
+                  found: _Findings) -> dict[str, pa.Table]:
+    """Table-level input checks of each suite's table (schema, input expectations); return the tables."""
+    raw_tables: dict[str, pa.Table] = {}
     for name in SUITES:
         spec = specs[name]
         entry: TableEntry = getattr(upstream[name].tables, spec.TABLE)
         table = read_table(entry.uri)
         raw_tables[name] = table
-        table_failures += _schema_problems(table, spec.SCHEMA, f"{name} table ({entry.uri})")
+        found.table_failures += _schema_problems(table, spec.SCHEMA, f"{name} table ({entry.uri})")
         df = table.to_pandas()
         res = runner.run(f"{name}.input", df, spec.input_expectations(), spec.ROW_KEY,
                          {"manifest_rows": entry.rows})
-        expectations += res
-        table_failures += [f"{name}: {r['reason']} (observed {r['observed_value']})" for r in res if not r["success"]]
-    if table_failures:
-        return _fail(cfg, table_failures, expectations, tables_report, quarantine_parts)
+        found.expectations += res
+        found.table_failures += [f"{name}: {r['reason']} (observed {r['observed_value']})"
+                                 for r in res if not r["success"]]
+    return raw_tables
 
-    for name in SUITES:
-        spec = specs[name]
-        df = raw_tables[name].to_pandas()
-        context = {"pose_keys": set(zip(clean["poses"][IMAGE_PATH], clean["poses"][SPLIT]))} if name == "pairs" else {}
-        derived = spec.derive(df, **context)
-        res = runner.run(f"{name}.rows", derived, spec.row_expectations(), spec.ROW_KEY)
-        expectations += res
-        bad = _quarantined_rows(res)
-        keys = _row_keys(df, spec.ROW_KEY)
-        keep = ~keys.isin(set(bad))
-        clean[name] = df[keep.values].reset_index(drop=True)
-        quarantine_parts.append(quarantine_table(STAGE_NAME, sorted(bad.items())))
-        for reason in list(bad.values())[:20]:
-            logger.warning("quarantined %s", reason)
-        res = runner.run(f"{name}.clean", spec.derive_clean(clean[name]), spec.clean_expectations(), spec.ROW_KEY)
-        expectations += res
-        table_failures += [f"{name}: {r['reason']} (observed {r['observed_value']}"
-                           + (f"; rows {sorted({k for k, _ in r['flagged']})[:10]}" if r["flagged"] else "") + ")"
-                           for r in res if not r["success"]]
-        n_in, n_ok, n_q = len(df), len(clean[name]), int((~keep).sum())
-        tables_report[name] = {"input_rows": n_in, "valid": n_ok, "quarantined": n_q, "adds_up": n_in == n_ok + n_q}
-        if n_in != n_ok + n_q:
-            table_failures.append(f"{name}: {n_in} input rows != {n_ok} valid + {n_q} quarantined")
-    if table_failures:
-        return _fail(cfg, table_failures, expectations, tables_report, quarantine_parts)
 
-    quarantine = pa.concat_tables(quarantine_parts)
+def _check_rows(name: str, spec: ModuleType, df: pd.DataFrame, runner: SuiteRunner, found: _Findings) -> None:
+    """Quarantine the rows a row-level rule flags, then run the table-level rules on the rest."""
+    clean = found.clean
+    context = {"pose_keys": set(zip(clean["poses"][IMAGE_PATH], clean["poses"][SPLIT]))} if name == "pairs" else {}
+    derived = spec.derive(df, **context)
+    res = runner.run(f"{name}.rows", derived, spec.row_expectations(), spec.ROW_KEY)
+    found.expectations += res
+    bad = _quarantined_rows(res)
+    keys = _row_keys(df, spec.ROW_KEY)
+    keep = ~keys.isin(set(bad))
+    clean[name] = df[keep.values].reset_index(drop=True)
+    found.quarantine_parts.append(quarantine_table(STAGE_NAME, sorted(bad.items())))
+    for reason in list(bad.values())[:20]:
+        logger.warning("quarantined %s", reason)
+    res = runner.run(f"{name}.clean", spec.derive_clean(clean[name]), spec.clean_expectations(), spec.ROW_KEY)
+    found.expectations += res
+    found.table_failures += [f"{name}: {r['reason']} (observed {r['observed_value']}"
+                             + (f"; rows {sorted({k for k, _ in r['flagged']})[:10]}" if r["flagged"] else "") + ")"
+                             for r in res if not r["success"]]
+    n_in, n_ok, n_q = len(df), len(clean[name]), int((~keep).sum())
+    found.tables_report[name] = {"input_rows": n_in, "valid": n_ok, "quarantined": n_q,
+                                 "adds_up": n_in == n_ok + n_q}
+    if n_in != n_ok + n_q:
+        found.table_failures.append(f"{name}: {n_in} input rows != {n_ok} valid + {n_q} quarantined")
+
+
+def _write_outputs(cfg: XMDPTConfig, upstream: dict[str, Any], specs: dict[str, ModuleType], directory: Path,
+                   found: _Findings) -> tuple[dict, dict]:
+    """Write the clean tables, the quarantine, the report and the manifest; return ``(manifest, report)``."""
+    quarantine = pa.concat_tables(found.quarantine_parts)
+    tables_report, clean = found.tables_report, found.clean
     directory_hash = specs_hash(directory)
     prefix = fresh_prefix(stage_prefix(cfg.paths.storage_root, STAGE_NAME, {"data_specs": directory_hash},
                                        {s: m.key() for s, m in upstream.items()}))
@@ -292,7 +297,7 @@ def validate_dataset(cfg: XMDPTConfig) -> tuple[dict, dict]:
             clean["poses"], schema=specs["poses"].SCHEMA, preserve_index=False))),
         quarantine=TableEntry(**write_table(prefix, "quarantine", quarantine)),
     )
-    report = _report(True, [], expectations, tables_report, quarantine)
+    report = _report(True, [], found.expectations, tables_report, quarantine)
     _write_report(cfg, report)
     n_in = sum(t["input_rows"] for t in tables_report.values())
     n_ok = sum(t["valid"] for t in tables_report.values())
@@ -306,8 +311,33 @@ def validate_dataset(cfg: XMDPTConfig) -> tuple[dict, dict]:
         counts={"input_rows": n_in, "valid": n_ok, "quarantined": n_in - n_ok,
                 "quarantined_upstream": quarantine.num_rows - (n_in - n_ok),
                 **{f"{t}_{k}": v for t, c in tables_report.items() for k, v in c.items() if k != "adds_up"}},
-    ).write(ValidateManifest.path(art))
+    ).write(ValidateManifest.path(cfg.paths.artifacts_dir))
     return manifest, report
+
+
+def validate_dataset(cfg: XMDPTConfig) -> tuple[dict, dict]:
+    """Run the `validate` stage; return ``(manifest, report)``.
+
+    Raises:
+        DataValidationError: a table-level rule failed (schema, counts, leakage, empty split);
+            the message is the readable report.
+    """
+    art = cfg.paths.artifacts_dir
+    upstream = {"pairs": PairsManifest.load(art), "poses": PosesManifest.load(art)}
+    directory = specs_dir(cfg)
+    specs = {name: load_spec(directory, name) for name in SUITES}
+    runner = SuiteRunner()
+    found = _Findings()
+
+    _check_upstream(upstream, found)
+    raw_tables = _check_inputs(specs, upstream, runner, found)
+    if found.table_failures:
+        return _fail(cfg, found.table_failures, found.expectations, found.tables_report, found.quarantine_parts)
+    for name in SUITES:
+        _check_rows(name, specs[name], raw_tables[name].to_pandas(), runner, found)
+    if found.table_failures:
+        return _fail(cfg, found.table_failures, found.expectations, found.tables_report, found.quarantine_parts)
+    return _write_outputs(cfg, upstream, specs, directory, found)
 
 
 def _report(success: bool, failures: list[str], expectations: list[dict], tables: dict,

@@ -74,6 +74,23 @@ def vae_params(ae: AutoencoderConfig) -> dict[str, Any]:
     return asdict(ae)
 
 
+def _random_crops(train_u8: np.ndarray, batch_size: int, crop: Optional[int], factor: int,
+                  gen: torch.Generator, device: torch.device):
+    """Endless batches (B, 3, H, W) in [-1, 1] of random train images, each flipped with p = 0.5, cut
+    to one random ``crop`` window per batch aligned to the latent grid (``factor``); None: whole images."""
+    H, W = train_u8.shape[1:3]
+    while True:
+        idx = torch.randint(len(train_u8), (batch_size,), generator=gen)
+        x = from_uint8(train_u8[idx.numpy()])  # (B, 3, H, W)
+        flip = torch.rand(len(x), generator=gen) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        if crop:  # the codec is fully convolutional
+            top = int(torch.randint((H - crop) // factor + 1, (1,), generator=gen)) * factor
+            left = int(torch.randint((W - crop) // factor + 1, (1,), generator=gen)) * factor
+            x = x[:, :, top:top + crop, left:left + crop]  # (B, 3, crop, crop)
+        yield x.to(device)
+
+
 def _train_steps(vae, trainable, train_u8: np.ndarray, ae: AutoencoderConfig, *, encoder_frozen: bool,
                  seed: int) -> dict[str, float]:
     """Minimise ``MSE + l1_weight * L1 + kl_weight * KL`` on random flipped crops of the train images,
@@ -88,23 +105,10 @@ def _train_steps(vae, trainable, train_u8: np.ndarray, ae: AutoencoderConfig, *,
 
     gen = torch.Generator().manual_seed(seed)
     device = next(vae.parameters()).device
-    H, W = train_u8.shape[1:3]
-    crop = ae.crop_size if ae.crop_size and ae.crop_size < min(H, W) else None
+    crop = ae.crop_size if ae.crop_size and ae.crop_size < min(train_u8.shape[1:3]) else None
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
     if crop and crop % factor:
         raise ValueError(f"autoencoder.crop_size={crop} is not a multiple of the autoencoder's downsampling factor {factor}")
-
-    def batches():
-        while True:
-            idx = torch.randint(len(train_u8), (ae.batch_size,), generator=gen)
-            x = from_uint8(train_u8[idx.numpy()])  # (B, 3, H, W)
-            flip = torch.rand(len(x), generator=gen) < 0.5
-            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-            if crop:  # one random window per step, on the latent grid (the codec is fully convolutional)
-                top = int(torch.randint((H - crop) // factor + 1, (1,), generator=gen)) * factor
-                left = int(torch.randint((W - crop) // factor + 1, (1,), generator=gen)) * factor
-                x = x[:, :, top:top + crop, left:left + crop]  # (B, 3, crop, crop)
-            yield x.to(device)
 
     def loss_fn(x: torch.Tensor) -> dict[str, torch.Tensor]:
         with torch.no_grad() if encoder_frozen else contextlib.nullcontext():
@@ -130,7 +134,7 @@ def _train_steps(vae, trainable, train_u8: np.ndarray, ae: AutoencoderConfig, *,
             bar.set_postfix(loss=f"{metrics['loss']:.4f}")
 
     vae.train()
-    loop.run(batches(), loss_fn, step=0, max_steps=ae.train_steps, after_step=after_step)
+    loop.run(_random_crops(train_u8, ae.batch_size, crop, factor, gen, device), loss_fn, step=0, max_steps=ae.train_steps, after_step=after_step)
     bar.close()
     if ema is not None:
         ema.copy_to(vae)

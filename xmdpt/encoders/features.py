@@ -34,24 +34,15 @@ from xmdpt.data import schema
 from xmdpt.ops.manifests import (AutoencoderManifest, FeatureImages, FeaturesManifest, FeatureTables, TableEntry,
                              TensorSpec, ValidateManifest)
 from xmdpt.ops.storage import filesystem, join, stage_prefix
-from xmdpt.data.images import ImageError, load_rgb, resize_square
-from xmdpt.data.keypoints import flip_keypoints, render_skeleton, scale_keypoints
 from xmdpt.encoders.cache_validation import FeatureCacheError, validate_feature_cache
-from xmdpt.encoders.dino import TokenEncoder, prepare_image, prepare_pose, skeletons_to_tensor, token_spec
-from xmdpt.encoders.inputs import read_image_bytes, read_image_table
-from xmdpt.encoders.vae import LatentCodec, from_uint8
+from xmdpt.encoders.dino import TokenEncoder, token_spec
+from xmdpt.encoders.encoding import CHUNK, ERROR, NODE, EncoderActor
+from xmdpt.encoders.inputs import read_image_table
 from xmdpt.ops.ray_utils import init_ray
 
 logger = logging.getLogger(__name__)
 
 STAGE = "features"
-CHUNK = "chunk"  # internal column: the shard an image belongs to
-ERROR = "error"  # internal column: "" or why the image was quarantined
-NODE = "node"  # internal column: the Ray node id of the actor that encoded the row
-TENSOR_DTYPE = np.dtype("<f2")  # fp16, little-endian raw bytes
-
-_OUT_SCHEMA = pa.schema([*schema.FEATURES_SCHEMA, pa.field(CHUNK, pa.int32()), pa.field(ERROR, pa.string()),
-                         pa.field(NODE, pa.string())])
 
 
 def token_params(enc: EncodersConfig, shard_images: int) -> dict[str, Any]:
@@ -63,127 +54,6 @@ def token_params(enc: EncodersConfig, shard_images: int) -> dict[str, Any]:
 
 def shard_name(chunk: int) -> str:
     return f"part-{chunk:05d}.parquet"
-
-
-# --------------------------------------------------------------------------------------------
-# Encoding (pure functions + the Ray actor)
-# --------------------------------------------------------------------------------------------
-
-
-def augment(image: np.ndarray, keypoints: np.ndarray, size: int, flip: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Squash an image to the model square, optionally flip it, and render its skeleton.
-
-    Args:
-        image: uint8 (H, W, 3) as decoded.
-        keypoints: (18, 2) (x, y) in the image's own pixel frame, -1 missing.
-        size: ``data.image_size``.
-        flip: mirror horizontally (keypoints mirrored and left/right swapped before rendering).
-
-    Returns:
-        ``(image (size, size, 3) uint8, keypoints (18, 2) float32 in the square frame, skeleton
-        (size, size, 3) uint8)``.
-    """
-
-    h, w = image.shape[:2]
-    img = resize_square(image, size)  # (size, size, 3)
-    kps = scale_keypoints(keypoints, (h, w), (size, size))  # (18, 2)
-    if flip:
-        img = np.ascontiguousarray(img[:, ::-1])
-        kps = flip_keypoints(kps, size)
-    skeleton = render_skeleton(kps, (size, size), (size, size))  # (size, size, 3)
-    return img, kps, skeleton
-
-
-def encode_arrays(codec, image_encoder, pose_encoder, images: np.ndarray, skeletons: np.ndarray,
-                  token_input_size: int, dtype: Optional[np.dtype] = None) -> dict[str, np.ndarray]:
-    """Run the three encoders on a batch.
-
-    Args:
-        codec: :class:`xmdpt.encoders.vae.LatentCodec`.
-        image_encoder, pose_encoder: :class:`xmdpt.encoders.dino.TokenEncoder`.
-        images: uint8 (N, H, W, 3) model-square images.
-        skeletons: uint8 (N, H, W, 3) rendered skeletons.
-        token_input_size: DINO input side.
-        dtype: of the outputs (default: the cache's fp16).
-
-    Returns:
-        arrays of ``dtype``: latent_mean/latent_std (N, C, h, w), image_tokens (N, S, Dr), pose_tokens (N, S, Dp).
-    """
-    import torch
-
-    x = from_uint8(images)  # (N, 3, H, W) in [-1, 1]
-    mean, std = codec.encode(x)  # (N, C, h, w) each
-    img_tokens = image_encoder(prepare_image(x, token_input_size))  # (N, S, Dr)
-    pose_tokens = pose_encoder(prepare_pose(skeletons_to_tensor(skeletons), token_input_size))  # (N, S, Dp)
-    to16 = lambda t: t.detach().float().cpu().numpy().astype(dtype or TENSOR_DTYPE)  # noqa: E731
-    with torch.no_grad():
-        return {schema.LATENT_MEAN: to16(mean), schema.LATENT_STD: to16(std),
-                schema.IMAGE_TOKENS: to16(img_tokens), schema.POSE_TOKENS: to16(pose_tokens)}
-
-
-class EncoderActor:
-    """Ray Data actor: loads the codec and token encoders once, encodes batches of image rows.
-
-    Input batch (pyarrow): image_path, split, keypoints, chunk. Output: two rows per input image
-    (flip False/True) with :data:`schema.FEATURES_SCHEMA` columns plus ``chunk`` and ``error``;
-    an undecodable image gives two rows with empty tensors and the reason in ``error``.
-    """
-
-    def __init__(self, config: dict[str, Any], vae_uri: str, encoder_weights: dict[str, Optional[str]]) -> None:
-        import torch
-
-        import ray
-
-        cfg = XMDPTConfig.from_dict(config)
-        enc, fc = cfg.encoders, cfg.features
-        self.cfg = cfg
-        self.node_id = ray.get_runtime_context().get_node_id()  # recorded per row: where the encoding ran
-        use_gpu = fc.num_gpus_per_actor > 0 and torch.cuda.is_available()
-        device = "cuda" if use_gpu else "cpu"
-        if not use_gpu:
-            torch.set_num_threads(max(1, int(round(fc.num_cpus_per_actor))))
-        self.codec = LatentCodec.from_folder(vae_uri, device=device)
-        self.encoders = {}
-        for role in ("image", "pose"):
-            uri = encoder_weights.get(role)
-            self.encoders[role] = (TokenEncoder.from_weights(enc, role, uri, device=device) if uri
-                                   else TokenEncoder.from_config(enc, role, device=device))
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        cfg = self.cfg
-        size = cfg.data.image_size
-        d = batch.to_pydict()
-        ok_images, ok_skel, ok_rows, bad_rows = [], [], [], []
-        for i, path in enumerate(d[schema.IMAGE_PATH]):
-            meta = {schema.IMAGE_PATH: path, schema.SPLIT: d[schema.SPLIT][i], CHUNK: d[CHUNK][i]}
-            try:
-                image = load_rgb(read_image_bytes(cfg.paths.dataset_root, path), name=path)
-                kps = np.asarray(d[schema.KEYPOINTS][i], np.float32).reshape(schema.NUM_KEYPOINTS, 2)
-                for flip in (False, True):
-                    img, kps_sq, skel = augment(image, kps, size, flip)
-                    ok_images.append(img)
-                    ok_skel.append(skel)
-                    ok_rows.append({**meta, schema.FLIP: flip, schema.KEYPOINTS: kps_sq.reshape(-1).tolist(), ERROR: ""})
-            except (ImageError, OSError, ValueError) as e:
-                ok_rows = [r for r in ok_rows if r[schema.IMAGE_PATH] != path]
-                ok_images, ok_skel = ok_images[:len(ok_rows)], ok_skel[:len(ok_rows)]
-                for flip in (False, True):
-                    bad_rows.append({**meta, schema.FLIP: flip, schema.KEYPOINTS: [-1.0] * (2 * schema.NUM_KEYPOINTS),
-                                     ERROR: f"{path}: {e}"})
-        tensors = {name: [] for name in schema.FEATURE_TENSORS}
-        if ok_rows:
-            out = encode_arrays(self.codec, self.encoders["image"], self.encoders["pose"], np.stack(ok_images),
-                                np.stack(ok_skel), cfg.encoders.token_input_size)
-            for name in schema.FEATURE_TENSORS:
-                tensors[name] = [a.tobytes() for a in out[name]]
-        for name in schema.FEATURE_TENSORS:
-            tensors[name] += [b""] * len(bad_rows)
-        rows = ok_rows + bad_rows
-        cols = {f.name: [r[f.name] for r in rows] for f in _OUT_SCHEMA
-                if f.name not in (*schema.FEATURE_TENSORS, NODE)}
-        cols.update(tensors)
-        cols[NODE] = [self.node_id] * len(rows)
-        return pa.Table.from_pydict(cols, schema=_OUT_SCHEMA)
 
 
 # --------------------------------------------------------------------------------------------
@@ -259,6 +129,119 @@ def _standin_weights(enc: EncodersConfig, prefix: str) -> tuple[dict[str, Option
     return weights, specs
 
 
+def _cache_dirs(prefix: str) -> tuple[Any, str, str]:
+    """``(fs, data_dir, quarantine_dir)`` of the cache under ``prefix``, created, without the
+    temporary files an interrupted run left."""
+    fs, data_dir = filesystem(join(prefix, "data"))
+    _, quarantine_dir = filesystem(join(prefix, "quarantine"))
+    fs.makedirs(data_dir, exist_ok=True)
+    fs.makedirs(quarantine_dir, exist_ok=True)
+    for stale in fs.glob(f"{data_dir}/*.tmp") + fs.glob(f"{quarantine_dir}/*.tmp"):
+        fs.rm(stale)
+    return fs, data_dir, quarantine_dir
+
+
+def _count_rows(fs, prefix: str, data_dir: str, quarantine_dir: str, n: int, k: int) -> tuple[int, int, int]:
+    """``(rows, quarantined images, bytes)`` of a complete cache of ``n`` images in chunks of ``k``;
+    raises when a shard is missing or the counts do not add up (rows = 2 x (images - quarantined))."""
+    num_chunks = math.ceil(n / k)
+    missing = [c for c in range(num_chunks) if not _chunk_done(fs, data_dir, quarantine_dir, c, min(k, n - c * k))]
+    if missing:
+        raise RuntimeError(f"feature cache {prefix}: shards {[shard_name(c) for c in missing]} were not written")
+    rows_total = sum(_readable_rows(fs, f"{data_dir}/{shard_name(c)}") for c in range(num_chunks))
+    quarantined = sum(_readable_rows(fs, f"{quarantine_dir}/{shard_name(c)}") for c in range(num_chunks))
+    if rows_total != 2 * (n - quarantined):
+        raise RuntimeError(f"feature cache {prefix}: {rows_total} rows != 2 x ({n} images - {quarantined} quarantined)")
+    return rows_total, quarantined, sum(fs.size(f"{data_dir}/{shard_name(c)}") for c in range(num_chunks))
+
+
+def _encode_shards(cfg: XMDPTConfig, table: pa.Table, todo: list[int], vae_uri: str,
+                   weights: dict[str, Optional[str]], data_dir: str, quarantine_dir: str, fs,
+                   on_shard: Optional[Callable[[int], None]]) -> dict[str, int]:
+    """Encode the images of the chunks in ``todo`` in the actor pool and write each chunk's shard as
+    soon as all its rows are back; returns the rows encoded per Ray node id."""
+    import ray
+
+    fc, n, k = cfg.features, table.num_rows, cfg.features.shard_images
+    init_ray(cfg=cfg)
+    chunk_ids = np.arange(n) // k
+    sel = np.isin(chunk_ids, todo)
+    rows = table.filter(pa.array(sel)).select([schema.IMAGE_PATH, schema.SPLIT, schema.KEYPOINTS])
+    rows = rows.append_column(CHUNK, pa.array(chunk_ids[sel], pa.int32()))
+    expected = {c: 2 * min(k, n - c * k) for c in todo}
+    blocks = [rows.slice(i, fc.batch_size) for i in range(0, rows.num_rows, fc.batch_size)]
+    rows_by_node: dict[str, int] = {}  # Ray node id -> rows its actors encoded in this run
+    ctx = ray.data.DataContext.get_current()
+    old_order = ctx.execution_options.preserve_order
+    ctx.execution_options.preserve_order = True  # chunks complete one after another
+    try:
+        ds = ray.data.from_arrow(blocks).map_batches(
+            EncoderActor,
+            fn_constructor_kwargs={"config": cfg.to_dict(), "vae_uri": vae_uri, "encoder_weights": weights},
+            compute=ray.data.ActorPoolStrategy(size=fc.num_actors),
+            num_gpus=fc.num_gpus_per_actor or None,
+            num_cpus=fc.num_cpus_per_actor,
+            batch_size=fc.batch_size,
+            batch_format="pyarrow",
+        )
+        pending: dict[int, list[pa.Table]] = {}
+        counts: dict[int, int] = {}
+        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            for node in batch.column(NODE).to_pylist():
+                rows_by_node[node] = rows_by_node.get(node, 0) + 1
+            for c in sorted(set(batch.column(CHUNK).to_pylist())):
+                part = batch.filter(pc.equal(batch.column(CHUNK), c))
+                pending.setdefault(c, []).append(part)
+                counts[c] = counts.get(c, 0) + part.num_rows
+                if counts[c] == expected[c]:
+                    rows_c, bad_c = _write_chunk(fs, data_dir, quarantine_dir, c, pa.concat_tables(pending.pop(c)))
+                    logger.info("shard %s: %d rows, %d images quarantined", shard_name(c), rows_c, bad_c)
+                    if on_shard is not None:
+                        on_shard(c)
+    finally:
+        ctx.execution_options.preserve_order = old_order
+    return rows_by_node
+
+
+def _manifest(cfg: XMDPTConfig, ae_manifest: AutoencoderManifest, specs: dict[str, dict],
+              weights: dict[str, Optional[str]], *, prefix: str, rows: int, shards: int, images: int,
+              quarantined: int, nbytes: int, seconds: float, shards_encoded: int,
+              rows_by_node: dict[str, int]) -> FeaturesManifest:
+    """The stage manifest of a complete cache."""
+    size, latent = cfg.data.image_size, tuple(int(v) for v in ae_manifest.latent_shape)
+    return FeaturesManifest(
+        uri=prefix,
+        tables=FeatureTables(
+            features=TableEntry(uri=join(prefix, "data"), rows=rows, shards=shards),
+            quarantine=TableEntry(uri=join(prefix, "quarantine"), rows=quarantined),
+        ),
+        images=FeatureImages(total=images, cached=images - quarantined, quarantined=quarantined),
+        augmentations=("identity", "hflip"),
+        tensors={
+            schema.LATENT_MEAN: TensorSpec(shape=latent, dtype="float16"),
+            schema.LATENT_STD: TensorSpec(shape=latent, dtype="float16"),
+            **{name: TensorSpec(shape=(specs[role]["num_tokens"], specs[role]["dim"]), dtype="float16")
+               for name, role in ((schema.IMAGE_TOKENS, "image"), (schema.POSE_TOKENS, "pose"))},
+        },
+        keypoints_frame=(size, size),
+        latent_scale=float(ae_manifest.latent_scale),
+        image_size=size,
+        encoders={
+            "vae": {"source": ae_manifest.source, "uri": ae_manifest.uri, "latent_scale": ae_manifest.latent_scale},
+            "image": specs["image"],
+            "pose": specs["pose"],
+        },
+        standin=not cfg.encoders.pretrained,
+        encoder_weights={r: weights[r] or f"hf-hub:timm/{specs[r]['id']}" for r in ("image", "pose")},
+        vae_uri=ae_manifest.uri,
+        bytes=int(nbytes),
+        bytes_per_image=int(nbytes / max(1, images - quarantined)),
+        encode_seconds=round(seconds, 1),
+        shards_encoded=shards_encoded,
+        rows_by_node=rows_by_node,  # this run's encoding, by Ray node id (empty when nothing was left to do)
+    )
+
+
 def build_feature_cache(
     cfg: XMDPTConfig,
     *,
@@ -283,8 +266,6 @@ def build_feature_cache(
     Raises:
         FeatureCacheError: the finished cache fails its Great Expectations checks.
     """
-    import ray
-
     enc, fc, size = cfg.encoders, cfg.features, cfg.data.image_size
     validate_manifest = ValidateManifest.coerce(validate_manifest or ValidateManifest.load(cfg.paths.artifacts_dir))
     ae_manifest = AutoencoderManifest.coerce(ae_manifest or AutoencoderManifest.load(cfg.paths.artifacts_dir))
@@ -293,13 +274,7 @@ def build_feature_cache(
                          "rerun the autoencoder stage")
     prefix = stage_prefix(cfg.paths.storage_root, STAGE, token_params(enc, fc.shard_images), size,
                           validate_manifest.key(), {"uri": ae_manifest.uri, "latent_scale": ae_manifest.latent_scale})
-    data_uri, quarantine_uri = join(prefix, "data"), join(prefix, "quarantine")
-    fs, data_dir = filesystem(data_uri)
-    _, quarantine_dir = filesystem(quarantine_uri)
-    fs.makedirs(data_dir, exist_ok=True)
-    fs.makedirs(quarantine_dir, exist_ok=True)
-    for stale in fs.glob(f"{data_dir}/*.tmp") + fs.glob(f"{quarantine_dir}/*.tmp"):
-        fs.rm(stale)  # left by an interrupted run
+    fs, data_dir, quarantine_dir = _cache_dirs(prefix)
 
     table = read_image_table(validate_manifest)  # sorted by path: chunks are deterministic
     n = table.num_rows
@@ -307,93 +282,20 @@ def build_feature_cache(
         raise ValueError("validate manifest lists no images; nothing to encode")
     k = fc.shard_images
     num_chunks = math.ceil(n / k)
-    chunk_ids = np.arange(n) // k
     todo = [c for c in range(num_chunks) if not _chunk_done(fs, data_dir, quarantine_dir, c, min(k, n - c * k))]
     weights, specs = _standin_weights(enc, prefix)
     logger.info("feature cache %s: %d images in %d shards, %d to do (%s encoders)", prefix, n, num_chunks, len(todo),
                 "STAND-IN random-feature" if not enc.pretrained else "pretrained")
 
     t0 = time.perf_counter()
-    rows_by_node: dict[str, int] = {}  # Ray node id -> rows its actors encoded in this run
-    if todo:
-        init_ray(cfg=cfg)
-        sel = np.isin(chunk_ids, todo)
-        rows = table.filter(pa.array(sel)).select([schema.IMAGE_PATH, schema.SPLIT, schema.KEYPOINTS])
-        rows = rows.append_column(CHUNK, pa.array(chunk_ids[sel], pa.int32()))
-        expected = {c: 2 * min(k, n - c * k) for c in todo}
-        blocks = [rows.slice(i, fc.batch_size) for i in range(0, rows.num_rows, fc.batch_size)]
-        ctx = ray.data.DataContext.get_current()
-        old_order = ctx.execution_options.preserve_order
-        ctx.execution_options.preserve_order = True  # chunks complete one after another
-        try:
-            ds = ray.data.from_arrow(blocks).map_batches(
-                EncoderActor,
-                fn_constructor_kwargs={"config": cfg.to_dict(), "vae_uri": ae_manifest.uri,
-                                       "encoder_weights": weights},
-                compute=ray.data.ActorPoolStrategy(size=fc.num_actors),
-                num_gpus=fc.num_gpus_per_actor or None,
-                num_cpus=fc.num_cpus_per_actor,
-                batch_size=fc.batch_size,
-                batch_format="pyarrow",
-            )
-            pending: dict[int, list[pa.Table]] = {}
-            counts: dict[int, int] = {}
-            for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-                for node in batch.column(NODE).to_pylist():
-                    rows_by_node[node] = rows_by_node.get(node, 0) + 1
-                for c in sorted(set(batch.column(CHUNK).to_pylist())):
-                    part = batch.filter(pc.equal(batch.column(CHUNK), c))
-                    pending.setdefault(c, []).append(part)
-                    counts[c] = counts.get(c, 0) + part.num_rows
-                    if counts[c] == expected[c]:
-                        rows_c, bad_c = _write_chunk(fs, data_dir, quarantine_dir, c, pa.concat_tables(pending.pop(c)))
-                        logger.info("shard %s: %d rows, %d images quarantined", shard_name(c), rows_c, bad_c)
-                        if on_shard is not None:
-                            on_shard(c)
-        finally:
-            ctx.execution_options.preserve_order = old_order
+    rows_by_node = _encode_shards(cfg, table, todo, ae_manifest.uri, weights, data_dir, quarantine_dir, fs,
+                                  on_shard) if todo else {}
     seconds = time.perf_counter() - t0
 
-    missing = [c for c in range(num_chunks) if not _chunk_done(fs, data_dir, quarantine_dir, c, min(k, n - c * k))]
-    if missing:
-        raise RuntimeError(f"feature cache {prefix}: shards {[shard_name(c) for c in missing]} were not written")
-    rows_total = sum(_readable_rows(fs, f"{data_dir}/{shard_name(c)}") for c in range(num_chunks))
-    quarantined = sum(_readable_rows(fs, f"{quarantine_dir}/{shard_name(c)}") for c in range(num_chunks))
-    if rows_total != 2 * (n - quarantined):
-        raise RuntimeError(f"feature cache {prefix}: {rows_total} rows != 2 x ({n} images - {quarantined} quarantined)")
-    nbytes = sum(fs.size(f"{data_dir}/{shard_name(c)}") for c in range(num_chunks))
-    latent = tuple(int(v) for v in ae_manifest.latent_shape)
-    manifest = FeaturesManifest(
-        uri=prefix,
-        tables=FeatureTables(
-            features=TableEntry(uri=data_uri, rows=rows_total, shards=num_chunks),
-            quarantine=TableEntry(uri=quarantine_uri, rows=quarantined),
-        ),
-        images=FeatureImages(total=n, cached=n - quarantined, quarantined=quarantined),
-        augmentations=("identity", "hflip"),
-        tensors={
-            schema.LATENT_MEAN: TensorSpec(shape=latent, dtype="float16"),
-            schema.LATENT_STD: TensorSpec(shape=latent, dtype="float16"),
-            **{name: TensorSpec(shape=(specs[role]["num_tokens"], specs[role]["dim"]), dtype="float16")
-               for name, role in ((schema.IMAGE_TOKENS, "image"), (schema.POSE_TOKENS, "pose"))},
-        },
-        keypoints_frame=(size, size),
-        latent_scale=float(ae_manifest.latent_scale),
-        image_size=size,
-        encoders={
-            "vae": {"source": ae_manifest.source, "uri": ae_manifest.uri, "latent_scale": ae_manifest.latent_scale},
-            "image": specs["image"],
-            "pose": specs["pose"],
-        },
-        standin=not enc.pretrained,
-        encoder_weights={r: weights[r] or f"hf-hub:timm/{specs[r]['id']}" for r in ("image", "pose")},
-        vae_uri=ae_manifest.uri,
-        bytes=int(nbytes),
-        bytes_per_image=int(nbytes / max(1, n - quarantined)),
-        encode_seconds=round(seconds, 1),
-        shards_encoded=len(todo),
-        rows_by_node=rows_by_node,  # this run's encoding, by Ray node id (empty when nothing was left to do)
-    )
+    rows_total, quarantined, nbytes = _count_rows(fs, prefix, data_dir, quarantine_dir, n, k)
+    manifest = _manifest(cfg, ae_manifest, specs, weights, prefix=prefix, rows=rows_total, shards=num_chunks,
+                         images=n, quarantined=quarantined, nbytes=nbytes, seconds=seconds, shards_encoded=len(todo),
+                         rows_by_node=rows_by_node)
     if validate:
         report = validate_feature_cache(manifest)
         manifest = replace(manifest, validation={

@@ -11,9 +11,10 @@ from typing import Any, Mapping, Optional
 import torch
 from safetensors.torch import load_file, save_file
 
-from xmdpt.config import ConfigError, ModelConfig, _from_dict
+from xmdpt.config import ConfigError, ModelConfig
 from xmdpt.model.xmdpt import XMDPT
 from xmdpt.state_dict import check_state_dict
+from xmdpt.typed_config import from_plain
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ WEIGHTS_FILE = "model.safetensors"
 def _model_config(config: Mapping[str, Any], what: str) -> ModelConfig:
     if not isinstance(config.get("model"), dict):
         raise ConfigError(f"{what}: config needs a 'model' section (a ModelConfig dict)")
-    return _from_dict(ModelConfig, config["model"], prefix="model.")
+    return from_plain(ModelConfig, config["model"], prefix="model.")
 
 
 def write_model_folder(path: str | Path, state_dict: Mapping[str, torch.Tensor], config: Mapping[str, Any],

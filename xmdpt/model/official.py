@@ -208,6 +208,62 @@ def official_config(cfg: ModelConfig, *, encoders: Optional[Mapping[str, Any]] =
             "autoencoder": dataclasses.asdict(sections.autoencoder), "data": dataclasses.asdict(sections.data)}
 
 
+def _import_config(preset: str, model_overrides: Optional[Mapping[str, Any]], encoders: Optional[Mapping[str, Any]],
+                   autoencoder: Mapping[str, Any], data: Optional[Mapping[str, Any]],
+                   weights: Mapping[str, Optional[str | Path]]) -> tuple[ModelConfig, dict[str, Any]]:
+    """The preset's model config and the folder's :func:`official_config`, with the local encoder
+    weight files (which must exist) in place of the hub ids."""
+    try:
+        cfg = ModelConfig.from_preset(preset, **dict(model_overrides or {}))
+    except TypeError as e:
+        raise ConfigError(f"model overrides: {e}") from None
+    enc_fields = dict(encoders or {})
+    for role, w in weights.items():
+        if w is not None:
+            if not Path(w).is_file():
+                raise FileNotFoundError(f"--{role}-encoder {w}: DINOv2 weights file not found")
+            enc_fields[f"{role}_encoder_weights"] = str(w)
+    return cfg, official_config(cfg, encoders=enc_fields, autoencoder=autoencoder, data=data)
+
+
+def _official_codec(vae_model, vae_decoder: Optional[str | Path], ae_cfg: AutoencoderConfig, cfg: ModelConfig,
+                    image_size: int) -> tuple[LatentCodec, dict[str, Any]]:
+    """The SD VAE as the released checkpoints' codec, with the authors' fine-tuned decoder when given,
+    checked against the preset's latent shape; and the ``decoder`` record for ``pipeline.json``."""
+    decoder = {"decoder": f"{ae_cfg.pretrained_id} (the VAE's own decoder)", "decoder_finetuned": False}
+    if vae_decoder is not None:
+        info = replace_decoder(vae_model, vae_decoder)
+        decoder = {"decoder": f"authors' fine-tuned decoder ({Path(vae_decoder).name})", "decoder_finetuned": True,
+                   "decoder_sha256": info["decoder_sha256"]}
+    codec = LatentCodec(vae_model, ae_cfg.latent_scale or AutoencoderConfig().latent_scale, source="pretrained")
+    vae_factor = 2 ** (len(vae_model.config.block_out_channels) - 1)
+    if image_size // vae_factor != cfg.input_size or codec.latent_channels != cfg.in_channels:
+        raise ValueError(f"{ae_cfg.pretrained_id}: the autoencoder gives {codec.latent_channels}x"
+                         f"{image_size // vae_factor}^2 latents at {image_size} px; "
+                         f"{cfg.preset} needs {cfg.in_channels}x{cfg.input_size}^2")
+    return codec, decoder
+
+
+def _copy_token_encoders(enc_cfg: EncodersConfig, weights: Mapping[str, Optional[str | Path]], cfg: ModelConfig,
+                         folder: Path) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
+    """``(files, specs)``: the local DINOv2 weights given, loaded, checked against the preset's token
+    shapes and saved as safetensors under ``folder``; the hub ids for the others."""
+    files, specs = {}, {}
+    for role in ("image", "pose"):
+        if not weights[role]:
+            specs[role] = {**token_spec(enc_cfg, role), "hub": True}
+            continue
+        te = TokenEncoder.from_config(enc_cfg, role)  # loads (and converts a hub layout), checks shapes
+        want = (cfg.ref_num_tokens, cfg.ref_token_dim) if role == "image" else (cfg.pose_num_tokens, cfg.pose_token_dim)
+        if (te.num_tokens, te.dim) != want:
+            raise ValueError(f"{weights[role]}: the {role} encoder gives {te.num_tokens}x{te.dim} tokens; "
+                             f"{cfg.preset} needs {want[0]}x{want[1]}")
+        files[role] = te.save(str(folder / f"{role}.safetensors"))
+        specs[role] = {**te.spec, "source_file": Path(weights[role]).name}
+        del te
+    return files, specs
+
+
 def import_official(ckpt_path: str | Path, preset: str, out_dir: str | Path, *,
                     vae: Optional[str] = None, vae_decoder: Optional[str | Path] = None,
                     image_encoder_weights: Optional[str | Path] = None,
@@ -242,22 +298,11 @@ def import_official(ckpt_path: str | Path, preset: str, out_dir: str | Path, *,
     import tempfile
 
     ckpt_path, out_dir = Path(ckpt_path), Path(out_dir)
-    try:
-        cfg = ModelConfig.from_preset(preset, **dict(model_overrides or {}))
-    except TypeError as e:
-        raise ConfigError(f"model overrides: {e}") from None
-    enc_fields, ae_fields = dict(encoders or {}), dict(autoencoder or {})
-    if vae:
-        ae_fields["pretrained_id"] = str(vae)
     weights = {"image": image_encoder_weights, "pose": pose_encoder_weights}
-    for role, w in weights.items():
-        if w is not None:
-            if not Path(w).is_file():
-                raise FileNotFoundError(f"--{role}-encoder {w}: DINOv2 weights file not found")
-            enc_fields[f"{role}_encoder_weights"] = str(w)
+    cfg, config = _import_config(preset, model_overrides, encoders, dict(autoencoder or {}, **(
+        {"pretrained_id": str(vae)} if vae else {})), data, weights)
     if vae_decoder is not None:
         check_diffusers_vae_folder(vae_decoder)
-    config = official_config(cfg, encoders=enc_fields, autoencoder=ae_fields, data=data)
     enc_cfg = EncodersConfig(**config["encoders"])
     ae_cfg = AutoencoderConfig(**config["autoencoder"])
     for role in ("image", "pose"):  # copied into encoders/: the folder must not point at this machine's files
@@ -272,17 +317,7 @@ def import_official(ckpt_path: str | Path, preset: str, out_dir: str | Path, *,
     sha = file_sha256(ckpt_path)
     logger.info("converted %s (%d tensors) for %s", ckpt_path, len(converted), cfg.preset)
 
-    decoder = {"decoder": f"{ae_cfg.pretrained_id} (the VAE's own decoder)", "decoder_finetuned": False}
-    if vae_decoder is not None:
-        info = replace_decoder(vae_model, vae_decoder)
-        decoder = {"decoder": f"authors' fine-tuned decoder ({Path(vae_decoder).name})", "decoder_finetuned": True,
-                   "decoder_sha256": info["decoder_sha256"]}
-    codec = LatentCodec(vae_model, ae_cfg.latent_scale or AutoencoderConfig().latent_scale, source="pretrained")
-    vae_factor = 2 ** (len(vae_model.config.block_out_channels) - 1)
-    if config["data"]["image_size"] // vae_factor != cfg.input_size or codec.latent_channels != cfg.in_channels:
-        raise ValueError(f"{ae_cfg.pretrained_id}: the autoencoder gives {codec.latent_channels}x"
-                         f"{config['data']['image_size'] // vae_factor}^2 latents at {config['data']['image_size']} px; "
-                         f"{cfg.preset} needs {cfg.in_channels}x{cfg.input_size}^2")
+    codec, decoder = _official_codec(vae_model, vae_decoder, ae_cfg, cfg, config["data"]["image_size"])
 
     source = {"source": "official", "official_checkpoint": ckpt_path.name, "sha256": sha, "preset": cfg.preset,
               **decoder}
@@ -291,20 +326,7 @@ def import_official(ckpt_path: str | Path, preset: str, out_dir: str | Path, *,
         tmp = Path(tmp)
         model_dir = write_model_folder(tmp / "model", converted, config)
         codec.save(str(tmp / "autoencoder"), extra={k: v for k, v in decoder.items()})
-        encoder_files, specs = {}, {}
-        for role in ("image", "pose"):
-            if weights[role]:
-                te = TokenEncoder.from_config(enc_cfg, role)  # loads (and converts a hub layout), checks shapes
-                want = (cfg.ref_num_tokens, cfg.ref_token_dim) if role == "image" else (cfg.pose_num_tokens,
-                                                                                        cfg.pose_token_dim)
-                if (te.num_tokens, te.dim) != want:
-                    raise ValueError(f"{weights[role]}: the {role} encoder gives {te.num_tokens}x{te.dim} tokens; "
-                                     f"{cfg.preset} needs {want[0]}x{want[1]}")
-                encoder_files[role] = te.save(str(tmp / "encoders" / f"{role}.safetensors"))
-                specs[role] = {**te.spec, "source_file": Path(weights[role]).name}
-                del te
-            else:
-                specs[role] = {**token_spec(enc_cfg, role), "hub": True}
+        encoder_files, specs = _copy_token_encoders(enc_cfg, weights, cfg, tmp / "encoders")
         out = write_pipeline_folder(
             out_dir, model_folder=model_dir, codec_uri=str(tmp / "autoencoder"), encoder_weights=encoder_files,
             encoders=specs, standin=False, latent_scale=codec.latent_scale, lineage=source,

@@ -24,7 +24,7 @@ import functools
 import types
 import typing
 from pathlib import Path
-from typing import Any, ClassVar, Mapping, Optional, TypeVar, Union
+from typing import Any, ClassVar, Mapping, TypeVar, Union
 
 from xmdpt.ops import storage
 

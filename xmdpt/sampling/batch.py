@@ -212,6 +212,58 @@ def _write_part(fs, folder: str, name: str, rows: list[dict[str, Any]], schema: 
         f.write(buf.getvalue())
 
 
+def _result_rows(batch: dict[str, Any], by_row: dict[int, dict[str, Any]], ref: ModelRef, steps: Optional[int],
+                 guidance: Optional[float]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``(manifest rows, quarantine rows)`` of one batch of :class:`GenerationActor` outputs."""
+    ok, bad = [], []
+    for i in range(len(batch["row"])):
+        r = by_row[int(batch["row"][i])]
+        if batch["error"][i]:
+            bad.append({"id": r["id"], "row": r["row"], "source": r["source"], "pose": r["pose"],
+                        "reason": str(batch["error"][i])})
+        else:
+            ok.append({"id": r["id"], "row": r["row"], "source": r["source"], "pose": r["pose"],
+                       "seed": r["seed"], "model_name": ref.name, "model_version": ref.version,
+                       "model_uri": ref.uri, "output": str(batch["output"][i]),
+                       "steps": steps, "guidance": guidance, "width": int(batch["width"][i]),
+                       "height": int(batch["height"][i])})
+    return ok, bad
+
+
+def _generate_rows(todo: list[dict[str, Any]], ref: ModelRef, out: str, fs, base: str, *, actors: int,
+                   batch_size: int, num_gpus_per_actor: float, num_cpus_per_actor: float, steps: Optional[int],
+                   guidance: Optional[float], square: bool, pose_model_path: Optional[str],
+                   tracking_uri: Optional[str], progress: bool) -> tuple[int, int]:
+    """Generate ``todo`` and write one manifest / quarantine part per batch; ``(generated, quarantined)``."""
+    from tqdm.auto import tqdm
+
+    manifest_dir, quarantine_dir = f"{base.rstrip('/')}/manifest", f"{base.rstrip('/')}/quarantine"
+    by_row = {r["row"]: r for r in todo}
+    run = uuid.uuid4().hex[:8]
+    generated = quarantined = 0
+    sample = {k: v for k, v in {"num_steps": steps}.items() if v is not None}
+    for r in todo:
+        r["cfg_scale"] = float("nan") if guidance is None else float(guidance)
+    ds = map_generation(todo, ref.uri, batch_size=batch_size, actors=actors, num_cpus_per_actor=num_cpus_per_actor,
+                        num_gpus_per_actor=num_gpus_per_actor, sample=sample, out_images=join(out, "images"),
+                        square=square, pose_model_path=pose_model_path, tracking_uri=tracking_uri)
+    bar = tqdm(total=len(todo), desc="generate-batch", unit="row", disable=not progress)
+    for part, batch in enumerate(ds.iter_batches(batch_size=batch_size, batch_format="numpy")):
+        ok, bad = _result_rows(batch, by_row, ref, steps, guidance)
+        name = f"part-{run}-{part:05d}.parquet"
+        if ok:
+            _write_part(fs, manifest_dir, name, ok, MANIFEST_SCHEMA)
+        if bad:
+            for b in bad:
+                logger.warning("quarantined %s", b["reason"])
+            _write_part(fs, quarantine_dir, name, bad, QUARANTINE_SCHEMA)
+        generated += len(ok)
+        quarantined += len(bad)
+        bar.update(len(ok) + len(bad))
+    bar.close()
+    return generated, quarantined
+
+
 def generate_batch(model: str, pairs: str, out: str, *, actors: int = 1, batch_size: int = 8,
                    num_gpus_per_actor: float = 0.0, num_cpus_per_actor: float = 1.0, steps: Optional[int] = None,
                    guidance: Optional[float] = None, seed: int = 0, square: bool = False,
@@ -223,8 +275,6 @@ def generate_batch(model: str, pairs: str, out: str, *, actors: int = 1, batch_s
         The summary: ``rows`` of the table, ``skipped`` (already done), ``generated`` and ``quarantined``
         (this run), totals of the folder, the model name/version, seconds.
     """
-    from tqdm.auto import tqdm
-
     t0 = time.time()
     rows = read_pairs_table(pairs)
     ref = resolve_model(model, tracking_uri)
@@ -234,43 +284,12 @@ def generate_batch(model: str, pairs: str, out: str, *, actors: int = 1, batch_s
     todo = [dict(r, seed=int(r.get("seed", seed + SEED_STRIDE * r["row"]))) for r in rows if r["id"] not in done]
     logger.info("%d rows in %s: %d already done in %s, %d to generate with %s v%s on %d actor(s)",
                 len(rows), pairs, len(rows) - len(todo), out, len(todo), ref.name, ref.version, actors)
-    by_row = {r["row"]: r for r in todo}
-    run = uuid.uuid4().hex[:8]
     generated = quarantined = 0
     if todo:
-        sample = {k: v for k, v in {"num_steps": steps}.items() if v is not None}
-        for r in todo:
-            r["cfg_scale"] = float("nan") if guidance is None else float(guidance)
-        ds = map_generation(todo, ref.uri, batch_size=batch_size, actors=actors, num_cpus_per_actor=num_cpus_per_actor,
-                            num_gpus_per_actor=num_gpus_per_actor, sample=sample, out_images=join(out, "images"),
-                            square=square, pose_model_path=pose_model_path, tracking_uri=tracking_uri)
-        bar = tqdm(total=len(todo), desc="generate-batch", unit="row", disable=not progress)
-        part = 0
-        for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):
-            ok, bad = [], []
-            for i in range(len(batch["row"])):
-                r = by_row[int(batch["row"][i])]
-                if batch["error"][i]:
-                    bad.append({"id": r["id"], "row": r["row"], "source": r["source"], "pose": r["pose"],
-                                "reason": str(batch["error"][i])})
-                else:
-                    ok.append({"id": r["id"], "row": r["row"], "source": r["source"], "pose": r["pose"],
-                               "seed": r["seed"], "model_name": ref.name, "model_version": ref.version,
-                               "model_uri": ref.uri, "output": str(batch["output"][i]),
-                               "steps": steps, "guidance": guidance, "width": int(batch["width"][i]),
-                               "height": int(batch["height"][i])})
-            name = f"part-{run}-{part:05d}.parquet"
-            if ok:
-                _write_part(fs, manifest_dir, name, ok, MANIFEST_SCHEMA)
-            if bad:
-                for b in bad:
-                    logger.warning("quarantined %s", b["reason"])
-                _write_part(fs, quarantine_dir, name, bad, QUARANTINE_SCHEMA)
-            part += 1
-            generated += len(ok)
-            quarantined += len(bad)
-            bar.update(len(ok) + len(bad))
-        bar.close()
+        generated, quarantined = _generate_rows(
+            todo, ref, out, fs, base, actors=actors, batch_size=batch_size, num_gpus_per_actor=num_gpus_per_actor,
+            num_cpus_per_actor=num_cpus_per_actor, steps=steps, guidance=guidance, square=square,
+            pose_model_path=pose_model_path, tracking_uri=tracking_uri, progress=progress)
     total_done, total_quarantined = len(_read_ids(fs, manifest_dir)), len(_read_ids(fs, quarantine_dir))
     summary = {"pairs": pairs, "out": out, "model": model, "model_name": ref.name, "model_version": ref.version,
                "rows": len(rows), "skipped": len(rows) - len(todo), "generated": generated,

@@ -10,8 +10,8 @@
       pipeline.json        format marker, latent scale, image size, encoder specs, lineage
 
 It is what ``xmdpt generate --model DIR`` reads, what the `register` stage logs to MLflow as the
-pyfunc artifact ``model_dir``, and what :func:`xmdpt.ops.registry.resolve_model_dir` returns after a
-download. :func:`build_pipeline_folder` assembles it from the training model folder and the
+pyfunc artifact ``model_dir``, and what :func:`xmdpt.ops.model_resolver.resolve_model_dir` returns after
+a download. :func:`write_pipeline_folder` assembles it from the training model folder and the
 feature manifest (which names the codec and the encoder weights the model was trained on).
 """
 
@@ -100,6 +100,36 @@ def _copy_file(src_uri: str, dst: Path) -> None:
     fs.get_file(path, str(dst))
 
 
+def _check_inputs(model_folder: Path, encoder_weights: Mapping[str, str]) -> None:
+    for f in (CONFIG_FILE, WEIGHTS_FILE):
+        if not (model_folder / f).is_file():
+            raise FileNotFoundError(f"{model_folder}: model folder lacks {f}")
+    unknown = sorted(set(encoder_weights) - set(ROLES))
+    if unknown:
+        raise ValueError(f"encoder_weights: unknown roles {unknown}; expected {list(ROLES)}")
+
+
+def _copy_codec(codec_uri: str, out: Path, latent_scale: float) -> None:
+    """Copy the autoencoder folder into ``out`` and check its latent scale against the model's."""
+    _copy_tree(codec_uri, out / CODEC_DIR)
+    codec_info = json.loads((out / CODEC_DIR / "codec.json").read_text())
+    if abs(float(codec_info["latent_scale"]) - float(latent_scale)) > 1e-6 * abs(float(latent_scale)):
+        raise ValueError(f"{codec_uri}: codec latent_scale {codec_info['latent_scale']} differs from the model's "
+                         f"{latent_scale}")
+
+
+def _copy_encoder_weights(encoder_weights: Mapping[str, str], out: Path) -> dict[str, str]:
+    """Copy the token-encoder weights into ``out``; returns role -> path relative to ``out``."""
+    weights_rel = {}
+    for role, uri in encoder_weights.items():
+        if not uri or str(uri).startswith("hf-hub:"):
+            continue  # pretrained hub encoder: rebuilt from the config's id when loading
+        rel = f"{ENCODERS_DIR}/{role}.safetensors"
+        _copy_file(uri, out / rel)
+        weights_rel[role] = rel
+    return weights_rel
+
+
 def write_pipeline_folder(
     out: str | Path,
     *,
@@ -127,29 +157,14 @@ def write_pipeline_folder(
     """
     out = Path(out)
     model_folder = Path(model_folder)
-    for f in (CONFIG_FILE, WEIGHTS_FILE):
-        if not (model_folder / f).is_file():
-            raise FileNotFoundError(f"{model_folder}: model folder lacks {f}")
-    unknown = sorted(set(encoder_weights) - set(ROLES))
-    if unknown:
-        raise ValueError(f"encoder_weights: unknown roles {unknown}; expected {list(ROLES)}")
+    _check_inputs(model_folder, encoder_weights)
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
     shutil.copy2(model_folder / CONFIG_FILE, out / CONFIG_FILE)
     shutil.copy2(model_folder / WEIGHTS_FILE, out / WEIGHTS_FILE)
-    _copy_tree(codec_uri, out / CODEC_DIR)
-    codec_info = json.loads((out / CODEC_DIR / "codec.json").read_text())
-    if abs(float(codec_info["latent_scale"]) - float(latent_scale)) > 1e-6 * abs(float(latent_scale)):
-        raise ValueError(f"{codec_uri}: codec latent_scale {codec_info['latent_scale']} differs from the model's "
-                         f"{latent_scale}")
-    weights_rel = {}
-    for role, uri in encoder_weights.items():
-        if not uri or str(uri).startswith("hf-hub:"):
-            continue  # pretrained hub encoder: rebuilt from the config's id when loading
-        rel = f"{ENCODERS_DIR}/{role}.safetensors"
-        _copy_file(uri, out / rel)
-        weights_rel[role] = rel
+    _copy_codec(codec_uri, out, latent_scale)
+    weights_rel = _copy_encoder_weights(encoder_weights, out)
     meta = {
         "format": PIPELINE_FORMAT,
         "version": PIPELINE_VERSION,

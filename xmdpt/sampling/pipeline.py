@@ -52,7 +52,7 @@ from xmdpt.data.keypoints import render_skeleton
 from xmdpt.diffusion import GaussianDiffusion
 from xmdpt.diffusion.sampling import sample
 from xmdpt.encoders.dino import TokenEncoder
-from xmdpt.encoders.features import encode_arrays
+from xmdpt.encoders.encoding import encode_arrays
 from xmdpt.encoders.vae import LatentCodec, to_uint8
 from xmdpt.model.folder import load_model_folder
 
@@ -113,7 +113,7 @@ class XMDPTPipeline:
         Raises:
             xmdpt.ops.registry.ModelNotFoundError: unknown folder or URI.
         """
-        from xmdpt.ops.registry import resolve_model_dir  # the registry reads pipeline folders: imported here
+        from xmdpt.ops.model_resolver import resolve_model_dir  # the resolver reads pipeline folders: imported here
 
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         folder = resolve_model_dir(uri_or_dir, tracking_uri=tracking_uri, cache_dir=cache_dir)

@@ -145,6 +145,73 @@ def _final_result(run_dir: str) -> Optional[dict[str, Any]]:
     return read_json(storage.join(run_dir, RESULT_FILE))
 
 
+def _mlflow_run(cfg: XMDPTConfig, uri: str, run_dir: str, run_name: str, manifests: Mapping[str, StageManifest],
+                paths: Mapping[str, str], table: Mapping[str, Any]) -> str:
+    """The run's MLflow run id: the one recorded beside its checkpoints (a relaunch continues it),
+    else a new run with the params, the lineage tags and the config."""
+    run_file = storage.join(run_dir, RUN_FILE)
+    prev = read_json(run_file) or {}
+    lineage = tracking.lineage_tags(manifests, paths, extra={"data_hash": table["data_hash"], "run_name": run_name,
+                                                             "train_table": table["uri"]})
+    run_id = tracking.start_run(uri, cfg.train.mlflow_experiment, run_id=prev.get("run_id") if
+                                prev.get("tracking_uri") == uri else None,
+                                run_name=run_name, params=cfg.flat(), tags=lineage)
+    write_json(run_file, {"tracking_uri": uri, "run_id": run_id, "run_name": run_name})
+    if not prev:
+        tracking.log_dict(uri, run_id, cfg.to_dict(), "config/params.yaml")
+    return run_id
+
+
+def _copy_final(checkpoint: Any, run_dir: str) -> tuple[dict[str, Any], str]:
+    """Copy the last checkpoint's model folder to ``{run_dir}/final``; return its trainer state and URI."""
+    with checkpoint.as_directory() as d:  # [ray]
+        state = read_trainer_state(d)
+        final_uri = storage.join(run_dir, FINAL_DIR)
+        fs, final_path = storage.filesystem(final_uri)
+        if fs.exists(final_path):
+            fs.rm(final_path, recursive=True)
+        fs.makedirs(final_path, exist_ok=True)
+        for name in ("config.json", "model.safetensors"):
+            fs.put_file(os.path.join(d, name), f"{final_path.rstrip('/')}/{name}")
+    return state, final_uri
+
+
+def _worker_meta(cfg: XMDPTConfig, manifests: Mapping[str, StageManifest], paths: Mapping[str, str],
+                 table: Mapping[str, Any]) -> dict[str, Any]:
+    """What every worker needs besides the config: the data's hash and tensor spec, the frames the
+    sample grid draws in, the autoencoder to decode it, the config saved with checkpoints."""
+    feats, ae, spec = manifests["features"], manifests.get("autoencoder"), table["spec"]
+    assert isinstance(feats, FeaturesManifest)
+    return {
+        "data_hash": table["data_hash"], "spec": spec.to_dict(), "latent_scale": spec.latent_scale,
+        "image_size": int(feats.image_size or cfg.data.image_size),
+        "keypoint_hw": list(feats.keypoints_frame),  # (H, W) the keypoints are in
+        "autoencoder_manifest": ae.to_dict() if ae else None,
+        "model_config": _model_config(cfg, manifests, spec, table["data_hash"], paths),
+    }
+
+
+def _torch_trainer(cfg: XMDPTConfig, meta: Mapping[str, Any], worker: Mapping[str, float], runs_root: str, dataset):
+    """Ray Train's ``TorchTrainer`` of the run: its workers, checkpoints, restarts and MLflow callback."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig  # [ray]
+    from ray.train.torch import TorchTrainer  # [ray]
+
+    from xmdpt.training.mlflow_callback import MLflowHistory  # imports Ray: kept inside Ray's code
+
+    tc = cfg.train
+    return TorchTrainer(  # [ray]
+        train_loop_per_worker,
+        train_loop_config={"config": cfg.to_dict(), "meta": dict(meta)},
+        scaling_config=ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker=dict(worker),
+                                     placement_strategy=tc.placement_strategy),
+        run_config=RunConfig(storage_path=runs_root, name=meta["run_name"],
+                             checkpoint_config=CheckpointConfig(num_to_keep=tc.keep_checkpoints),
+                             failure_config=FailureConfig(max_failures=tc.max_failures),
+                             callbacks=[MLflowHistory(meta["tracking_uri"], meta["run_id"])]),
+        datasets={"train": dataset},
+    )
+
+
 def train(cfg: XMDPTConfig) -> dict[str, Any]:
     """Train (or resume, or reuse) the experiment described by ``cfg``; return its summary.
 
@@ -153,11 +220,6 @@ def train(cfg: XMDPTConfig) -> dict[str, Any]:
         "history", "final", "reused", "start_step"}`` — ``history`` is the list of logged
         ``{"step", "loss", "loss_masked", "vb", ...}``; ``final`` the last logged metrics.
     """
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig  # [ray]
-    from ray.train.torch import TorchTrainer  # [ray]
-
-    from xmdpt.training.mlflow_callback import MLflowHistory  # imports Ray: kept inside Ray's code
-
     t0 = time.time()
     uri = tracking.resolve_tracking_uri(cfg.paths.mlflow_tracking_uri)
     tracking.check_tracking_server(uri)
@@ -180,38 +242,10 @@ def train(cfg: XMDPTConfig) -> dict[str, Any]:
         logger.info("run %s already finished (%d steps): reusing %s", run_name, done["steps"], done["model_uri"])
         return {**done, "reused": True, "tracking_uri": uri}
 
-    run_file = storage.join(run_dir, RUN_FILE)
-    prev = read_json(run_file) or {}
-    lineage = tracking.lineage_tags(manifests, paths, extra={"data_hash": table["data_hash"], "run_name": run_name,
-                                                             "train_table": table["uri"]})
-    run_id = tracking.start_run(uri, cfg.train.mlflow_experiment, run_id=prev.get("run_id") if
-                                prev.get("tracking_uri") == uri else None,
-                                run_name=run_name, params=cfg.flat(), tags=lineage)
-    write_json(run_file, {"tracking_uri": uri, "run_id": run_id, "run_name": run_name})
-    if not prev:
-        tracking.log_dict(uri, run_id, cfg.to_dict(), "config/params.yaml")
-
-    feats, ae = manifests["features"], manifests.get("autoencoder")
-    assert isinstance(feats, FeaturesManifest)
-    meta = {
-        "run_dir": run_dir, "run_name": run_name, "run_id": run_id, "tracking_uri": uri,
-        "data_hash": table["data_hash"], "spec": spec.to_dict(), "latent_scale": spec.latent_scale,
-        "image_size": int(feats.image_size or cfg.data.image_size),
-        "keypoint_hw": list(feats.keypoints_frame),  # (H, W) the keypoints are in
-        "autoencoder_manifest": ae.to_dict() if ae else None,
-        "model_config": _model_config(cfg, manifests, spec, table["data_hash"], paths),
-    }
-    trainer = TorchTrainer(  # [ray]
-        train_loop_per_worker,
-        train_loop_config={"config": cfg.to_dict(), "meta": meta},
-        scaling_config=ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker=worker,
-                                     placement_strategy=tc.placement_strategy),
-        run_config=RunConfig(storage_path=runs_root, name=run_name,
-                             checkpoint_config=CheckpointConfig(num_to_keep=tc.keep_checkpoints),
-                             failure_config=FailureConfig(max_failures=tc.max_failures),
-                             callbacks=[MLflowHistory(uri, run_id)]),
-        datasets={"train": _train_dataset(table, spec)},
-    )
+    run_id = _mlflow_run(cfg, uri, run_dir, run_name, manifests, paths, table)
+    meta = {"run_dir": run_dir, "run_name": run_name, "run_id": run_id, "tracking_uri": uri,
+            **_worker_meta(cfg, manifests, paths, table)}
+    trainer = _torch_trainer(cfg, meta, worker, runs_root, _train_dataset(table, spec))
     logger.info("training %s: %d workers x %d rows/step, %d steps -> %s", run_name, tc.num_workers,
                 tc.batch_size_per_worker * tc.grad_accum_steps, tc.max_steps, run_dir)
     try:
@@ -220,15 +254,7 @@ def train(cfg: XMDPTConfig) -> dict[str, Any]:
         tracking.end_run(uri, run_id, status="FAILED")
         raise
 
-    with result.checkpoint.as_directory() as d:  # [ray]
-        state = read_trainer_state(d)
-        final_uri = storage.join(run_dir, FINAL_DIR)
-        fs, final_path = storage.filesystem(final_uri)
-        if fs.exists(final_path):
-            fs.rm(final_path, recursive=True)
-        fs.makedirs(final_path, exist_ok=True)
-        for name in ("config.json", "model.safetensors"):
-            fs.put_file(os.path.join(d, name), f"{final_path.rstrip('/')}/{name}")
+    state, final_uri = _copy_final(result.checkpoint, run_dir)
     history = state.get("history", [])
     final = dict(history[-1]) if history else {}
     summary = {
