@@ -144,7 +144,7 @@ def vae_flops(size: int = 256, device: str = "meta") -> dict[str, int]:
 
 def dino_flops(model_id: str, size: int = 224, device: str = "meta") -> int:
     """``forward_features`` of a timm DINOv2 backbone at ``size`` px, random init (``pretrained=False``)."""
-    from xmdpt.encoders.dino import build_backbone
+    from xmdpt.encoders.dino_backbone import build_backbone
 
     with torch.device(device):
         net = build_backbone(model_id, pretrained=False, img_size=size, seed=0).eval()

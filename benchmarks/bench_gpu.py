@@ -32,7 +32,7 @@ from bench_official import AUTHORS_A100_S_PER_IMAGE, SD_VAE, SMOKE_VAE, bench_pr
 
 from xmdpt.config import DiffusionConfig, ModelConfig  # noqa: E402
 from xmdpt.diffusion import GaussianDiffusion  # noqa: E402
-from xmdpt.encoders.dino import build_backbone  # noqa: E402
+from xmdpt.encoders.dino_backbone import build_backbone  # noqa: E402
 from xmdpt.model import XMDPT  # noqa: E402
 from xmdpt.training.ema import EMA  # noqa: E402
 from xmdpt.training.step import train_step  # noqa: E402

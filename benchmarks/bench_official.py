@@ -28,7 +28,8 @@ import torch
 from xmdpt.config import DiffusionConfig, ModelConfig, SampleConfig
 from xmdpt.diffusion import GaussianDiffusion
 from xmdpt.diffusion.sampling import sample
-from xmdpt.encoders.dino import build_backbone, prepare_image, prepare_pose
+from xmdpt.encoders.dino_backbone import build_backbone
+from xmdpt.encoders.dino import prepare_image, prepare_pose
 from xmdpt.model import XMDPT
 from xmdpt.precision import autocast_context
 

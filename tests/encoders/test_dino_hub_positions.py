@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from xmdpt.config import EncodersConfig
-from xmdpt.encoders.dino import TokenEncoder, hub_interpolate_pos_embed, prepare_image
+from xmdpt.encoders.dino_backbone import hub_interpolate_pos_embed
+from xmdpt.encoders.dino import TokenEncoder, prepare_image
 
 ARCH = "vit_small_patch14_dinov2.lvd142m"
 
@@ -89,7 +90,7 @@ def test_hub_interpolation_uses_the_scale_factor_not_the_size():
 
 def test_hub_layout_vitg_weights_load_into_timms_swiglu(tmp_path):
     """The torch-hub ViT-g/14 checkpoint layout (``mlp.w12``/``mlp.w3``, ``mask_token``) converts to timm's."""
-    from xmdpt.encoders.dino import build_backbone
+    from xmdpt.encoders.dino_backbone import build_backbone
 
     arch = "vit_giant_patch14_dinov2.lvd142m"
     torch.manual_seed(0)

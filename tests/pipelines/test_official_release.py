@@ -191,7 +191,7 @@ def test_checkpoint_of_another_preset_is_named_in_preset_terms(tmp_path):
 
 
 def test_missing_hub_weights_offline_name_id_cache_and_setting(files, tmp_path, monkeypatch):
-    from xmdpt.encoders.dino import hf_cache_dir
+    from xmdpt.encoders.dino_backbone import hf_cache_dir
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     # no local DINOv2 file: the hub id must be resolvable, and offline it is not (nothing cached here)
@@ -238,7 +238,7 @@ def test_a_folder_with_hub_encoders_offline_names_id_cache_and_setting(files, im
     says which id, which cache folder and which setting, before any sampling."""
     import shutil
 
-    from xmdpt.encoders.dino import hf_cache_dir
+    from xmdpt.encoders.dino_backbone import hf_cache_dir
 
     folder = tmp_path / "hub-refs"
     shutil.copytree(imported, folder)

@@ -38,7 +38,7 @@ import torch
 from fsspec.implementations.local import LocalFileSystem
 
 from xmdpt.config import AutoencoderConfig
-from xmdpt.encoders.dino import hf_cache_dir
+from xmdpt.encoders.dino_backbone import hf_cache_dir
 from xmdpt.ops.manifests import AutoencoderManifest
 from xmdpt.ops.storage import filesystem
 

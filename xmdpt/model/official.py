@@ -22,7 +22,8 @@ from xmdpt.model.folder import check_state_dict, write_model_folder
 from xmdpt.model.layers import relative_position_index
 from xmdpt.model.xmdpt import XMDPT
 from xmdpt.ops.storage import file_sha256
-from xmdpt.encoders.dino import TokenEncoder, check_hub_reachable, token_spec
+from xmdpt.encoders.dino_backbone import check_hub_reachable
+from xmdpt.encoders.dino import TokenEncoder, token_spec
 from xmdpt.encoders.vae import LatentCodec, check_diffusers_vae_folder, load_pretrained_vae, replace_decoder
 from xmdpt.sampling.folder import write_pipeline_folder
 

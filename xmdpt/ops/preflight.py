@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from xmdpt.config import XMDPTConfig
-from xmdpt.encoders.dino import check_hub_reachable, hf_cache_dir, hub_offline
+from xmdpt.encoders.dino_backbone import check_hub_reachable, hf_cache_dir, hub_offline
 from xmdpt.encoders.vae import check_diffusers_vae_folder
 from xmdpt.ops.storage import filesystem, join
 from xmdpt.ops.tracking import TrackingUnavailableError, check_tracking_server, resolve_tracking_uri
