@@ -22,7 +22,6 @@ counts are checked against CPU counts (math backend) on small models first (``co
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import os
 import platform

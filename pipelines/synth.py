@@ -2,7 +2,7 @@
 
 Writes ``data/synth`` (the default ``paths.dataset_root``; the folder is fixed because ``dvc.yaml``
 declares it as this stage's output): 256x176 JPEGs under ``img/``, both public annotation layouts
-(PATN/GFLA csv and PIDM/X-MDPT txt) and the train/test lists. Params: ``data.synth_*``.
+(PATN/GFLA csv and PIDM/X-MDPT txt) and the train/test lists. Params: ``synth.*``.
 
 When ``paths.dataset_root`` is a URL (``s3://…``: a cluster whose nodes share only object storage),
 the dataset is also published there, replacing what was there, so that the stages after it read

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -97,11 +98,13 @@ stages:
 
 
 def _dvc_yaml_params() -> list[str]:
-    """Every `params:` key the project's dvc.yaml declares (DVC reads each from params.yaml)."""
-    keys = set()
-    for stage in yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"].values():
+    """Every `params:` key the project's dvc.yaml declares and every ``${…}`` template it uses (DVC
+    reads each from params.yaml; ``params.yaml:`` alone tracks whatever the file writes)."""
+    text = (REPO_ROOT / "dvc.yaml").read_text()
+    keys = set(re.findall(r"\$\{([a-z_.]+)\}", text))
+    for stage in yaml.safe_load(text)["stages"].values():
         for entry in stage.get("params", []):
-            keys.update([entry] if isinstance(entry, str) else [k for v in entry.values() for k in v])
+            keys.update([entry] if isinstance(entry, str) else [k for v in entry.values() for k in v or []])
     return sorted(keys)
 
 

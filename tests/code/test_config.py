@@ -168,9 +168,9 @@ def _dvc_params():
         for entry in stage.get("params", []):
             if isinstance(entry, str):
                 keys.add(entry)
-            else:  # {file: [keys]}
+            else:  # {file: [keys]}, or {file: None}: every key the file writes
                 for v in entry.values():
-                    keys.update(v)
+                    keys.update(v or [])
     keys.update(re.findall(r"\$\{([a-z_.]+)\}", text))
     return sorted(keys)
 

@@ -112,6 +112,7 @@ def test_no_stage_depends_on_project_code_it_does_not_import():
 
 def test_the_closure_follows_lazy_imports():
     files = {str(f.relative_to(REPO)) for f in import_closure("pipelines.evaluate")}
-    # evaluate -> xmdpt.ops.evaluation -> (inside a function) xmdpt.sampling.batch -> xmdpt.sampling.pipeline
+    # evaluate -> xmdpt.ops.eval_pairs -> xmdpt.sampling.batch -> xmdpt.sampling.pipeline -> (inside
+    # XMDPTPipeline.from_pretrained) xmdpt.ops.model_resolver
     assert {"xmdpt/ops/evaluation.py", "xmdpt/sampling/batch.py", "xmdpt/sampling/pipeline.py",
-            "xmdpt/precision.py"} <= files
+            "xmdpt/precision.py", "xmdpt/ops/model_resolver.py"} <= files

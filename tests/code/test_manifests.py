@@ -1,4 +1,4 @@
-"""Typed stage contracts (xmdpt/ops/manifests.py): every stage manifest round-trips through its
+"""Typed stage contracts (xmdpt/ops/contracts.py, the manifests in xmdpt/ops/manifests.py): every stage manifest round-trips through its
 dataclass unchanged; a missing, mistyped or unknown field and a manifest of another format version
 fail with a message naming the file, the stage and the field or version.
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -78,10 +77,8 @@ def test_interrupted_cache_resumes_without_duplicates(fitted, ray_local):
 
 
 def test_cache_contents_match_the_manifest_and_the_encoders(fitted, ray_local):
-    import torch
 
     from xmdpt.encoders.dino import TokenEncoder, prepare_image
-    from xmdpt.encoders.encoding import augment
     from xmdpt.encoders.features import build_feature_cache
     from xmdpt.encoders.vae import LatentCodec, from_uint8
     from xmdpt.encoders.inputs import load_square_image

@@ -231,3 +231,4 @@ def load_generated(uri: str, pairs: Sequence[dict[str, Any]]
     for variant, rows in manifest["variants"].items():
         generated[variant] = {int(r): np.asarray(Image.open(io.BytesIO(fs.cat_file(f"{base}/{variant}/{int(r):06d}.png")))
                                                 .convert("RGB")) for r in rows}
+    return generated, {int(r): reason for r, reason in manifest["quarantined"].items()}

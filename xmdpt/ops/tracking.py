@@ -6,7 +6,7 @@ no global active run), so the Ray driver creates the run and the rank-0 worker l
 
 Tracking URI: ``paths.mlflow_tracking_uri`` if set, else ``$MLFLOW_TRACKING_URI``, else
 ``sqlite:///<cwd>/mlflow.db`` (the repository root under DVC; the same rule as
-:func:`xmdpt.ops.registry.resolve_tracking_uri`). MLflow 3's default store is SQLite; a plain
+:func:`xmdpt.ops.tracking.resolve_tracking_uri`). MLflow 3's default store is SQLite; a plain
 ``file:`` store is rejected by MLflow itself. A remote server is probed first with a short timeout
 (:func:`check_tracking_server`), because the MLflow client retries HTTP for minutes by default.
 """

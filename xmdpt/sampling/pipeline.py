@@ -111,7 +111,7 @@ class XMDPTPipeline:
         """Load from a local pipeline folder or an MLflow model URI (``models:/xmdpt@champion``, ``runs:/…``).
 
         Raises:
-            xmdpt.ops.registry.ModelNotFoundError: unknown folder or URI.
+            xmdpt.ops.model_resolver.ModelNotFoundError: unknown folder or URI.
         """
         from xmdpt.ops.model_resolver import resolve_model_dir  # the resolver reads pipeline folders: imported here
 
