@@ -12,7 +12,7 @@ import yaml
 from pipelines.config import main as config_main
 from xmdpt.config import XMDPTConfig, load_config
 from xmdpt.ops.preflight import STAGES
-from xmdpt.ops.stage_config import CONFIG_SOURCE, STAGE_SECTIONS, config_code_fingerprint, resolved_stage_configs
+from xmdpt.ops.stage_config import CONFIG_SOURCES, STAGE_SECTIONS, config_code_fingerprint, resolved_stage_configs
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -32,7 +32,7 @@ def test_every_stage_has_a_resolved_config_it_depends_on():
     assert config["params"] == [{"params.yaml": None}]  # every value params.yaml writes, whatever the profile
     for stage in STAGE_SECTIONS:
         assert f"${{paths.artifacts_dir}}/config/{stage}.yaml" in stages[stage]["deps"], stage
-        assert "xmdpt/config.py" not in stages[stage]["deps"], stage  # a default reruns only its readers
+        assert not {"xmdpt/config.py", "xmdpt/config_stages.py"} & set(stages[stage]["deps"]), stage  # a default reruns only its readers
         assert "params" not in stages[stage], stage  # values reach a stage through its resolved config only
 
 
@@ -64,13 +64,15 @@ def test_where_a_stage_runs_changes_no_resolved_config():
 
 
 def test_the_fingerprint_ignores_values_and_sees_code():
-    src = CONFIG_SOURCE.read_text()
-    base = config_code_fingerprint(src)
+    texts = {p.name: p.read_text() for p in CONFIG_SOURCES}
+    base = config_code_fingerprint(texts)
     assert base == config_code_fingerprint()
 
-    def edited(old: str, new: str) -> str:
-        assert src.count(old) == 1, old
-        return src.replace(old, new)
+    def edited(old: str, new: str) -> dict[str, str]:
+        """Both files, ``old`` replaced in the one that holds it."""
+        holders = [name for name, text in texts.items() if text.count(old) == 1]
+        assert len(holders) == 1, old
+        return {**texts, holders[0]: texts[holders[0]].replace(old, new)}
 
     same = [
         edited("    grid_rows: int = 8\n", "    grid_rows: int = 4\n"),  # a default

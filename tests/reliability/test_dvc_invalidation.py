@@ -3,7 +3,7 @@
 The heavy stages are not run: the `config` stage runs for real, every other stage's outputs are
 placeholders recorded with ``dvc commit -f`` (DVC hashes deps, params and outs as a run would).
 Then: a line changed in ``xmdpt/model/`` reruns train, evaluate and register and nothing before
-them; a changed default of ``xmdpt/config.py`` that ``params.yaml`` does not write reruns, once the
+them; a changed default of the config tree that ``params.yaml`` does not write reruns, once the
 `config` stage has resolved it, exactly the stages reading its section; where stages run
 (``cluster``) and comments change nothing; other code in ``xmdpt/config.py`` reruns every stage.
 """
@@ -52,7 +52,7 @@ def test_a_changed_model_line_reruns_train_evaluate_register_only(project):
 
 
 def test_a_changed_default_reruns_the_stages_reading_its_section(project):
-    config = project / "xmdpt" / "config.py"
+    config = project / "xmdpt" / "config_stages.py"  # the stages' sections of the config tree
     params = yaml.safe_load((project / "params.yaml").read_text())
     assert "grid_rows" not in params["evaluate"] and "split_test_fraction" not in params["data"]
     assert "data_specs_dir" not in params["paths"]

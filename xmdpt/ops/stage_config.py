@@ -7,10 +7,10 @@ stage, the sections of :data:`STAGE_SECTIONS` to ``{artifacts_dir}/config/<stage
 lists its file as a DVC dependency, so a changed value, written or default, reruns exactly the
 stages that read its section; an unchanged file leaves them alone (DVC compares the content).
 
-Each file also carries :func:`config_code_fingerprint`: ``xmdpt/config.py`` with its field
-declarations (names, types, defaults), preset tables and docstrings taken out. The stages do not list
-``xmdpt/config.py`` itself (a changed default would rerun all of them): a field reaches them through
-its value, any other change to that file (validation, presets merging, the legacy layout) through the
+Each file also carries :func:`config_code_fingerprint`: ``xmdpt/config.py`` and
+``xmdpt/config_stages.py`` with their field declarations (names, types, defaults), preset tables and
+docstrings taken out. The stages do not list those files themselves (a changed default would rerun
+all of them): a field reaches them through its value, any other change to them (validation, presets merging, the legacy layout) through the
 fingerprint, which every stage sees. The loading and hashing machinery (``xmdpt/typed_config.py``) is
 a dependency of every stage.
 
@@ -51,6 +51,8 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
 }
 
 CONFIG_SOURCE = Path(__file__).resolve().parents[1] / "config.py"
+# the files whose field declarations the resolved values carry: the tree and its stage sections
+CONFIG_SOURCES = (CONFIG_SOURCE, CONFIG_SOURCE.with_name("config_stages.py"))
 # module-level tables of config.py that are values, like the dataclass defaults: their effect is in
 # the resolved sections (a preset fills the model section), so they are left out of the fingerprint
 _VALUE_TABLES = {"MODEL_PRESETS", "_PAPER_ENCODERS"}
@@ -70,11 +72,22 @@ def _strip_docstring(body: list[ast.stmt]) -> list[ast.stmt]:
     return body
 
 
-def config_code_fingerprint(source: str | None = None) -> str:
-    """SHA-256 of ``xmdpt/config.py`` without what the resolved values already carry: the config
-    dataclasses' field declarations, the preset tables, and docstrings (comments never reach the
-    syntax tree). Equal for two versions of the file that differ only there."""
-    tree = ast.parse(source if source is not None else CONFIG_SOURCE.read_text())
+def config_code_fingerprint(sources: Mapping[str, str] | None = None) -> str:
+    """SHA-256 of ``xmdpt/config.py`` and ``xmdpt/config_stages.py`` without what the resolved values
+    already carry: the config dataclasses' field declarations, the preset tables, and docstrings
+    (comments never reach the syntax tree). Equal for two versions of the files that differ only there.
+
+    Args:
+        sources: file name (``config.py``) -> its text, in place of the file on disk.
+    """
+    h = hashlib.sha256()
+    for path in CONFIG_SOURCES:
+        h.update(_stripped_dump((sources or {}).get(path.name) or path.read_text()).encode())
+    return h.hexdigest()
+
+
+def _stripped_dump(source: str) -> str:
+    tree = ast.parse(source)
     for node in ast.walk(tree):
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
             node.body = _strip_docstring(node.body)
@@ -84,7 +97,7 @@ def config_code_fingerprint(source: str | None = None) -> str:
         targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target] if isinstance(stmt, ast.AnnAssign) else []
         if any(isinstance(t, ast.Name) and t.id in _VALUE_TABLES for t in targets):
             stmt.value = ast.Constant(None)
-    return hashlib.sha256(ast.dump(tree).encode()).hexdigest()
+    return ast.dump(tree)
 
 
 def resolved_stage_configs(cfg: XMDPTConfig, fingerprint: str | None = None) -> dict[str, dict[str, Any]]:
