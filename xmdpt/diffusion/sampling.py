@@ -69,7 +69,8 @@ def sample(model, diffusion: GaussianDiffusion, cond: dict, sample_cfg: SampleCo
     ``cfg_scale == 1``: one conditional pass per step; ``cfg_scale == 0``: one unconditional pass;
     otherwise ``model.forward_with_cfg`` (conditional and null condition batched in one forward) at
     the steps inside ``sample_cfg.guidance_interval`` (every step when it is None) and one conditional
-    pass at the others.
+    pass at the others. CANet's summary of the conditions (``model.summarize_conditions``, where the
+    model has it) does not depend on t and is computed once, not at every step.
 
     Args:
         model: ``XMDPT``; cond: ``pose_tokens`` (N, Sp, Dp), ``ref_tokens`` (N, Sr, Dr), ``ref_latent`` (N, C, H, W).
@@ -88,17 +89,22 @@ def sample(model, diffusion: GaussianDiffusion, cond: dict, sample_cfg: SampleCo
         x = torch.randn(ref_latent.shape, device=ref_latent.device, dtype=ref_latent.dtype, generator=generator)
     steps = timesteps_for(sample_cfg.num_steps, sample_cfg.respacing, diffusion.num_timesteps)
     drop_all = torch.ones(N, dtype=torch.bool, device=x.device)
+    summarize = getattr(model, "summarize_conditions", None)
+    static = {}  # CANet's summary of the conditions: the same at every step
+    if summarize is not None:
+        with autocast_context(x.device, sample_cfg.precision):
+            static["y"] = summarize(cond["pose_tokens"], cond["ref_tokens"], ref_latent)  # (N, D)
     for i, t in enumerate(tqdm(steps, disable=not progress, desc="ddim")):
         t_batch = torch.full((N,), t, dtype=torch.long, device=x.device)
         args = (x, t_batch, cond["pose_tokens"], cond["ref_tokens"], ref_latent)
         with autocast_context(x.device, sample_cfg.precision):  # bf16 as the authors on CUDA (auto)
             if sample_cfg.cfg_scale == 0:
-                out = model(*args, drop_cond=drop_all)
+                out = model(*args, drop_cond=drop_all, **static)
             elif sample_cfg.cfg_scale == 1 or not guided_at(t, sample_cfg.guidance_interval):
-                out = model(*args)
+                out = model(*args, **static)
             else:
                 out = model.forward_with_cfg(*args, sample_cfg.cfg_scale, sample_cfg.cfg_power,
-                                             num_timesteps=diffusion.num_timesteps)
+                                             num_timesteps=diffusion.num_timesteps, **static)
         out = out.float()
         t_prev = steps[i + 1] if i + 1 < len(steps) else -1
         x = ddim_step(diffusion, x, out[:, :C], t, t_prev, sample_cfg.eta, generator)

@@ -3,7 +3,8 @@ adaLN-Zero blocks and the final layer.
 
 Shapes use DiT's letters: N batch, T tokens (grid G x G), K kept tokens, D hidden, H heads.
 Attention runs through ``F.scaled_dot_product_attention`` with the learnable BEiT-style relative
-position bias passed as a float ``attn_mask``; no precision is chosen here (the caller may autocast).
+position bias passed as a float ``attn_mask`` (on CPU in fp32 through :func:`math_attention`, the same
+values); no precision is chosen here (the caller may autocast).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ __all__ = [
     "sincos_pos_embed_2d",
     "relative_position_index",
     "num_relative_positions",
+    "math_attention",
     "TimestepEmbedder",
     "Attention",
     "Mlp",
@@ -73,6 +75,22 @@ def relative_position_index(grid_size: int) -> torch.Tensor:
     dy = ys[:, None] - ys[None, :] + grid_size - 1  # (T, T)
     dx = xs[:, None] - xs[None, :] + grid_size - 1  # (T, T)
     return dy * (2 * grid_size - 1) + dx
+
+
+def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``F.scaled_dot_product_attention(q, k, v, attn_mask=bias)`` computed as its math backend does (the
+    backend it picks on CPU for a 3-D float mask: the same values), without that backend's check for
+    rows masked to -inf everywhere, which a finite bias never has (half the time at 64 tokens).
+
+    Args:
+        q: (N, H, Tq, Dh); k, v: (N, H, Tk, Dh); bias: (H, Tq, Tk) finite.
+    Returns:
+        (N, H, Tq, Dh).
+    """
+    scale = math.sqrt(1.0 / math.sqrt(q.shape[-1]))  # the softmax scale 1/sqrt(Dh), split between q and k
+    attn = torch.matmul(q * scale, k.transpose(-2, -1) * scale)  # (N, H, Tq, Tk)
+    attn.add_(bias)
+    return torch.matmul(attn.softmax(-1), v)
 
 
 class TimestepEmbedder(nn.Module):
@@ -140,7 +158,10 @@ class Attention(nn.Module):
         else:
             q, k, v = self.qkv(x).unflatten(-1, (3, heads, D // heads)).permute(2, 0, 3, 1, 4)  # (N, H, T, Dh) each
         bias = self.rel_pos_bias(rel_index).to(q.dtype)  # (H, Tq, Tk) or (N, H, Tq, Tk)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # (N, H, Tq, Dh)
+        if bias.dim() == 3 and q.device.type == "cpu" and q.dtype == torch.float32:
+            out = math_attention(q, k, v, bias)  # (N, H, Tq, Dh)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # (N, H, Tq, Dh)
         return self.proj(out.transpose(1, 2).reshape(N, Tq, D))  # (N, Tq, D)
 
 

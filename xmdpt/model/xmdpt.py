@@ -97,17 +97,28 @@ class XMDPT(nn.Module):
         if drop_cond is not None and drop_cond.dtype != torch.bool:
             raise ValueError(f"drop_cond: expected a bool tensor, got {drop_cond.dtype}")
 
+    def summarize_conditions(self, pose_tokens: torch.Tensor, ref_tokens: torch.Tensor,
+                             ref_latent: torch.Tensor) -> torch.Tensor:
+        """CANet's summary ``y`` (N, D) of the conditions. It does not depend on t: a sampler computes
+        it once and passes it to every step (``forward(..., y=y)``, ``forward_with_cfg(..., y=y)``)."""
+        return self.canet(pose_tokens, ref_tokens, self.tdnet.embed(ref_latent))  # (N, D)
+
     def condition(self, t: torch.Tensor, pose_tokens: torch.Tensor, ref_tokens: torch.Tensor,
-                  ref_latent: torch.Tensor, drop_cond: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+                  ref_latent: torch.Tensor, drop_cond: Optional[torch.Tensor] = None,
+                  y: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """The conditioning vector and the source-latent tokens.
 
         Args:
             drop_cond: (N,) bool, True -> the null condition ``y = 0`` for that sample.
+            y: (N, D) :meth:`summarize_conditions` of these conditions, when already computed.
         Returns:
-            c: (N, D) = t_emb + y; ref: (N, T, D) source-latent tokens (shared patch embedding).
+            c: (N, D) = t_emb + y; ref: (N, T, D) source-latent tokens (shared patch embedding), None
+            when ``y`` was given.
         """
-        ref = self.tdnet.embed(ref_latent)  # (N, T, D)
-        y = self.canet(pose_tokens, ref_tokens, ref)  # (N, D)
+        ref = None
+        if y is None:
+            ref = self.tdnet.embed(ref_latent)  # (N, T, D)
+            y = self.canet(pose_tokens, ref_tokens, ref)  # (N, D)
         if drop_cond is not None:
             y = torch.where(drop_cond.unsqueeze(1), torch.zeros_like(y), y)  # (N, D)
         return self.tdnet.t_embed(t) + y, ref
@@ -115,7 +126,7 @@ class XMDPT(nn.Module):
     # ---------------------------------------------------------------- forward
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, pose_tokens: torch.Tensor, ref_tokens: torch.Tensor,
                 ref_latent: torch.Tensor, *, mask_ratio: float = 0.0, drop_cond: Optional[torch.Tensor] = None,
-                generator: Optional[torch.Generator] = None) -> torch.Tensor:
+                generator: Optional[torch.Generator] = None, y: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Predict eps (and the variance interpolation v) for noisy latents.
 
         Args:
@@ -126,17 +137,20 @@ class XMDPT(nn.Module):
             mask_ratio: > 0 runs the masked (MIPNet) pass, dropping ``T - int(T * (1 - mask_ratio))`` tokens.
             drop_cond: (N,) bool, True -> null condition (CFG dropout; the training step passes it).
             generator: for the mask draw.
+            y: (N, D) :meth:`summarize_conditions` of these conditions, when already computed.
         Returns:
             (N, C_out, H, W), C_out = 2C with ``learn_sigma``.
         """
         self._check_inputs(x_t, t, pose_tokens, ref_tokens, ref_latent, drop_cond)
-        c, ref = self.condition(t, pose_tokens, ref_tokens, ref_latent, drop_cond)  # (N, D), (N, T, D)
+        c, ref = self.condition(t, pose_tokens, ref_tokens, ref_latent, drop_cond, y)  # (N, D), (N, T, D) or None
+        if ref is None and mask_ratio > 0:
+            ref = self.tdnet.embed(ref_latent)  # (N, T, D)
         x = self.tdnet.embed(x_t)  # (N, T, D)
         return self._denoise(x, c, ref, mask_ratio=mask_ratio, generator=generator)
 
-    def _denoise(self, x: torch.Tensor, c: torch.Tensor, ref: torch.Tensor, *, mask_ratio: float,
+    def _denoise(self, x: torch.Tensor, c: torch.Tensor, ref: Optional[torch.Tensor], *, mask_ratio: float,
                  generator: Optional[torch.Generator]) -> torch.Tensor:
-        """Block loop: x (N, T, D), c (N, D), ref (N, T, D) -> (N, C_out, H, W)."""
+        """Block loop: x (N, T, D), c (N, D), ref (N, T, D; read by the masked pass only) -> (N, C_out, H, W)."""
         tdnet = self.tdnet
         N, T, _ = x.shape
         full_index = tdnet.rel_index  # (T, T)
@@ -166,23 +180,23 @@ class XMDPT(nn.Module):
     @torch.no_grad()
     def forward_with_cfg(self, x_t: torch.Tensor, t: torch.Tensor, pose_tokens: torch.Tensor,
                          ref_tokens: torch.Tensor, ref_latent: torch.Tensor, cfg_scale: float, cfg_power: float,
-                         *, num_timesteps: int = 1000) -> torch.Tensor:
+                         *, num_timesteps: int = 1000, y: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Classifier-free guidance in one batched forward of 2N (conditional | null condition).
 
         ``out = out_u + s_t * (out_c - out_u)`` on all output channels, ``s_t = guidance_scale(t, ...)``.
         CANet runs once on the N conditions (the null half only needs ``y = 0``).
 
         Args:
-            x_t: (N, C, H, W); t: (N,) original timesteps; conditions as in :meth:`forward`.
+            x_t: (N, C, H, W); t: (N,) original timesteps; conditions and ``y`` as in :meth:`forward`.
         Returns:
             (N, C_out, H, W).
         """
         self._check_inputs(x_t, t, pose_tokens, ref_tokens, ref_latent, None)
         N = x_t.shape[0]
-        c_cond, ref = self.condition(t, pose_tokens, ref_tokens, ref_latent)  # (N, D), (N, T, D)
+        c_cond, _ = self.condition(t, pose_tokens, ref_tokens, ref_latent, y=y)  # (N, D)
         c_null = self.tdnet.t_embed(t)  # (N, D): t_emb + 0
         x = self.tdnet.embed(x_t)  # (N, T, D)
-        out = self._denoise(torch.cat([x, x]), torch.cat([c_cond, c_null]), torch.cat([ref, ref]),
+        out = self._denoise(torch.cat([x, x]), torch.cat([c_cond, c_null]), None,
                             mask_ratio=0.0, generator=None)  # (2N, C_out, H, W)
         out_c, out_u = out[:N], out[N:]
         scale = guidance_scale(t, cfg_scale, cfg_power, num_timesteps).to(out.dtype).view(N, 1, 1, 1)  # (N, 1, 1, 1)
