@@ -83,7 +83,7 @@ def run_setting(model: str, max_batch: int, clients: list[int], n_req: int, step
         except requests.RequestException:
             time.sleep(1)
     _request(url, src, 0, steps)  # warm-up
-    lone = [_request(url, src, 1000 + i, steps)[0] for i in range(3)]
+    lone = [_request(url, src, 1000 + i, steps)[0] for i in range(8)]  # the median of 8: one slow request moves it little
     out = {"max_batch": max_batch, "lone_s": statistics.median(lone), "clients": {}}
     for c in clients:
         TIMINGS.clear()

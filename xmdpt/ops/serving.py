@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
 import numpy as np
+from starlette.datastructures import UploadFile
 from starlette.requests import Request  # a real annotation object: the class is shipped to replicas by value
 from xmdpt.data.images import ImageError, load_rgb
 from xmdpt.ops.ray_utils import init_ray
@@ -161,10 +162,172 @@ def _alias_of(model: str) -> Optional[str]:
     return None
 
 
+class ServiceCore:
+    """What a replica does, without Ray Serve's and FastAPI's decorators (:func:`build_app` adds the
+    routes and ``@serve.batch``): load the model (and follow its alias), parse a request, sample a
+    batch, answer with a PNG or JSON."""
+
+    def __init__(self, options: dict) -> None:
+        import torch
+
+        self.opts = ServeOptions(**{**options, "guidance_range": tuple(options["guidance_range"])})
+        self.threads = 0 if torch.cuda.is_available() else max(1, int(round(self.opts.num_cpus_per_replica)))
+        # Every torch call of the replica (loading and sampling) runs on this one thread: small CPU ops
+        # measured ~1.5x slower on a thread other than the first one that ran OpenMP-parallel work.
+        self._compute = ThreadPoolExecutor(1, thread_name_prefix="xmdpt-compute")
+        self.alias = _alias_of(self.opts.model)
+        self._compute.submit(self._load, self.opts.model).result()
+        self._generate_batch.set_max_batch_size(self.opts.max_batch)
+        self._generate_batch.set_batch_wait_timeout_s(self.opts.batch_wait_ms / 1000.0)
+        self.batch_sizes: list[int] = []
+        self.served = 0
+        self.switches = 0
+        self._stop = threading.Event()
+        if self.opts.follow_alias and self.alias:
+            threading.Thread(target=self._follow, name="xmdpt-follow-alias", daemon=True).start()
+
+    def _load(self, model: str) -> None:
+        import torch
+
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        ref = resolve_model(model, self.opts.tracking_uri)
+        pipe = XMDPTPipeline.from_pretrained(ref.uri, device=self.opts.device, tracking_uri=self.opts.tracking_uri)
+        if self.opts.pose_model_path:
+            pipe.pose_model_path = self.opts.pose_model_path
+        info = model_info(ref, pipe.folder, pipe.meta, pipe.cfg, self.alias)
+        self.state = (pipe, info)  # swapped as one reference: a batch keeps the pair it started with
+        logger.info("serving %s v%s from %s", info["name"], info["version"], info["folder"])
+
+    def _follow(self) -> None:
+        """Poll the alias; load a new version beside the serving one, then swap (between batches)."""
+        while not self._stop.wait(self.opts.poll_s):
+            try:
+                ref = resolve_model(self.opts.model, self.opts.tracking_uri)
+                if ref.version != self.state[1]["version"]:
+                    logger.info("alias @%s moved to v%s: loading", self.alias, ref.version)
+                    self._compute.submit(self._load, ref.uri).result()  # between two batches
+                    self.switches += 1
+            except Exception as e:  # registry down, a broken version: keep serving the loaded one
+                logger.warning("alias poll failed (%s); keeping v%s", e, self.state[1]["version"])
+
+    def check_health(self) -> None:
+        if self.state is None:
+            raise RuntimeError("no model loaded")
+
+    async def handle_generate(self, request: Request):
+        """``POST /v1/generate``: a PNG (or JSON) of the generated image, or a 4xx JSON error."""
+        from fastapi.responses import JSONResponse, Response  # comes with ray[serve], like the routes
+
+        t0 = time.perf_counter()
+        try:
+            item = await self._parse(request)
+            t1 = time.perf_counter()
+            img, info, bsize, compute_s = await self._generate_batch(item)
+        except RequestError as e:
+            return JSONResponse({"error": {"field": e.field, "reason": e.reason}}, status_code=e.status)
+        t2 = time.perf_counter()
+        png = _png_bytes(img)
+        if item["format"] == "json":
+            return JSONResponse({"image": base64.b64encode(png).decode(), "format": "png",
+                                 "width": int(img.shape[1]), "height": int(img.shape[0]), "seed": item["seed"],
+                                 "model": {"name": info["name"], "version": info["version"]},
+                                 "batch_size": bsize})
+        headers = {"X-Model-Name": str(info["name"]), "X-Model-Version": str(info["version"]),
+                   "X-Batch-Size": str(bsize), "X-Seed": str(item["seed"]),
+                   # where the time went: parsing the form, waiting for / in the batch, sampling the batch
+                   "X-Timing": f"parse={t1 - t0:.3f};batch={t2 - t1:.3f};compute={compute_s:.3f};"
+                               f"encode={time.perf_counter() - t2:.3f}"}
+        return Response(png, media_type="image/png", headers=headers)
+
+    async def _parse(self, request: Request) -> dict[str, Any]:
+        """The request's form, checked; a pose photo is estimated here, per request, before batching."""
+        fields = await read_form(request, self.opts.max_bytes)
+        item = parse_generate_fields(fields, self.opts)
+        if isinstance(item["pose"], np.ndarray):
+            pipe = self.state[0]
+            try:
+                item["pose"] = await asyncio.to_thread(pipe.load_pose, item["pose"], name="pose")
+            except PoseError as e:
+                raise RequestError(422, "pose", str(e).split(": ", 1)[-1]) from None
+        return item
+
+    async def generate_items(self, items: list[dict[str, Any]]) -> list[tuple[np.ndarray, dict, int, float]]:
+        """One batch: its items grouped by sampling settings, each group sampled in one call on the
+        compute thread; ``(image, model info, group size, seconds)`` per item."""
+        pipe, info = self.state
+        results: list[Any] = [None] * len(items)
+        groups: dict[tuple, list[int]] = {}
+        for i, it in enumerate(items):
+            groups.setdefault((it["steps"], it["guidance"]), []).append(i)
+        self.batch_sizes.append(len(items))
+        for (steps, guidance), idx in groups.items():
+            t = time.perf_counter()
+            out = await asyncio.get_running_loop().run_in_executor(
+                self._compute, self._run, pipe, [items[i] for i in idx], steps, guidance)
+            dt = time.perf_counter() - t
+            for i, img in zip(idx, out):
+                results[i] = (img, info, len(idx), dt)
+        self.served += len(items)
+        return results
+
+    def _run(self, pipe, items: list[dict[str, Any]], steps, guidance) -> list[np.ndarray]:
+        import torch
+
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        S = pipe.image_size
+        arrays = pipe.generate_arrays(np.stack([prepare_source(it["source"], S) for it in items]),
+                                      [it["pose"] for it in items], num_steps=steps, cfg_scale=guidance,
+                                      seeds=[it["seed"] for it in items])
+        return [a if it["square"] else restore_aspect(a, it["source"].shape[:2]) for a, it in zip(arrays, items)]
+
+
+async def read_form(request: Request, max_bytes: int) -> dict[str, Any]:
+    """The multipart form's fields, file parts read (bytes); a body or part over the size limit is a 413."""
+    length = int(request.headers.get("content-length") or 0)
+    if length > 2 * max_bytes + 1_000_000:
+        raise RequestError(413, "body", f"{length} bytes is over the limit of {2 * max_bytes} bytes")
+    try:
+        form = await request.form(max_part_size=max_bytes + 1)
+    except Exception as e:  # malformed multipart, a part over the size limit
+        raise RequestError(413 if "size" in str(e).lower() else 400, "body",
+                           f"cannot read the multipart form ({e})") from None
+    return {k: await v.read() if isinstance(v, UploadFile) else v for k, v in form.multi_items()}
+
+
+def parse_generate_fields(fields: dict[str, Any], o: ServeOptions) -> dict[str, Any]:
+    """A generation request from its form fields (the uploads read): source image, pose (keypoints,
+    or a photo still to estimate), sampling settings and output format; a 4xx naming the field."""
+    for required in ("source", "pose"):
+        if required not in fields:
+            raise RequestError(422, required, "missing (multipart field)")
+    if not isinstance(fields["source"], bytes):
+        raise RequestError(422, "source", "must be a file part (an image)")
+    source = decode_upload(fields["source"], "source", max_bytes=o.max_bytes, max_side=o.max_side)
+    pose = parse_pose_field(fields["pose"], max_bytes=o.max_bytes, max_side=o.max_side)
+    steps = _number(fields, "steps", int, 1, o.max_steps, None)
+    guidance = _number(fields, "guidance", float, o.guidance_range[0], o.guidance_range[1], None)
+    seed = _number(fields, "seed", int, 0, 2 ** 31 - 1, 0)
+    fmt = str(fields.get("format") or "png").lower()
+    if fmt not in ("png", "json"):
+        raise RequestError(422, "format", f"{fmt!r}: expected png or json")
+    return {"source": source, "pose": pose, "steps": steps, "guidance": guidance, "seed": seed,
+            "square": _bool(fields.get("square", "")), "format": fmt}
+
+
+def _png_bytes(img: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def build_app(opts: ServeOptions):
-    """The Serve application (bind it with ``serve.run``)."""
+    """The Serve application (bind it with ``serve.run``): :class:`ServiceCore` with its routes and
+    the batched method (``@serve.batch`` cannot decorate a route)."""
     from fastapi import FastAPI
-    from fastapi.responses import JSONResponse, Response
     from ray import serve
 
     api = FastAPI(title="xmdpt", description="Pose-guided person image synthesis (X-MDPT)")
@@ -173,56 +336,7 @@ def build_app(opts: ServeOptions):
                       ray_actor_options={"num_cpus": opts.num_cpus_per_replica, "num_gpus": opts.num_gpus_per_replica},
                       health_check_period_s=2, health_check_timeout_s=30)
     @serve.ingress(api)
-    class XMDPTService:
-        def __init__(self, options: dict) -> None:
-            import torch
-
-            self.opts = ServeOptions(**{**options, "guidance_range": tuple(options["guidance_range"])})
-            self.threads = 0 if torch.cuda.is_available() else max(1, int(round(self.opts.num_cpus_per_replica)))
-            # Every torch call of the replica (loading and sampling) runs on this one thread: small CPU ops
-            # measured ~1.5x slower on a thread other than the first one that ran OpenMP-parallel work.
-            self._compute = ThreadPoolExecutor(1, thread_name_prefix="xmdpt-compute")
-            self.alias = _alias_of(self.opts.model)
-            self._compute.submit(self._load, self.opts.model).result()
-            self._generate_batch.set_max_batch_size(self.opts.max_batch)
-            self._generate_batch.set_batch_wait_timeout_s(self.opts.batch_wait_ms / 1000.0)
-            self.batch_sizes: list[int] = []
-            self.served = 0
-            self.switches = 0
-            self._stop = threading.Event()
-            if self.opts.follow_alias and self.alias:
-                threading.Thread(target=self._follow, name="xmdpt-follow-alias", daemon=True).start()
-
-        def _load(self, model: str) -> None:
-            import torch
-
-            if self.threads:
-                torch.set_num_threads(self.threads)
-            ref = resolve_model(model, self.opts.tracking_uri)
-            pipe = XMDPTPipeline.from_pretrained(ref.uri, device=self.opts.device, tracking_uri=self.opts.tracking_uri)
-            if self.opts.pose_model_path:
-                pipe.pose_model_path = self.opts.pose_model_path
-            info = model_info(ref, pipe.folder, pipe.meta, pipe.cfg, self.alias)
-            self.state = (pipe, info)  # swapped as one reference: a batch keeps the pair it started with
-            logger.info("serving %s v%s from %s", info["name"], info["version"], info["folder"])
-
-        def _follow(self) -> None:
-            """Poll the alias; load a new version beside the serving one, then swap (between batches)."""
-
-            while not self._stop.wait(self.opts.poll_s):
-                try:
-                    ref = resolve_model(self.opts.model, self.opts.tracking_uri)
-                    if ref.version != self.state[1]["version"]:
-                        logger.info("alias @%s moved to v%s: loading", self.alias, ref.version)
-                        self._compute.submit(self._load, ref.uri).result()  # between two batches
-                        self.switches += 1
-                except Exception as e:  # registry down, a broken version: keep serving the loaded one
-                    logger.warning("alias poll failed (%s); keeping v%s", e, self.state[1]["version"])
-
-        def check_health(self) -> None:
-            if self.state is None:
-                raise RuntimeError("no model loaded")
-
+    class XMDPTService(ServiceCore):
         @api.get("/healthz")
         async def healthz(self) -> dict:
             return {"status": "ok", "version": self.state[1]["version"]}
@@ -237,99 +351,11 @@ def build_app(opts: ServeOptions):
 
         @api.post("/v1/generate")
         async def generate(self, request: Request):
-            t0 = time.perf_counter()
-            try:
-                item = await self._parse(request)
-            except RequestError as e:
-                return JSONResponse({"error": {"field": e.field, "reason": e.reason}}, status_code=e.status)
-            t1 = time.perf_counter()
-            try:
-                img, info, bsize, compute_s = await self._generate_batch(item)
-            except RequestError as e:
-                return JSONResponse({"error": {"field": e.field, "reason": e.reason}}, status_code=e.status)
-            t2 = time.perf_counter()
-            buf = io.BytesIO()
-            from PIL import Image
+            return await self.handle_generate(request)
 
-            Image.fromarray(img).save(buf, format="PNG")
-            headers = {"X-Model-Name": str(info["name"]), "X-Model-Version": str(info["version"]),
-                       "X-Batch-Size": str(bsize), "X-Seed": str(item["seed"]),
-                       # where the time went: parsing the form, waiting for / in the batch, sampling the batch
-                       "X-Timing": f"parse={t1 - t0:.3f};batch={t2 - t1:.3f};compute={compute_s:.3f};"
-                                   f"encode={time.perf_counter() - t2:.3f}"}
-            if item["format"] == "json":
-                return JSONResponse({"image": base64.b64encode(buf.getvalue()).decode(), "format": "png",
-                                     "width": int(img.shape[1]), "height": int(img.shape[0]), "seed": item["seed"],
-                                     "model": {"name": info["name"], "version": info["version"]},
-                                     "batch_size": bsize})
-            return Response(buf.getvalue(), media_type="image/png", headers=headers)
-
-        async def _parse(self, request: Request) -> dict[str, Any]:
-            from starlette.datastructures import UploadFile
-
-            o = self.opts
-            length = int(request.headers.get("content-length") or 0)
-            if length > 2 * o.max_bytes + 1_000_000:
-                raise RequestError(413, "body", f"{length} bytes is over the limit of {2 * o.max_bytes} bytes")
-            try:
-                form = await request.form(max_part_size=o.max_bytes + 1)
-            except Exception as e:  # malformed multipart, a part over the size limit
-                raise RequestError(413 if "size" in str(e).lower() else 400, "body",
-                                   f"cannot read the multipart form ({e})") from None
-            fields = {k: v for k, v in form.multi_items()}
-            for required in ("source", "pose"):
-                if required not in fields:
-                    raise RequestError(422, required, "missing (multipart field)")
-            src = fields["source"]
-            if not isinstance(src, UploadFile):
-                raise RequestError(422, "source", "must be a file part (an image)")
-            source = decode_upload(await src.read(), "source", max_bytes=o.max_bytes, max_side=o.max_side)
-            pose_raw = fields["pose"]
-            pose_val = await pose_raw.read() if isinstance(pose_raw, UploadFile) else pose_raw
-            pose = parse_pose_field(pose_val, max_bytes=o.max_bytes, max_side=o.max_side)
-            steps = _number(fields, "steps", int, 1, o.max_steps, None)
-            guidance = _number(fields, "guidance", float, o.guidance_range[0], o.guidance_range[1], None)
-            seed = _number(fields, "seed", int, 0, 2 ** 31 - 1, 0)
-            fmt = str(fields.get("format") or "png").lower()
-            if fmt not in ("png", "json"):
-                raise RequestError(422, "format", f"{fmt!r}: expected png or json")
-            if isinstance(pose, np.ndarray):  # a photo: estimate the pose now (per request, before batching)
-                pipe = self.state[0]
-                try:
-                    pose = await asyncio.to_thread(pipe.load_pose, pose, name="pose")
-                except PoseError as e:
-                    raise RequestError(422, "pose", str(e).split(": ", 1)[-1]) from None
-            return {"source": source, "pose": pose, "steps": steps, "guidance": guidance, "seed": seed,
-                    "square": _bool(fields.get("square", "")), "format": fmt}
-
-        @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
+        @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)  # sizes set per replica in __init__
         async def _generate_batch(self, items: list[dict[str, Any]]) -> list[tuple[np.ndarray, dict, int, float]]:
-            pipe, info = self.state
-            results: list[Any] = [None] * len(items)
-            groups: dict[tuple, list[int]] = {}
-            for i, it in enumerate(items):
-                groups.setdefault((it["steps"], it["guidance"]), []).append(i)
-            self.batch_sizes.append(len(items))
-            for (steps, guidance), idx in groups.items():
-                t = time.perf_counter()
-                out = await asyncio.get_running_loop().run_in_executor(
-                    self._compute, self._run, pipe, [items[i] for i in idx], steps, guidance)
-                dt = time.perf_counter() - t
-                for i, img in zip(idx, out):
-                    results[i] = (img, info, len(idx), dt)
-            self.served += len(items)
-            return results
-
-        def _run(self, pipe, items: list[dict[str, Any]], steps, guidance) -> list[np.ndarray]:
-            import torch
-
-            if self.threads:
-                torch.set_num_threads(self.threads)
-            S = pipe.image_size
-            arrays = pipe.generate_arrays(np.stack([prepare_source(it["source"], S) for it in items]),
-                                          [it["pose"] for it in items], num_steps=steps, cfg_scale=guidance,
-                                          seeds=[it["seed"] for it in items])
-            return [a if it["square"] else restore_aspect(a, it["source"].shape[:2]) for a, it in zip(arrays, items)]
+            return await self.generate_items(items)
 
     opts_dict = asdict(opts)
     opts_dict["guidance_range"] = list(opts.guidance_range)
