@@ -16,6 +16,7 @@ import io
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Iterator
 
 from xmdpt.data.deepfashion import (
     GFLA_PAIR_FILES,
@@ -97,14 +98,21 @@ def _dedupe(readout: PairsReadout) -> PairsReadout:
     return readout
 
 
-def read_pidm_pairs(root: str) -> PairsReadout:
-    """``train_pairs.txt`` / ``test_pairs.txt``: target first, then the candidate sources."""
-    out = PairsReadout(layout="pidm")
-    for split, fname in PIDM_PAIR_FILES.items():
+def _pair_files(root: str, files: dict[str, str]) -> Iterator[tuple[str, str, str]]:
+    """``(split, file name, text)`` of each pair file of a layout that exists; a missing one is
+    logged (its split has no pairs)."""
+    for split, fname in files.items():
         if not file_exists(root, fname):
             logger.warning("%s: not found; the %s split has no pairs", fname, split)
             continue
-        for lineno, line in enumerate(read_text(root, fname).splitlines(), start=1):
+        yield split, fname, read_text(root, fname)
+
+
+def read_pidm_pairs(root: str) -> PairsReadout:
+    """``train_pairs.txt`` / ``test_pairs.txt``: target first, then the candidate sources."""
+    out = PairsReadout(layout="pidm")
+    for split, fname, text in _pair_files(root, PIDM_PAIR_FILES):
+        for lineno, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
             items = [x.strip() for x in line.split(",")]
@@ -125,11 +133,8 @@ def read_pidm_pairs(root: str) -> PairsReadout:
 def read_gfla_pairs(root: str) -> PairsReadout:
     """``fasion-resize-pairs-{train,test}.csv``: header ``from,to`` (source, target fashion names)."""
     out = PairsReadout(layout="gfla")
-    for split, fname in GFLA_PAIR_FILES.items():
-        if not file_exists(root, fname):
-            logger.warning("%s: not found; the %s split has no pairs", fname, split)
-            continue
-        rows = list(csv.reader(io.StringIO(read_text(root, fname))))
+    for split, fname, text in _pair_files(root, GFLA_PAIR_FILES):
+        rows = list(csv.reader(io.StringIO(text)))
         if not rows:
             continue
         header = [h.strip() for h in rows[0]]

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 import torch
 from torch import nn
 
-__all__ = ["lr_schedule", "optimizer_step", "TrainLoop"]
+__all__ = ["lr_schedule", "optimizer_step", "TrainLoop", "unwrap"]
 
 LossFn = Callable[[Any], Mapping[str, torch.Tensor]]
 
@@ -42,7 +42,7 @@ def lr_schedule(base_lr: float, warmup_steps: int, *, total_steps: Optional[int]
     raise ValueError(f"unknown decay {decay!r}; expected one of ['constant', 'cosine']")
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
+def unwrap(model: nn.Module) -> nn.Module:
     """The module inside a DDP wrapper (or the model itself)."""
     return getattr(model, "module", model)
 
@@ -93,7 +93,7 @@ def optimizer_step(model: nn.Module, opt: torch.optim.Optimizer, micro_batches: 
     opt.step()
     opt.zero_grad(set_to_none=True)
     if ema is not None:
-        ema.update(_unwrap(model))
+        ema.update(unwrap(model))
     return {**totals, "grad_norm": grad_norm, "lr": float(opt.param_groups[0]["lr"])}
 
 
@@ -114,14 +114,15 @@ class TrainLoop:
                  split: Callable[[Any], Sequence[Any]] = lambda b: [b]) -> None:
         self.model, self.opt, self.lr, self.ema = model, opt, lr, ema
         self.grad_clip_norm, self.amp_dtype, self.split = grad_clip_norm, amp_dtype, split
+        self.device_type = next(unwrap(model).parameters()).device.type
         self.last_step_time_s = 0.0
 
     def step(self, step: int, batch: Any, loss_fn: LossFn) -> dict[str, float]:
         """Optimizer step number ``step`` (0-based) on ``batch``."""
-        device_type = next(_unwrap(self.model).parameters()).device.type
         t0 = time.perf_counter()
         out = optimizer_step(self.model, self.opt, self.split(batch), loss_fn, lr=self.lr(step), ema=self.ema,
-                             grad_clip_norm=self.grad_clip_norm, amp_dtype=self.amp_dtype, device_type=device_type)
+                             grad_clip_norm=self.grad_clip_norm, amp_dtype=self.amp_dtype,
+                             device_type=self.device_type)
         self.last_step_time_s = time.perf_counter() - t0
         return out
 

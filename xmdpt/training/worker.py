@@ -32,7 +32,7 @@ from xmdpt.ops import storage, tracking
 from xmdpt.training.checkpoint import load_checkpoint, save_checkpoint
 from xmdpt.training.data import Collate, FeatureSpec
 from xmdpt.training.ema import EMA
-from xmdpt.training.loop import TrainLoop, lr_schedule
+from xmdpt.training.loop import TrainLoop, lr_schedule, unwrap
 from xmdpt.training.step import LOSS_KEYS, autocast_dtype, denoiser_loss, split_batch
 
 logger = logging.getLogger(__name__)
@@ -298,7 +298,7 @@ class _Reporter:
                 state = {"step": step, "data_hash": meta["data_hash"], "run_id": meta["run_id"],
                          "run_name": meta["run_name"], "history": self.history, "history_ms": self.history_ms,
                          "world_size": self.world}
-                save_checkpoint(Path(tmp) / "ckpt", model=getattr(self.model, "module", self.model), ema=self.ema,
+                save_checkpoint(Path(tmp) / "ckpt", model=unwrap(self.model), ema=self.ema,
                                 opt=self.opt, config=meta["model_config"], trainer_state=state)
                 ckpt = ray.train.Checkpoint.from_directory(str(Path(tmp) / "ckpt"))  # [ray]
             ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"{CHECKPOINT_PREFIX}{step:08d}")  # [ray]
