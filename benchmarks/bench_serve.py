@@ -1,11 +1,13 @@
 """`xmdpt serve` under load: concurrent clients against the HTTP service, --max-batch 1 vs 8 side by side.
 
-For each max-batch setting the service is started (one replica on 127.0.0.1), warmed up, timed alone
-(one client, sequential requests: the lone-request latency), then driven by 1, 4 and 16 concurrent
-clients, each sending ``--requests`` requests with distinct seeds. Printed per setting and client
-count: p50 / p95 / p99 latency, images/s, the batch sizes the replica sampled, errors; then the
-targets: images/s at max-batch 8 with 16 clients >= 2x max-batch 1, p95 at 4 clients within 2x
-of the lone latency (max-batch 8), zero errors.
+Both settings are deployed side by side (one replica each, on one Serve proxy on 127.0.0.1) and
+warmed up. Then, in ``--rounds`` rounds that alternate the order of the settings, each setting in
+turn is timed alone (one client, 8 sequential requests: the lone-request latency) and driven by 1, 4
+and 16 concurrent clients, each sending ``--requests`` requests with distinct seeds. Printed per
+round, setting and client count: p95, images/s, errors, where the time went in the replica; then
+over all rounds: p50 / p95 / p99 latency, images/s, the batch sizes the replica sampled, errors;
+and the targets as the median of the per-round ratios: images/s at max-batch 8 with 16 clients
+>= 2x max-batch 1, p95 at 4 clients within 2x of the lone latency (max-batch 8), zero errors.
 
     python benchmarks/bench_serve.py [--model models:/xmdpt@champion] [--clients 1 4 16] [--requests 4]
     python benchmarks/bench_serve.py --smoke      # a tiny random pipeline folder, 2 steps: checks the script runs
@@ -66,25 +68,29 @@ def _pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, max(0, int(round(q / 100 * (len(xs) - 1)))))]
 
 
-def run_setting(model: str, max_batch: int, clients: list[int], n_req: int, steps, cpus: float, wait_ms: float,
-                tracking_uri) -> dict:
-    from ray import serve
-
+def start_setting(model: str, max_batch: int, port: int, cpus: float, wait_ms: float, tracking_uri) -> str:
+    """One replica with this max-batch under ``/mb<max_batch>`` on the shared proxy, up and warmed up."""
     from xmdpt.ops.serving import ServeOptions, run_server
 
     opts = ServeOptions(model=model, max_batch=max_batch, batch_wait_ms=wait_ms, num_cpus_per_replica=cpus,
                         tracking_uri=tracking_uri)
-    url = run_server(opts, host="127.0.0.1", port=_port(), blocking=False, app_name=f"bench-{max_batch}")
-    src = _source()
+    url = run_server(opts, host="127.0.0.1", port=port, blocking=False, app_name=f"bench-{max_batch}",
+                     route_prefix=f"/mb{max_batch}")
     for _ in range(60):
         try:
             if requests.get(f"{url}/healthz", timeout=5).status_code == 200:
                 break
         except requests.RequestException:
             time.sleep(1)
-    _request(url, src, 0, steps)  # warm-up
-    lone = [_request(url, src, 1000 + i, steps)[0] for i in range(8)]  # the median of 8: one slow request moves it little
-    out = {"max_batch": max_batch, "lone_s": statistics.median(lone), "clients": {}}
+    _request(url, _source(), 0, None)  # warm-up
+    return url
+
+
+def measure(url: str, clients: list[int], n_req: int, steps) -> dict:
+    """The lone latency (median of 8 sequential requests), then each client count in turn."""
+    src = _source()
+    lone = [_request(url, src, 1000 + i, steps)[0] for i in range(8)]  # one slow request moves the median little
+    out = {"lone_s": statistics.median(lone), "clients": {}}
     for c in clients:
         TIMINGS.clear()
         t0 = time.perf_counter()
@@ -93,15 +99,33 @@ def run_setting(model: str, max_batch: int, clients: list[int], n_req: int, step
         wall = time.perf_counter() - t0
         lat = [r[0] for r in res if r[1] == 200]
         sizes = [r[2] for r in res if r[1] == 200]
-        row = {"requests": len(res), "errors": sum(1 for r in res if r[1] != 200), "images_per_s": len(lat) / wall,
-               "p50_s": _pct(lat, 50), "p95_s": _pct(lat, 95), "p99_s": _pct(lat, 99),
-               "batch_sizes": {str(k): sizes.count(k) for k in sorted(set(sizes))},
-               "replica_median_s": {k: statistics.median(t[k] for t in TIMINGS) for k in (TIMINGS[0] if TIMINGS else {})}}
-        out["clients"][str(c)] = row
-        print(f"max-batch {max_batch:2d} | {c:2d} clients | p50 {row['p50_s']:6.2f} s  p95 {row['p95_s']:6.2f} s  "
-              f"p99 {row['p99_s']:6.2f} s | {row['images_per_s']:5.2f} images/s | batch sizes {row['batch_sizes']} | "
-              f"errors {row['errors']} | in the replica (median s): {row['replica_median_s']}", flush=True)
-    serve.shutdown()
+        out["clients"][str(c)] = {
+            "requests": len(res), "errors": sum(1 for r in res if r[1] != 200), "images_per_s": len(lat) / wall,
+            "latencies_s": lat, "p95_s": _pct(lat, 95), "batch_sizes": sizes,
+            "replica_median_s": {k: statistics.median(t[k] for t in TIMINGS) for k in (TIMINGS[0] if TIMINGS else {})}}
+    return out
+
+
+def summarize(rounds: dict[int, list[dict]], clients: list[int]) -> dict:
+    """Per setting and client count over the rounds: latency percentiles of all requests, the median
+    images/s, batch sizes, errors; the targets as the median of the per-round ratios."""
+    table = {}
+    for mb, rs in rounds.items():
+        for c in map(str, clients):
+            lat = [x for r in rs for x in r["clients"][c]["latencies_s"]]
+            sizes = [x for r in rs for x in r["clients"][c]["batch_sizes"]]
+            table[(mb, c)] = {"p50_s": _pct(lat, 50), "p95_s": _pct(lat, 95), "p99_s": _pct(lat, 99),
+                              "images_per_s": statistics.median(r["clients"][c]["images_per_s"] for r in rs),
+                              "batch_sizes": {str(k): sizes.count(k) for k in sorted(set(sizes))},
+                              "errors": sum(r["clients"][c]["errors"] for r in rs),
+                              "requests": sum(r["clients"][c]["requests"] for r in rs)}
+    out = {"table": {f"mb{mb}-c{c}": row for (mb, c), row in table.items()},
+           "lone_s": {f"mb{mb}": statistics.median(r["lone_s"] for r in rs) for mb, rs in rounds.items()}}
+    if 1 in rounds and 8 in rounds and {"4", "16"} <= set(map(str, clients)):
+        out["throughput_ratios"] = [r8["clients"]["16"]["images_per_s"] / r1["clients"]["16"]["images_per_s"]
+                                    for r1, r8 in zip(rounds[1], rounds[8])]
+        out["p95_ratios"] = [r8["clients"]["4"]["p95_s"] / r8["lone_s"] for r8 in rounds[8]]
+        out["errors"] = sum(row["errors"] for row in table.values())
     return out
 
 
@@ -112,6 +136,7 @@ def main() -> None:
     p.add_argument("--clients", nargs="+", type=int, default=[1, 4, 16])
     p.add_argument("--max-batches", nargs="+", type=int, default=[1, 8])
     p.add_argument("--requests", type=int, default=4, help="requests per client")
+    p.add_argument("--rounds", type=int, default=3, help="rounds over the settings, alternating their order")
     p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the model's)")
     p.add_argument("--cpus", type=float, default=2.0, help="logical CPUs (and torch threads) of the replica")
     p.add_argument("--batch-wait-ms", type=float, default=50.0)
@@ -119,6 +144,8 @@ def main() -> None:
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    from ray import serve
+
     from xmdpt.ops.ray_utils import init_ray
 
     init_ray(num_cpus=8)
@@ -129,28 +156,46 @@ def main() -> None:
         from tiny_pipeline_folder import build_tiny_pipeline_folder
 
         model = str(build_tiny_pipeline_folder(Path(tempfile.mkdtemp(prefix="bench-serve-"))))
-        args.clients, args.requests, args.steps, args.cpus = [1, 4], 2, 2, 0.5
+        args.clients, args.requests, args.steps, args.cpus, args.rounds = [1, 4], 2, 2, 0.5, 2
     print(f"model {model}, {os.cpu_count()} cores, replica CPUs {args.cpus}, clients {args.clients}, "
-          f"{args.requests} requests each, steps {args.steps or 'model default'}")
-    results = [run_setting(model, mb, args.clients, args.requests, args.steps, args.cpus, args.batch_wait_ms,
-                           args.tracking_uri) for mb in args.max_batches]
-    by = {r["max_batch"]: r for r in results}
-    print("\n| max-batch | clients | p50 (s) | p95 (s) | p99 (s) | images/s | batch sizes | errors |")
+          f"{args.requests} requests each, steps {args.steps or 'model default'}, {args.rounds} rounds")
+    port = _port()
+    urls = {mb: start_setting(model, mb, port, args.cpus, args.batch_wait_ms, args.tracking_uri)
+            for mb in args.max_batches}
+    # Both replicas stay up and idle between turns; the settings take turns, in alternating order, so
+    # that a slow spell of a shared machine falls on both and the ratios compare like with like.
+    rounds: dict[int, list[dict]] = {mb: [] for mb in args.max_batches}
+    for r in range(args.rounds):
+        for mb in (args.max_batches if r % 2 == 0 else args.max_batches[::-1]):
+            res = measure(urls[mb], args.clients, args.requests, args.steps)
+            rounds[mb].append(res)
+            for c, row in res["clients"].items():
+                print(f"round {r + 1} | max-batch {mb:2d} | {int(c):2d} clients | p95 {row['p95_s']:6.2f} s | "
+                      f"{row['images_per_s']:5.2f} images/s | errors {row['errors']} | lone {res['lone_s']:.2f} s | "
+                      f"in the replica (median s): {row['replica_median_s']}", flush=True)
+    serve.shutdown()
+    summary = summarize(rounds, args.clients)
+    print(f"\nAll {args.rounds} rounds: latencies over every request, images/s the median of the rounds.")
+    print("| max-batch | clients | p50 (s) | p95 (s) | p99 (s) | images/s | batch sizes | errors |")
     print("|---|---|---|---|---|---|---|---|")
-    for r in results:
-        for c, row in r["clients"].items():
-            print(f"| {r['max_batch']} | {c} | {row['p50_s']:.2f} | {row['p95_s']:.2f} | {row['p99_s']:.2f} | "
-                  f"{row['images_per_s']:.2f} | {row['batch_sizes']} | {row['errors']} |")
-    print("lone-request latency: " + ", ".join(f"max-batch {r['max_batch']}: {r['lone_s']:.2f} s" for r in results))
-    if 1 in by and 8 in by and "16" in by[8]["clients"] and "4" in by[8]["clients"]:
-        ratio = by[8]["clients"]["16"]["images_per_s"] / by[1]["clients"]["16"]["images_per_s"]
-        p95 = by[8]["clients"]["4"]["p95_s"] / by[8]["lone_s"]
-        errors = sum(row["errors"] for r in results for row in r["clients"].values())
-        print(f"target images/s (max-batch 8 / 1, 16 clients) >= 2: {ratio:.2f} -> {'PASS' if ratio >= 2 else 'FAIL'}")
-        print(f"target p95 at 4 clients / lone latency <= 2: {p95:.2f} -> {'PASS' if p95 <= 2 else 'FAIL'}")
-        print(f"target zero errors: {errors} -> {'PASS' if errors == 0 else 'FAIL'}")
+    for key, row in summary["table"].items():
+        mb, c = key[2:].split("-c")
+        print(f"| {mb} | {c} | {row['p50_s']:.2f} | {row['p95_s']:.2f} | {row['p99_s']:.2f} | "
+              f"{row['images_per_s']:.2f} | {row['batch_sizes']} | {row['errors']} |")
+    print("lone-request latency (median of the rounds): "
+          + ", ".join(f"{k}: {v:.2f} s" for k, v in summary["lone_s"].items()))
+    if "throughput_ratios" in summary:
+        tr, pr = summary["throughput_ratios"], summary["p95_ratios"]
+        ratio, p95 = statistics.median(tr), statistics.median(pr)
+        fmt = lambda xs: ", ".join(f"{x:.2f}" for x in xs)  # noqa: E731
+        print(f"target images/s (max-batch 8 / 1, 16 clients) >= 2: median {ratio:.2f} (rounds: {fmt(tr)}) -> "
+              f"{'PASS' if ratio >= 2 else 'FAIL'}")
+        print(f"target p95 at 4 clients / lone latency (max-batch 8) <= 2: median {p95:.2f} (rounds: {fmt(pr)}) -> "
+              f"{'PASS' if p95 <= 2 else 'FAIL'}")
+        print(f"target zero errors: {summary['errors']} -> {'PASS' if summary['errors'] == 0 else 'FAIL'}")
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        args.json.write_text(json.dumps({"rounds": {str(k): v for k, v in rounds.items()}, "summary": summary},
+                                        indent=2) + "\n")
 
 
 if __name__ == "__main__":

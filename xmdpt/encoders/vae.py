@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from fsspec.implementations.local import LocalFileSystem
 
+from xmdpt.batch_invariance import CONV_MIN_BATCH, pad_rows
 from xmdpt.config import AutoencoderConfig
 from xmdpt.encoders.dino_backbone import hf_cache_dir
 from xmdpt.ops.manifests import AutoencoderManifest
@@ -220,8 +221,14 @@ class LatentCodec:
         f = self.downsample_factor
         if images.shape[-1] % f or images.shape[-2] % f:
             raise ValueError(f"image side {tuple(images.shape[-2:])} not divisible by the downsampling factor {f}")
-        posterior = self.vae.encode(images.to(self.device, torch.float32)).latent_dist
-        return posterior.mean, posterior.std  # (N, C, h, w) each
+        # a lone image on a batch of 2: the same latents as in any batch (xmdpt.batch_invariance)
+        moments = pad_rows(lambda x: torch.cat(self._posterior(x), dim=1), images.to(self.device, torch.float32),
+                           CONV_MIN_BATCH)  # (N, 2C, h, w)
+        return moments.chunk(2, dim=1)  # (N, C, h, w) each
+
+    def _posterior(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        posterior = self.vae.encode(images).latent_dist
+        return posterior.mean, posterior.std
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -235,7 +242,8 @@ class LatentCodec:
         """
         if latents.ndim != 4 or latents.shape[1] != self.latent_channels:
             raise ValueError(f"decode expects latents (N, {self.latent_channels}, h, w), got {tuple(latents.shape)}")
-        return self.vae.decode(latents.to(self.device, torch.float32)).sample.clamp(-1, 1)  # (N, 3, H, W)
+        return pad_rows(lambda z: self.vae.decode(z).sample, latents.to(self.device, torch.float32),
+                        CONV_MIN_BATCH).clamp(-1, 1)  # (N, 3, H, W)
 
     # ---- persistence ----
     def save(self, uri: str, extra: Optional[dict[str, Any]] = None) -> str:

@@ -18,19 +18,20 @@ import torch
 from torch import nn
 
 from xmdpt.config import ModelConfig
+from xmdpt.model.layers import TokenPool, VectorLinear
 
 __all__ = ["CANet"]
 
 _LN_EPS = 1e-12  # the authors' condition LayerNorms
 
 
-def _token_mlp(in_dim: int, dim: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(in_dim, dim), nn.GELU(), nn.LayerNorm(dim, eps=_LN_EPS))
+def _token_mlp(in_dim: int, dim: int, linear: type[nn.Linear] = nn.Linear) -> nn.Sequential:
+    return nn.Sequential(linear(in_dim, dim), nn.GELU(), nn.LayerNorm(dim, eps=_LN_EPS))
 
 
 def _token_pool(num_tokens: int, dim: int) -> nn.Sequential:
     """(N, S, D) -> (N, 1, D): learned weighted sum of the S tokens (+ bias), GELU, LayerNorm."""
-    return nn.Sequential(nn.Conv1d(num_tokens, 1, kernel_size=1), nn.GELU(), nn.LayerNorm(dim, eps=_LN_EPS))
+    return nn.Sequential(TokenPool(num_tokens), nn.GELU(), nn.LayerNorm(dim, eps=_LN_EPS))
 
 
 class CANet(nn.Module):
@@ -43,7 +44,7 @@ class CANet(nn.Module):
         self.pose_pool = _token_pool(cfg.pose_num_tokens, D)
         self.ref_pool = _token_pool(cfg.ref_num_tokens, D)
         self.latent_pool = _token_pool(num_latent_tokens, D)
-        self.out_mlp = _token_mlp(D, D)
+        self.out_mlp = _token_mlp(D, D, VectorLinear)  # on (N, D) vectors
 
     def reset_parameters(self) -> None:
         """The authors' init on top of the model-wide xavier: normal(0.02) for the first Linears and

@@ -16,12 +16,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xmdpt.batch_invariance import CONV_MIN_BATCH, VECTOR_MIN_ROWS, pad_rows
+
 __all__ = [
     "modulate",
     "sincos_pos_embed_2d",
     "relative_position_index",
     "num_relative_positions",
     "math_attention",
+    "VectorLinear",
+    "TokenPool",
     "TimestepEmbedder",
     "Attention",
     "Mlp",
@@ -93,13 +97,37 @@ def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torc
     return torch.matmul(attn.softmax(-1), v)
 
 
+class VectorLinear(nn.Linear):
+    """``nn.Linear`` for per-sample vectors (N, in) -- the timestep MLP, the adaLN modulations, CANet's
+    output MLP -- computed on at least ``VECTOR_MIN_ROWS`` rows (:func:`xmdpt.batch_invariance.pad_rows`),
+    so that a sample's output does not depend on the size of its batch. Parameters and state-dict
+    keys are ``nn.Linear``'s."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 2:
+            return super().forward(x)
+        return pad_rows(super().forward, x, VECTOR_MIN_ROWS)  # (N, out)
+
+
+class TokenPool(nn.Conv1d):
+    """A learned weighted sum over the token axis, (N, S, D) -> (N, 1, D): a k=1 ``Conv1d`` whose
+    channels are the S tokens, run on a batch of at least ``CONV_MIN_BATCH`` (see
+    :mod:`xmdpt.batch_invariance`). Parameters and state-dict keys are ``nn.Conv1d``'s."""
+
+    def __init__(self, num_tokens: int) -> None:
+        super().__init__(num_tokens, 1, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return pad_rows(super().forward, x, CONV_MIN_BATCH)  # (N, 1, D)
+
+
 class TimestepEmbedder(nn.Module):
     """Integer timesteps -> (N, D): 256-d sinusoid ``[cos, sin]`` then Linear-SiLU-Linear (DiT)."""
 
     def __init__(self, hidden_size: int, freq_dim: int = 256) -> None:
         super().__init__()
         self.freq_dim = freq_dim
-        self.mlp = nn.Sequential(nn.Linear(freq_dim, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
+        self.mlp = nn.Sequential(VectorLinear(freq_dim, hidden_size), nn.SiLU(), VectorLinear(hidden_size, hidden_size))
 
     @staticmethod
     def sinusoid(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -188,7 +216,7 @@ class TransformerBlock(nn.Module):
         self.attn = Attention(dim, num_heads, num_rel, cross=cross)
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
-        self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+        self.modulation = nn.Sequential(nn.SiLU(), VectorLinear(dim, 6 * dim))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, rel_index: torch.Tensor,
                 context: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -206,7 +234,7 @@ class FinalLayer(nn.Module):
         super().__init__()
         self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.linear = nn.Linear(dim, patch_size * patch_size * out_channels)
-        self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
+        self.modulation = nn.Sequential(nn.SiLU(), VectorLinear(dim, 2 * dim))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         shift, scale = self.modulation(c).chunk(2, dim=-1)

@@ -363,17 +363,18 @@ def build_app(opts: ServeOptions):
 
 
 def run_server(opts: ServeOptions, *, host: str = "127.0.0.1", port: int = 8000, blocking: bool = True,
-               app_name: str = "xmdpt") -> str:
-    """Start Ray (local on 127.0.0.1 unless ``$RAY_ADDRESS``), Serve's HTTP proxy on ``host:port`` and the app.
+               app_name: str = "xmdpt", route_prefix: str = "/") -> str:
+    """Start Ray (local on 127.0.0.1 unless ``$RAY_ADDRESS``), Serve's HTTP proxy on ``host:port`` and the app
+    under ``route_prefix`` (several apps can share the proxy, each under its own prefix).
 
-    Returns the base URL; with ``blocking`` waits until interrupted, then shuts Serve down.
+    Returns the app's base URL; with ``blocking`` waits until interrupted, then shuts Serve down.
     """
     from ray import serve
 
     init_ray()
     serve.start(http_options={"host": host, "port": port})
-    serve.run(build_app(opts), name=app_name, route_prefix="/", blocking=False)
-    url = f"http://{host}:{port}"
+    serve.run(build_app(opts), name=app_name, route_prefix=route_prefix, blocking=False)
+    url = f"http://{host}:{port}{route_prefix.rstrip('/')}"
     logger.info("serving %s at %s", opts.model, url)
     if blocking:
         try:

@@ -1,0 +1,76 @@
+"""A sample's output does not depend on the batch it is in (xmdpt/batch_invariance.py): the denoiser,
+CANet and the autoencoder give bit-identical results for a sample alone and in batches of 2, 3 and 8.
+
+The shapes are the embedded champion's (hidden 128, 4x4 patches on 32x32x4 latents, a [16, 32]
+autoencoder at 64 px): there, without the padding, MKL's 1-row and 2-3-row products and oneDNN's
+batch-of-1 convolutions differ from the batched ones in the last bits (with ``VECTOR_MIN_ROWS`` and
+``CONV_MIN_BATCH`` set to 1 both first tests fail on the project's CPU).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from xmdpt.batch_invariance import pad_rows
+from xmdpt.config import AutoencoderConfig, ModelConfig
+from xmdpt.encoders.vae import LatentCodec, build_fitted_vae
+from xmdpt.model import XMDPT
+
+SIZES = (2, 3, 8)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    m = XMDPT(ModelConfig.from_preset("xmdpt-tiny/4")).eval()
+    with torch.no_grad():  # adaLN-Zero starts at zero: give every layer weights so that each one counts
+        for p in m.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return m
+
+
+def _inputs(m, n: int, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    c = m.cfg
+    return (torch.randn(n, c.in_channels, c.input_size, c.input_size, generator=g),
+            torch.randint(0, 1000, (n,), generator=g),
+            torch.randn(n, c.pose_num_tokens, c.pose_token_dim, generator=g),
+            torch.randn(n, c.ref_num_tokens, c.ref_token_dim, generator=g),
+            torch.randn(n, c.in_channels, c.input_size, c.input_size, generator=g))
+
+
+def _alone_equals_batched(fn, batch) -> None:
+    full = fn(*batch)
+    for n in SIZES:
+        part = fn(*(b[:n] for b in batch))
+        assert torch.equal(part, full[:n]), f"batch of {n} differs from batch of 8 by {(part - full[:n]).abs().max()}"
+    for i in range(3):
+        alone = fn(*(b[i:i + 1] for b in batch))
+        assert torch.equal(alone[0], full[i]), f"sample {i} alone differs by {(alone[0] - full[i]).abs().max()}"
+
+
+@torch.no_grad()
+def test_denoiser_and_canet_do_not_depend_on_the_batch(model):
+    x, t, pose, ref, lat = _inputs(model, 8)
+    _alone_equals_batched(lambda p, r, la: model.summarize_conditions(p, r, la), (pose, ref, lat))
+    _alone_equals_batched(lambda *a: model(*a), (x, t, pose, ref, lat))
+    _alone_equals_batched(lambda *a: model.forward_with_cfg(*a, 2.0, 0.01), (x, t, pose, ref, lat))
+
+
+@torch.no_grad()
+def test_autoencoder_does_not_depend_on_the_batch():
+    torch.manual_seed(0)
+    codec = LatentCodec(build_fitted_vae(AutoencoderConfig(block_channels=[16, 32]), 64), 1.0, source="fitted")
+    images = torch.rand(8, 3, 64, 64, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    _alone_equals_batched(lambda im: torch.cat(codec.encode(im), dim=1), (images,))
+    latents = torch.randn(8, codec.latent_channels, 32, 32, generator=torch.Generator().manual_seed(3))
+    _alone_equals_batched(codec.decode, (latents,))
+
+
+def test_pad_rows_keeps_rows_and_drops_the_padding():
+    seen = []
+    x = torch.arange(6.0).view(3, 2)
+    out = pad_rows(lambda z: seen.append(z.shape[0]) or z * 2, x, 8)
+    assert seen == [8] and torch.equal(out, x * 2)
+    assert pad_rows(lambda z: seen.append(z.shape[0]) or z, x, 2) is x and seen[-1] == 3  # enough rows: as is
