@@ -2,8 +2,9 @@
 
 Both settings are deployed side by side (one replica each, on one Serve proxy on 127.0.0.1) and
 warmed up. Then, in ``--rounds`` rounds that alternate the order of the settings, each setting in
-turn is timed alone (one client, 8 sequential requests: the lone-request latency) and driven by 1, 4
-and 16 concurrent clients, each sending ``--requests`` requests with distinct seeds. Printed per
+turn is driven by 1, 4 and 16 concurrent clients, each sending ``--requests`` requests with distinct
+seeds; 4 sequential lone requests before the first load and after each give the lone-request
+latency (their median), taken in the same minutes as the loads. Printed per
 round, setting and client count: p95, images/s, errors, where the time went in the replica; then
 over all rounds: p50 / p95 / p99 latency, images/s, the batch sizes the replica sampled, errors;
 and the targets as the median of the per-round ratios: images/s at max-batch 8 with 16 clients
@@ -87,10 +88,12 @@ def start_setting(model: str, max_batch: int, port: int, cpus: float, wait_ms: f
 
 
 def measure(url: str, clients: list[int], n_req: int, steps) -> dict:
-    """The lone latency (median of 8 sequential requests), then each client count in turn."""
+    """Each client count in turn, with 4 sequential lone requests before the first and after each:
+    the lone latency is the median of them all, so that it samples the same minutes as the loads."""
     src = _source()
-    lone = [_request(url, src, 1000 + i, steps)[0] for i in range(8)]  # one slow request moves the median little
-    out = {"lone_s": statistics.median(lone), "clients": {}}
+    seeds = iter(range(1000, 2000))
+    lone = [_request(url, src, next(seeds), steps)[0] for _ in range(4)]
+    out = {"clients": {}}
     for c in clients:
         TIMINGS.clear()
         t0 = time.perf_counter()
@@ -103,6 +106,9 @@ def measure(url: str, clients: list[int], n_req: int, steps) -> dict:
             "requests": len(res), "errors": sum(1 for r in res if r[1] != 200), "images_per_s": len(lat) / wall,
             "latencies_s": lat, "p95_s": _pct(lat, 95), "batch_sizes": sizes,
             "replica_median_s": {k: statistics.median(t[k] for t in TIMINGS) for k in (TIMINGS[0] if TIMINGS else {})}}
+        lone += [_request(url, src, next(seeds), steps)[0] for _ in range(4)]
+    out["lone_s"] = statistics.median(lone)
+    out["lone_all_s"] = lone
     return out
 
 
@@ -136,7 +142,7 @@ def main() -> None:
     p.add_argument("--clients", nargs="+", type=int, default=[1, 4, 16])
     p.add_argument("--max-batches", nargs="+", type=int, default=[1, 8])
     p.add_argument("--requests", type=int, default=4, help="requests per client")
-    p.add_argument("--rounds", type=int, default=3, help="rounds over the settings, alternating their order")
+    p.add_argument("--rounds", type=int, default=5, help="rounds over the settings, alternating their order")
     p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the model's)")
     p.add_argument("--cpus", type=float, default=2.0, help="logical CPUs (and torch threads) of the replica")
     p.add_argument("--batch-wait-ms", type=float, default=50.0)
