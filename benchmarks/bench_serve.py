@@ -115,23 +115,23 @@ def measure(url: str, clients: list[int], n_req: int, steps) -> dict:
 def summarize(rounds: dict[int, list[dict]], clients: list[int]) -> dict:
     """Per setting and client count over the rounds: latency percentiles of all requests, the median
     images/s, batch sizes, errors; the targets as the median of the per-round ratios."""
-    table = {}
+    table = []
     for mb, rs in rounds.items():
         for c in map(str, clients):
             lat = [x for r in rs for x in r["clients"][c]["latencies_s"]]
             sizes = [x for r in rs for x in r["clients"][c]["batch_sizes"]]
-            table[(mb, c)] = {"p50_s": _pct(lat, 50), "p95_s": _pct(lat, 95), "p99_s": _pct(lat, 99),
-                              "images_per_s": statistics.median(r["clients"][c]["images_per_s"] for r in rs),
-                              "batch_sizes": {str(k): sizes.count(k) for k in sorted(set(sizes))},
-                              "errors": sum(r["clients"][c]["errors"] for r in rs),
-                              "requests": sum(r["clients"][c]["requests"] for r in rs)}
-    out = {"table": {f"mb{mb}-c{c}": row for (mb, c), row in table.items()},
-           "lone_s": {f"mb{mb}": statistics.median(r["lone_s"] for r in rs) for mb, rs in rounds.items()}}
+            table.append({"max_batch": mb, "clients": int(c),
+                          "p50_s": _pct(lat, 50), "p95_s": _pct(lat, 95), "p99_s": _pct(lat, 99),
+                          "images_per_s": statistics.median(r["clients"][c]["images_per_s"] for r in rs),
+                          "batch_sizes": {str(k): sizes.count(k) for k in sorted(set(sizes))},
+                          "errors": sum(r["clients"][c]["errors"] for r in rs),
+                          "requests": sum(r["clients"][c]["requests"] for r in rs)})
+    out = {"table": table, "lone_s": {mb: statistics.median(r["lone_s"] for r in rs) for mb, rs in rounds.items()}}
     if 1 in rounds and 8 in rounds and {"4", "16"} <= set(map(str, clients)):
         out["throughput_ratios"] = [r8["clients"]["16"]["images_per_s"] / r1["clients"]["16"]["images_per_s"]
                                     for r1, r8 in zip(rounds[1], rounds[8])]
         out["p95_ratios"] = [r8["clients"]["4"]["p95_s"] / r8["lone_s"] for r8 in rounds[8]]
-        out["errors"] = sum(row["errors"] for row in table.values())
+        out["errors"] = sum(row["errors"] for row in table)
     return out
 
 
@@ -184,12 +184,11 @@ def main() -> None:
     print(f"\nAll {args.rounds} rounds: latencies over every request, images/s the median of the rounds.")
     print("| max-batch | clients | p50 (s) | p95 (s) | p99 (s) | images/s | batch sizes | errors |")
     print("|---|---|---|---|---|---|---|---|")
-    for key, row in summary["table"].items():
-        mb, c = key[2:].split("-c")
-        print(f"| {mb} | {c} | {row['p50_s']:.2f} | {row['p95_s']:.2f} | {row['p99_s']:.2f} | "
-              f"{row['images_per_s']:.2f} | {row['batch_sizes']} | {row['errors']} |")
+    for row in summary["table"]:
+        print(f"| {row['max_batch']} | {row['clients']} | {row['p50_s']:.2f} | {row['p95_s']:.2f} | "
+              f"{row['p99_s']:.2f} | {row['images_per_s']:.2f} | {row['batch_sizes']} | {row['errors']} |")
     print("lone-request latency (median of the rounds): "
-          + ", ".join(f"{k}: {v:.2f} s" for k, v in summary["lone_s"].items()))
+          + ", ".join(f"max-batch {mb}: {v:.2f} s" for mb, v in summary["lone_s"].items()))
     if "throughput_ratios" in summary:
         tr, pr = summary["throughput_ratios"], summary["p95_ratios"]
         ratio, p95 = statistics.median(tr), statistics.median(pr)

@@ -14,16 +14,23 @@ from typing import Callable
 
 import torch
 
-__all__ = ["pad_rows", "VECTOR_MIN_ROWS", "CONV_MIN_BATCH"]
+__all__ = ["padded", "pad_rows", "VECTOR_MIN_ROWS", "CONV_MIN_BATCH"]
 
 VECTOR_MIN_ROWS = 8  # Linear on (N, D) vectors: MKL's own paths for 1 and 2-3 rows (4+ agree); 8 for margin
 CONV_MIN_BATCH = 2  # oneDNN convolutions: a batch of 1 has its own path (2+ agree)
 
 
-def pad_rows(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, min_rows: int) -> torch.Tensor:
-    """``fn(x)`` computed on ``x`` padded along dim 0 with copies of its first row to ``min_rows`` rows
-    (when it has fewer, and at least one), the padding dropped from the output."""
+def padded(x: torch.Tensor, min_rows: int) -> torch.Tensor:
+    """``x`` padded along dim 0 with copies of its first row to ``min_rows`` rows (as is when it has
+    that many, or none); the caller keeps the first ``len(x)`` rows of what it computes on it."""
     n = x.shape[0]
     if n >= min_rows or n == 0:
-        return fn(x)
-    return fn(torch.cat([x, x[:1].expand(min_rows - n, *x.shape[1:])]))[:n]
+        return x
+    return torch.cat([x, x[:1].expand(min_rows - n, *x.shape[1:])])
+
+
+def pad_rows(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, min_rows: int) -> torch.Tensor:
+    """``fn(x)`` computed on :func:`padded` ``x``, the padding dropped from the output (``fn(x)`` itself
+    when ``x`` needs no padding)."""
+    xp = padded(x, min_rows)
+    return fn(x) if xp is x else fn(xp)[:x.shape[0]]

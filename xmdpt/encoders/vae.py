@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from fsspec.implementations.local import LocalFileSystem
 
-from xmdpt.batch_invariance import CONV_MIN_BATCH, pad_rows
+from xmdpt.batch_invariance import CONV_MIN_BATCH, pad_rows, padded
 from xmdpt.config import AutoencoderConfig
 from xmdpt.encoders.dino_backbone import hf_cache_dir
 from xmdpt.ops.manifests import AutoencoderManifest
@@ -221,14 +221,10 @@ class LatentCodec:
         f = self.downsample_factor
         if images.shape[-1] % f or images.shape[-2] % f:
             raise ValueError(f"image side {tuple(images.shape[-2:])} not divisible by the downsampling factor {f}")
+        n = images.shape[0]
         # a lone image on a batch of 2: the same latents as in any batch (xmdpt.batch_invariance)
-        moments = pad_rows(lambda x: torch.cat(self._posterior(x), dim=1), images.to(self.device, torch.float32),
-                           CONV_MIN_BATCH)  # (N, 2C, h, w)
-        return moments.chunk(2, dim=1)  # (N, C, h, w) each
-
-    def _posterior(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        posterior = self.vae.encode(images).latent_dist
-        return posterior.mean, posterior.std
+        posterior = self.vae.encode(padded(images.to(self.device, torch.float32), CONV_MIN_BATCH)).latent_dist
+        return posterior.mean[:n], posterior.std[:n]  # (N, C, h, w) each
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:

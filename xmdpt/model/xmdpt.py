@@ -193,8 +193,10 @@ class XMDPT(nn.Module):
         """
         self._check_inputs(x_t, t, pose_tokens, ref_tokens, ref_latent, None)
         N = x_t.shape[0]
-        c_cond, _ = self.condition(t, pose_tokens, ref_tokens, ref_latent, y=y)  # (N, D)
-        c_null = self.tdnet.t_embed(t)  # (N, D): t_emb + 0
+        if y is None:
+            y = self.summarize_conditions(pose_tokens, ref_tokens, ref_latent)  # (N, D)
+        t_emb = self.tdnet.t_embed(t)  # (N, D)
+        c_cond, c_null = t_emb + y, t_emb  # the null condition: y = 0
         x = self.tdnet.embed(x_t)  # (N, T, D)
         out = self._denoise(torch.cat([x, x]), torch.cat([c_cond, c_null]), None,
                             mask_ratio=0.0, generator=None)  # (2N, C_out, H, W)

@@ -14,8 +14,8 @@ Endpoints:
 Concurrent requests are batched (``@serve.batch`` on a method separate from the route): a batch
 is split by sampling settings (steps, guidance), and each group is sampled in one
 ``XMDPTPipeline.generate_arrays`` call with **one seed per image**, so a seed gives the same image
-alone or batched (bit for bit on CPU: :mod:`xmdpt.batch_invariance`). Bad requests get a 4xx JSON ``{"error": {"field", "reason"}}`` before any
-sampling. With ``--follow-alias`` every replica polls the registry and, when the alias moves,
+alone or batched (bit for bit on CPU: :mod:`xmdpt.batch_invariance`). Bad requests get a 4xx JSON
+``{"error": {"field", "reason"}}`` before any sampling. With ``--follow-alias`` every replica polls the registry and, when the alias moves,
 loads the new version beside the old one and switches between batches: requests in flight finish
 on the version they started with, none fails.
 """
