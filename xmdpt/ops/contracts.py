@@ -18,20 +18,17 @@ none) and are treated as older. Rerunning the stage (``dvc repro <stage>``; ``dv
 
 from __future__ import annotations
 
-import collections.abc
 import dataclasses
-import functools
-import types
 import typing
 from pathlib import Path
-from typing import Any, ClassVar, Mapping, TypeVar, Union
+from typing import Any, ClassVar, Mapping, TypeVar
 
 from xmdpt.ops import storage
+from xmdpt.typed_config import field_hints, parse_fields
 
 __all__ = ["ManifestError", "ManifestVersionError", "Record", "StageManifest", "manifest_path", "optional_key"]
 
 M = TypeVar("M", bound="StageManifest")
-R = TypeVar("R", bound="Record")
 
 _OMIT_IF_NONE = "omit_if_none"
 
@@ -54,51 +51,6 @@ def _rerun(stage: str) -> str:
     return f"rerun the stage: `dvc repro {stage}` (`dvc repro -f {stage}` if DVC says it is up to date)"
 
 
-@functools.cache
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _type_name(hint: Any) -> str:
-    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
-
-
-def _parse(value: Any, hint: Any, where: str, fail) -> Any:
-    """``value`` checked against the type ``hint`` (JSON lists become tuples); ``fail(where, msg)`` raises."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if hint is Any:
-        return value
-    if origin in (Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        if len(inner) == 1:
-            return _parse(value, inner[0], where, fail)
-        raise TypeError(f"unsupported manifest field type {hint}")
-    if isinstance(hint, type) and issubclass(hint, Record):
-        if not isinstance(value, Mapping):
-            fail(where, f"expected an object, got {type(value).__name__}")
-        return hint._parse_fields(value, where, fail)
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            fail(where, f"expected a list, got {type(value).__name__}")
-        return tuple(_parse(v, args[0], f"{where}[{i}]", fail) for i, v in enumerate(value))
-    if origin in (dict, collections.abc.Mapping) or hint in (dict, Mapping):
-        if not isinstance(value, Mapping):
-            fail(where, f"expected an object, got {type(value).__name__}")
-        val_hint = args[1] if args else Any
-        return {str(k): _parse(v, val_hint, f"{where}.{k}", fail) for k, v in value.items()}
-    if hint is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    elif hint is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    else:
-        ok = isinstance(value, hint)
-    if not ok:
-        fail(where, f"expected {_type_name(hint)}, got {type(value).__name__} {value!r:.60}")
-    return value
-
-
 def _is_tuple(hint: Any) -> bool:
     return typing.get_origin(hint) is tuple or any(typing.get_origin(a) is tuple for a in typing.get_args(hint))
 
@@ -115,10 +67,11 @@ def _plain(value: Any) -> Any:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Record:
-    """A frozen part of a manifest: :meth:`to_dict` for JSON, :meth:`_parse_fields` to read it back."""
+    """A frozen part of a manifest: :meth:`to_dict` for JSON; :meth:`StageManifest.from_dict` reads it
+    back with :func:`xmdpt.typed_config.parse_fields` (the config's checker; ints stay ints)."""
 
     def __post_init__(self) -> None:
-        hints = _hints(type(self))
+        hints = field_hints(type(self))
         for f in dataclasses.fields(self):  # lists given to tuple fields are stored as tuples
             value = getattr(self, f.name)
             if isinstance(value, list) and _is_tuple(hints[f.name]):
@@ -132,23 +85,6 @@ class Record:
                 continue
             out[f.name] = _plain(value)
         return out
-
-    @classmethod
-    def _parse_fields(cls: type[R], data: Mapping[str, Any], where: str, fail) -> R:
-        prefix = f"{where}." if where else ""
-        hints = _hints(cls)
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - set(fields))
-        if unknown:
-            fail(f"{prefix}{unknown[0]}", f"unknown field(s) {unknown}")
-        kwargs = {}
-        for name, f in fields.items():
-            if name not in data:
-                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                    fail(f"{prefix}{name}", "missing")
-                continue
-            kwargs[name] = _parse(data[name], hints[name], f"{prefix}{name}", fail)
-        return cls(**kwargs)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -191,7 +127,7 @@ class StageManifest(Record):
         if mv != storage.MANIFEST_VERSION:
             fail("manifest_version", f"expected {storage.MANIFEST_VERSION}, got {mv!r}")
         body = {k: v for k, v in data.items() if k not in cls._ENVELOPE}
-        return cls._parse_fields(body, "", fail)
+        return parse_fields(cls, body, "", fail, int_to_float=False)
 
     @classmethod
     def coerce(cls: type[M], manifest: "M | Mapping[str, Any]", source: str = "") -> M:
