@@ -157,8 +157,7 @@ def main() -> None:
     init_ray(num_cpus=8)
     model = args.model
     if args.smoke:
-        tests = Path(__file__).resolve().parents[1] / "tests"
-        sys.path[:0] = [str(tests / "sampling"), str(tests)]  # the folder builder imports tests/tiny_config.py
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tiny folder builder
         from tiny_pipeline_folder import build_tiny_pipeline_folder
 
         model = str(build_tiny_pipeline_folder(Path(tempfile.mkdtemp(prefix="bench-serve-"))))

@@ -23,7 +23,6 @@ import re
 import shlex
 import shutil
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -197,7 +196,6 @@ def _write_inputs(root: Path) -> None:
 
     from xmdpt.sampling.inputs import EXAMPLE_POSE
 
-    sys.path.insert(0, str(REPO / "tests" / "sampling"))
     from tiny_pipeline_folder import build_tiny_pipeline_folder
 
     photo = Image.fromarray(skdata.astronaut()).convert("RGB")  # a person MediaPipe finds

@@ -328,3 +328,11 @@ def local_server():
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """A tiny pipeline folder (random-init model, stand-in encoders) for generate / generate-batch."""
+    from tiny_pipeline_folder import build_tiny_pipeline_folder
+
+    return build_tiny_pipeline_folder(tmp_path_factory.mktemp("tiny"))

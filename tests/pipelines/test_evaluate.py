@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sampling"))
-from tiny_pipeline_folder import build_tiny_pipeline_folder, tiny_config  # noqa: E402
+from tiny_pipeline_folder import build_tiny_pipeline_folder, tiny_config
 
-from xmdpt.data import schema  # noqa: E402
+from xmdpt.data import schema
 
 PEOPLE = (("MEN", "Denim", 3), ("WOMEN", "Dresses", 4))
 VIEWS = ("1_front", "2_side", "4_full")

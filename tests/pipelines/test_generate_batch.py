@@ -18,20 +18,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sampling"))
-from tiny_pipeline_folder import build_tiny_pipeline_folder  # noqa: E402
-
-from xmdpt.sampling.batch import BatchError, generate_batch, read_pairs_table  # noqa: E402
+from xmdpt.sampling.batch import BatchError, generate_batch, read_pairs_table
+from xmdpt.sampling.inputs import EXAMPLE_POSE
 
 BIN = Path(sys.executable).parent
-from xmdpt.sampling.inputs import EXAMPLE_POSE  # noqa: E402
-
 POSE = EXAMPLE_POSE
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    return build_tiny_pipeline_folder(tmp_path_factory.mktemp("tiny"))
 
 
 def _inputs(d: Path, n_good: int = 6) -> Path:

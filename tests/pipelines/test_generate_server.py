@@ -15,20 +15,11 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sampling"))
-from tiny_pipeline_folder import build_tiny_pipeline_folder  # noqa: E402
-
-from xmdpt.cli import app  # noqa: E402
+from xmdpt.cli import app
+from xmdpt.sampling.inputs import EXAMPLE_POSE
 
 BIN = Path(sys.executable).parent
-from xmdpt.sampling.inputs import EXAMPLE_POSE  # noqa: E402
-
 POSE = EXAMPLE_POSE
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    return build_tiny_pipeline_folder(tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture(scope="module")

@@ -21,10 +21,9 @@ from PIL import Image
 from skimage import data as skdata
 from typer.testing import CliRunner
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sampling"))
-import official_fixtures as release  # noqa: E402
+import official_fixtures as release
 
-from xmdpt.cli import app  # noqa: E402
+from xmdpt.cli import app
 
 BIN = Path(sys.executable).parent
 

@@ -9,21 +9,18 @@ import json
 import os
 import signal
 import socket
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sampling"))
-from tiny_pipeline_folder import build_tiny_pipeline_folder  # noqa: E402
+from tiny_pipeline_folder import build_tiny_pipeline_folder
 
-from xmdpt.sampling.inputs import EXAMPLE_POSE  # noqa: E402
+from xmdpt.sampling.inputs import EXAMPLE_POSE
 
 POSE = EXAMPLE_POSE
 NAME = "xmdpt-serve"
