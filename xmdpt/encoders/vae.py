@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from fsspec.implementations.local import LocalFileSystem
 
-from xmdpt.batch_invariance import CONV_MIN_BATCH, pad_rows, padded
+from xmdpt.batch_invariance import conv_batches
 from xmdpt.config import AutoencoderConfig
 from xmdpt.encoders.dino_backbone import hf_cache_dir
 from xmdpt.ops.manifests import AutoencoderManifest
@@ -221,10 +221,13 @@ class LatentCodec:
         f = self.downsample_factor
         if images.shape[-1] % f or images.shape[-2] % f:
             raise ValueError(f"image side {tuple(images.shape[-2:])} not divisible by the downsampling factor {f}")
-        n = images.shape[0]
-        # a lone image on a batch of 2: the same latents as in any batch (xmdpt.batch_invariance)
-        posterior = self.vae.encode(padded(images.to(self.device, torch.float32), CONV_MIN_BATCH)).latent_dist
-        return posterior.mean[:n], posterior.std[:n]  # (N, C, h, w) each
+
+        def mean_std(x: torch.Tensor) -> torch.Tensor:
+            posterior = self.vae.encode(x).latent_dist
+            return torch.cat([posterior.mean, posterior.std], dim=1)  # (n, 2C, h, w)
+
+        # in batches of 2-8 on CPU: the same latents as in any batch (xmdpt.batch_invariance)
+        return conv_batches(mean_std, images.to(self.device, torch.float32)).chunk(2, dim=1)  # (N, C, h, w) each
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -238,8 +241,8 @@ class LatentCodec:
         """
         if latents.ndim != 4 or latents.shape[1] != self.latent_channels:
             raise ValueError(f"decode expects latents (N, {self.latent_channels}, h, w), got {tuple(latents.shape)}")
-        return pad_rows(lambda z: self.vae.decode(z).sample, latents.to(self.device, torch.float32),
-                        CONV_MIN_BATCH).clamp(-1, 1)  # (N, 3, H, W)
+        return conv_batches(lambda z: self.vae.decode(z).sample,
+                            latents.to(self.device, torch.float32)).clamp(-1, 1)  # (N, 3, H, W)
 
     # ---- persistence ----
     def save(self, uri: str, extra: Optional[dict[str, Any]] = None) -> str:

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xmdpt.batch_invariance import CONV_MIN_BATCH, VECTOR_MIN_ROWS, pad_rows
+from xmdpt.batch_invariance import VECTOR_MIN_ROWS, conv_batches, pad_rows
 
 __all__ = [
     "modulate",
@@ -111,14 +111,14 @@ class VectorLinear(nn.Linear):
 
 class TokenPool(nn.Conv1d):
     """A learned weighted sum over the token axis, (N, S, D) -> (N, 1, D): a k=1 ``Conv1d`` whose
-    channels are the S tokens, run on a batch of at least ``CONV_MIN_BATCH`` (see
-    :mod:`xmdpt.batch_invariance`). Parameters and state-dict keys are ``nn.Conv1d``'s."""
+    channels are the S tokens, run on batches of 2 to ``CONV_MAX_BATCH`` samples on CPU
+    (:func:`xmdpt.batch_invariance.conv_batches`). Parameters and state-dict keys are ``nn.Conv1d``'s."""
 
     def __init__(self, num_tokens: int) -> None:
         super().__init__(num_tokens, 1, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return pad_rows(super().forward, x, CONV_MIN_BATCH)  # (N, 1, D)
+        return conv_batches(super().forward, x)  # (N, 1, D)
 
 
 class TimestepEmbedder(nn.Module):
