@@ -200,3 +200,38 @@ def test_logit_normal_timesteps_follow_their_distribution_and_default_to_uniform
     with pytest.raises(ConfigError, match="train.timestep_logit_normal"):
         XMDPTConfig.from_dict({"train": {"timestep_logit_normal": [0.5, 0.0]}})
     assert XMDPTConfig.from_dict({"train": {"timestep_logit_normal": [0.5, 1]}}).train.timestep_logit_normal == (0.5, 1.0)
+
+
+def test_attention_biases_are_computed_once_per_call_and_change_nothing(model, inputs):
+    """``rel_pos_biases`` (step-invariant) passed to every step gives the same outputs, bit for bit,
+    as each attention gathering its bias itself; ``sample`` computes them once per call."""
+    model.eval()
+    x_t, t, pose, ref, lat = (inputs[k] for k in ("x_t", "t", "pose_tokens", "ref_tokens", "ref_latent"))
+    with torch.no_grad():
+        biases = model.rel_pos_biases()
+        heads, T = model.cfg.num_heads, x_t.shape[-1] * x_t.shape[-2] // model.cfg.patch_size ** 2
+        assert len(biases) == model.cfg.depth and all(b.shape == (heads, T, T) for b in biases)
+        assert torch.equal(model(x_t, t, pose, ref, lat, biases=biases), model(x_t, t, pose, ref, lat))
+        assert torch.equal(model.forward_with_cfg(x_t, t, pose, ref, lat, 2.0, 0.01, biases=biases),
+                           model.forward_with_cfg(x_t, t, pose, ref, lat, 2.0, 0.01))
+    diffusion = GaussianDiffusion.from_config(DiffusionConfig())
+    calls = []
+
+    class Counting(torch.nn.Module):  # the real model, counting the bias computations
+        def __getattr__(self, name):
+            return getattr(model, name) if name != "rel_pos_biases" else (lambda: calls.append(1) or model.rel_pos_biases())
+
+        def forward(self, *args, **kw):
+            return model(*args, **kw)
+
+    class PerLayer(torch.nn.Module):  # no rel_pos_biases: every attention gathers its own bias
+        def forward(self, *args, **kw):
+            return model(*args, **kw)
+
+        def forward_with_cfg(self, *args, **kw):
+            return model.forward_with_cfg(*args, **kw)
+
+    cfg = SampleConfig(num_steps=4, cfg_scale=2.0, guidance_interval=(0, 500))
+    once = sample(Counting(), diffusion, _cond(inputs), cfg, generator=torch.Generator().manual_seed(0))
+    each = sample(PerLayer(), diffusion, _cond(inputs), cfg, generator=torch.Generator().manual_seed(0))
+    assert calls == [1] and torch.equal(once, each)

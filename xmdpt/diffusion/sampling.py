@@ -70,7 +70,8 @@ def sample(model, diffusion: GaussianDiffusion, cond: dict, sample_cfg: SampleCo
     otherwise ``model.forward_with_cfg`` (conditional and null condition batched in one forward) at
     the steps inside ``sample_cfg.guidance_interval`` (every step when it is None) and one conditional
     pass at the others. CANet's summary of the conditions (``model.summarize_conditions``, where the
-    model has it) does not depend on t and is computed once, not at every step.
+    model has it) and the attention's relative-position biases (``model.rel_pos_biases``) do not
+    depend on t and are computed once, not at every step.
 
     Args:
         model: ``XMDPT``; cond: ``pose_tokens`` (N, Sp, Dp), ``ref_tokens`` (N, Sr, Dr), ``ref_latent`` (N, C, H, W).
@@ -90,10 +91,12 @@ def sample(model, diffusion: GaussianDiffusion, cond: dict, sample_cfg: SampleCo
     steps = timesteps_for(sample_cfg.num_steps, sample_cfg.respacing, diffusion.num_timesteps)
     drop_all = torch.ones(N, dtype=torch.bool, device=x.device)
     summarize = getattr(model, "summarize_conditions", None)
-    static = {}  # CANet's summary of the conditions: the same at every step
+    static = {}  # CANet's summary of the conditions and the attention biases: the same at every step
     if summarize is not None:
         with autocast_context(x.device, sample_cfg.precision):
             static["y"] = summarize(cond["pose_tokens"], cond["ref_tokens"], ref_latent)  # (N, D)
+    if hasattr(model, "rel_pos_biases"):
+        static["biases"] = model.rel_pos_biases()  # (H, T, T) per block
     for i, t in enumerate(tqdm(steps, disable=not progress, desc="ddim")):
         t_batch = torch.full((N,), t, dtype=torch.long, device=x.device)
         args = (x, t_batch, cond["pose_tokens"], cond["ref_tokens"], ref_latent)

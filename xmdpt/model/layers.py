@@ -167,12 +167,15 @@ class Attention(nn.Module):
         """Bias for an index (Tq, Tk) -> (H, Tq, Tk), or a per-sample index (N, Tq, Tk) -> (N, H, Tq, Tk)."""
         return self.rel_pos_table[index].movedim(-1, -3)
 
-    def forward(self, x: torch.Tensor, rel_index: torch.Tensor, context: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rel_index: torch.Tensor, context: Optional[torch.Tensor] = None,
+                bias: Optional[torch.Tensor] = None) -> torch.Tensor:
         """
         Args:
             x: (N, Tq, D) query tokens.
             rel_index: (Tq, Tk) or (N, Tq, Tk) int64 rows of ``rel_pos_table``.
             context: (N, Tk, D) key/value tokens; required iff the layer is cross-attention.
+            bias: ``rel_pos_bias(rel_index)`` when already computed (a sampler computes it once per
+                call: it does not depend on the step); None computes it here.
         Returns:
             (N, Tq, D).
         """
@@ -185,7 +188,7 @@ class Attention(nn.Module):
             k, v = self.kv(context).unflatten(-1, (2, heads, D // heads)).permute(2, 0, 3, 1, 4)  # (N, H, Tk, Dh) each
         else:
             q, k, v = self.qkv(x).unflatten(-1, (3, heads, D // heads)).permute(2, 0, 3, 1, 4)  # (N, H, T, Dh) each
-        bias = self.rel_pos_bias(rel_index).to(q.dtype)  # (H, Tq, Tk) or (N, H, Tq, Tk)
+        bias = (self.rel_pos_bias(rel_index) if bias is None else bias).to(q.dtype)  # (H, Tq, Tk) or (N, H, Tq, Tk)
         if bias.dim() == 3 and q.device.type == "cpu" and q.dtype == torch.float32:
             out = math_attention(q, k, v, bias)  # (N, H, Tq, Dh)
         else:
@@ -219,10 +222,12 @@ class TransformerBlock(nn.Module):
         self.modulation = nn.Sequential(nn.SiLU(), VectorLinear(dim, 6 * dim))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, rel_index: torch.Tensor,
-                context: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """x (N, T, D), c (N, D), rel_index (T, T) or (N, T, T), context (N, T', D) -> (N, T, D)."""
+                context: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x (N, T, D), c (N, D), rel_index (T, T) or (N, T, T), context (N, T', D), bias: the
+        attention's ``rel_pos_bias(rel_index)`` when already computed -> (N, T, D)."""
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.modulation(c).chunk(6, dim=-1)
-        x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa), rel_index, context)
+        x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa), rel_index, context,
+                                                  bias)
         x = x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
         return x
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
@@ -103,6 +103,14 @@ class XMDPT(nn.Module):
         it once and passes it to every step (``forward(..., y=y)``, ``forward_with_cfg(..., y=y)``)."""
         return self.canet(pose_tokens, ref_tokens, self.tdnet.embed(ref_latent))  # (N, D)
 
+    def rel_pos_biases(self) -> tuple[torch.Tensor, ...]:
+        """Each TDNet block's relative-position bias on the full token grid, (H, T, T) per block. It
+        does not depend on t or the batch: a sampler computes it once and passes it to every step
+        (``forward(..., biases=b)``, ``forward_with_cfg(..., biases=b)``); the same values as
+        computing it in each attention."""
+        index = self.tdnet.rel_index  # (T, T)
+        return tuple(block.attn.rel_pos_bias(index) for block in self.tdnet.blocks)
+
     def condition(self, t: torch.Tensor, pose_tokens: torch.Tensor, ref_tokens: torch.Tensor,
                   ref_latent: torch.Tensor, drop_cond: Optional[torch.Tensor] = None,
                   y: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
@@ -126,7 +134,8 @@ class XMDPT(nn.Module):
     # ---------------------------------------------------------------- forward
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, pose_tokens: torch.Tensor, ref_tokens: torch.Tensor,
                 ref_latent: torch.Tensor, *, mask_ratio: float = 0.0, drop_cond: Optional[torch.Tensor] = None,
-                generator: Optional[torch.Generator] = None, y: Optional[torch.Tensor] = None) -> torch.Tensor:
+                generator: Optional[torch.Generator] = None, y: Optional[torch.Tensor] = None,
+                biases: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
         """Predict eps (and the variance interpolation v) for noisy latents.
 
         Args:
@@ -138,6 +147,7 @@ class XMDPT(nn.Module):
             drop_cond: (N,) bool, True -> null condition (CFG dropout; the training step passes it).
             generator: for the mask draw.
             y: (N, D) :meth:`summarize_conditions` of these conditions, when already computed.
+            biases: :meth:`rel_pos_biases`, when already computed (not read by the masked pass).
         Returns:
             (N, C_out, H, W), C_out = 2C with ``learn_sigma``.
         """
@@ -146,15 +156,19 @@ class XMDPT(nn.Module):
         if ref is None and mask_ratio > 0:
             ref = self.tdnet.embed(ref_latent)  # (N, T, D)
         x = self.tdnet.embed(x_t)  # (N, T, D)
-        return self._denoise(x, c, ref, mask_ratio=mask_ratio, generator=generator)
+        return self._denoise(x, c, ref, mask_ratio=mask_ratio, generator=generator, biases=biases)
 
     def _denoise(self, x: torch.Tensor, c: torch.Tensor, ref: Optional[torch.Tensor], *, mask_ratio: float,
-                 generator: Optional[torch.Generator]) -> torch.Tensor:
-        """Block loop: x (N, T, D), c (N, D), ref (N, T, D; read by the masked pass only) -> (N, C_out, H, W)."""
+                 generator: Optional[torch.Generator],
+                 biases: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
+        """Block loop: x (N, T, D), c (N, D), ref (N, T, D; read by the masked pass only), biases
+        (:meth:`rel_pos_biases`; the unmasked pass only) -> (N, C_out, H, W)."""
         tdnet = self.tdnet
         N, T, _ = x.shape
         full_index = tdnet.rel_index  # (T, T)
         masked = mask_ratio > 0
+        if masked or biases is None:
+            biases = [None] * len(tdnet.blocks)
         index = full_index
         if masked:
             keep_idx, restore_idx, mask = random_masking(N, T, mask_ratio, device=x.device, generator=generator)
@@ -174,20 +188,21 @@ class XMDPT(nn.Module):
             if context is not None:
                 with torch.no_grad():
                     context = block(context, c, full_index)  # (N, T, D)
-            x = block(x, c, index)  # (N, K or T, D)
+            x = block(x, c, index, bias=biases[i])  # (N, K or T, D)
         return tdnet.unpatchify(tdnet.final_layer(x, c))  # (N, C_out, H, W)
 
     @torch.no_grad()
     def forward_with_cfg(self, x_t: torch.Tensor, t: torch.Tensor, pose_tokens: torch.Tensor,
                          ref_tokens: torch.Tensor, ref_latent: torch.Tensor, cfg_scale: float, cfg_power: float,
-                         *, num_timesteps: int = 1000, y: Optional[torch.Tensor] = None) -> torch.Tensor:
+                         *, num_timesteps: int = 1000, y: Optional[torch.Tensor] = None,
+                         biases: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
         """Classifier-free guidance in one batched forward of 2N (conditional | null condition).
 
         ``out = out_u + s_t * (out_c - out_u)`` on all output channels, ``s_t = guidance_scale(t, ...)``.
         CANet runs once on the N conditions (the null half only needs ``y = 0``).
 
         Args:
-            x_t: (N, C, H, W); t: (N,) original timesteps; conditions and ``y`` as in :meth:`forward`.
+            x_t: (N, C, H, W); t: (N,) original timesteps; conditions, ``y`` and ``biases`` as in :meth:`forward`.
         Returns:
             (N, C_out, H, W).
         """
@@ -199,7 +214,7 @@ class XMDPT(nn.Module):
         c_cond, c_null = t_emb + y, t_emb  # the null condition: y = 0
         x = self.tdnet.embed(x_t)  # (N, T, D)
         out = self._denoise(torch.cat([x, x]), torch.cat([c_cond, c_null]), None,
-                            mask_ratio=0.0, generator=None)  # (2N, C_out, H, W)
+                            mask_ratio=0.0, generator=None, biases=biases)  # (2N, C_out, H, W)
         out_c, out_u = out[:N], out[N:]
         scale = guidance_scale(t, cfg_scale, cfg_power, num_timesteps).to(out.dtype).view(N, 1, 1, 1)  # (N, 1, 1, 1)
         return out_u + scale * (out_c - out_u)
