@@ -25,6 +25,25 @@ def comparison_lines(metrics_path: Path) -> list[str]:
     return out
 
 
+def appearance_lines(metrics_path: Path) -> list[str]:
+    """Per body part: the model's colour error beside the other-identity baseline and the same-person
+    floor (what copying the clothes exactly scores), and the share of that gap the model closes."""
+    if not metrics_path.exists():
+        return []
+    m = json.loads(metrics_path.read_text())
+    out = []
+    for part in ("torso", "legs"):
+        gap = m.get(f"synthetic_colour_gap_closed_{part}_detail")
+        if not gap:
+            continue
+        if not out:
+            out.append("  appearance (colour error, lower is better; gap closed = (other - model) / (other - floor)):")
+        out.append(f"    {part:<6} model {gap['mean_model']:.3f}  other identity {gap['mean_baseline']:.3f}  "
+                   f"same-person floor {gap['mean_floor']:.3f}  gap closed {gap['share']:.0%} "
+                   f"[{gap['ci'][0]:.0%}, {gap['ci'][1]:.0%}] n={gap['n']}")
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", default="params.yaml")
@@ -39,12 +58,14 @@ def main(argv: list[str] | None = None) -> None:
         ("training metrics", "train/metrics.json"),
         ("loss curve (dvc plots show --json)", "train/loss.csv"),
         ("evaluation metrics", "evaluate/metrics.json"),
-        ("sample grid", "evaluate/grid.png"),
+        ("sample grid (one row per person)", "evaluate/grid.png"),
+        ("worst rows by colour error", "evaluate/grid_worst.png"),
         ("registered model", "register/registered.json"),
     ]:
         p = art / rel
         if p.exists():
             lines.append(f"  {label:<38} {p}")
+    lines.extend(appearance_lines(art / "evaluate" / "metrics.json"))
     lines.extend(comparison_lines(art / "evaluate" / "metrics.json"))
     reg = art / "register" / "registered.json"
     if reg.exists():

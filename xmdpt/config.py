@@ -75,9 +75,15 @@ class EncodersConfig:
     standin_pose_encoder: str = "vit_small_patch14_dinov2.lvd142m"
     standin_depth: int = 2  # stand-ins are shallow random-init ViTs of the same family
     standin_seed: int = 0
+    # where a stand-in token is: "sincos" gives its patch tokens a fixed 2-D sin-cos position embedding at
+    # the patch embedding's scale (a DINOv2 token knows where it is; CANet's per-token MLP needs that to
+    # tell a torso token from a legs token); "random" keeps timm's init (std 0.02: almost no position)
+    standin_pos_embed: str = "sincos"
 
     def __post_init__(self) -> None:
         check(self.token_input_size % 14 == 0, "encoders.token_input_size", "must be a multiple of the patch size 14")
+        check(self.standin_pos_embed in ("sincos", "random"), "encoders.standin_pos_embed",
+              f"unknown {self.standin_pos_embed!r}; expected one of ['random', 'sincos']")
 
 
 # Named architectures (DiT naming). Paper presets use the paper's encoders: 32x32x4 SD-VAE latents,

@@ -243,6 +243,43 @@ def test_other_identity_baseline_skips_a_person_whose_view_hides_the_part():
     red, blue = np.array(colours[0]) / 255.0, np.array(colours[2]) / 255.0
     assert out["synthetic_colour_error_torso_other_identity_baseline"] == pytest.approx(np.linalg.norm(red - blue), rel=1e-3)
     assert out["synthetic_colour_error_torso"] == pytest.approx(0.0, abs=1e-6)
+    # without source keypoints there is no same-person floor
+    assert out["synthetic_colour_error_torso_same_person_floor"] is None
+
+
+def test_same_person_floor_is_the_source_photos_own_region_against_the_ground_truth():
+    """The floor reads the source's torso where the source's keypoints put it: a source in another pose
+    but the same clothes scores ~0; the gap closed is 1 for a model that copies the clothes exactly
+    and 0 for one that shows another person's."""
+    from xmdpt.ops.eval_metrics import synthetic_metrics
+
+    hw = (64, 48)
+
+    def kps(dx: int) -> np.ndarray:
+        k = np.full((18, 2), -1.0)
+        k[2], k[5], k[8], k[11] = (10 + dx, 16), (26 + dx, 16), (10 + dx, 40), (26 + dx, 40)
+        k[9], k[12], k[10], k[13] = (10 + dx, 50), (26 + dx, 50), (10 + dx, 60), (26 + dx, 60)
+        return k
+
+    def person(rgb, legs, dx: int) -> np.ndarray:
+        img = np.full(hw + (3,), 240, dtype=np.uint8)
+        img[14:42, 8 + dx:29 + dx] = rgb
+        img[40:63, 8 + dx:29 + dx] = legs
+        return img
+
+    colours = [((200, 40, 40), (20, 20, 90)), ((40, 200, 40), (90, 20, 20)), ((40, 40, 200), (20, 90, 20))]
+    pairs = [{"person_id": f"p{i}", "keypoints": kps(12), "height": hw[0], "width": hw[1],
+              "source_keypoints": kps(0), "source_height": hw[0], "source_width": hw[1],
+              "source_path": f"s{i}", "target_path": f"t{i}"} for i in range(3)]
+    gts = {i: person(*colours[i], 12) for i in range(3)}
+    srcs = {i: person(*colours[i], 0) for i in range(3)}  # the same person, body elsewhere in the frame
+    exact = synthetic_metrics(pairs, dict(gts), gts, srcs, hw)
+    for part in ("torso", "legs"):
+        assert exact[f"synthetic_colour_error_{part}_same_person_floor"] == pytest.approx(0.0, abs=1e-6)
+        assert exact[f"synthetic_colour_gap_closed_{part}"] == pytest.approx(1.0)
+    wrong = synthetic_metrics(pairs, {i: gts[(i + 1) % 3] for i in range(3)}, gts, srcs, hw)
+    assert wrong["synthetic_colour_gap_closed_torso"] == pytest.approx(0.0, abs=1e-6)
+    assert wrong["comparisons"]["colour_error_torso_model_vs_same_person_floor"]["better"] == "same_person_floor"
 
 
 def test_limb_capsule_matches_the_distance_to_the_segment_everywhere():

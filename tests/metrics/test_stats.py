@@ -47,3 +47,23 @@ def test_bad_arguments_are_rejected():
         paired_comparison([1.0, 2.0], [1.0, 2.0], names=("a", "a"), higher_is_better=True)
     with pytest.raises(ValueError, match="level"):
         paired_comparison([1.0, 2.0], [1.0, 2.0], names=("a", "b"), higher_is_better=True, level=1.5)
+
+
+def test_gap_closed_is_one_at_the_floor_zero_at_the_baseline_and_its_interval_brackets_it():
+    from xmdpt.metrics.stats import gap_closed
+
+    rng = np.random.default_rng(0)
+    other = rng.uniform(0.3, 0.5, 60)
+    floor = rng.uniform(0.0, 0.05, 60)
+    assert gap_closed(floor, other, floor)["share"] == pytest.approx(1.0)
+    assert gap_closed(other, other, floor)["share"] == pytest.approx(0.0)
+    model = floor + 0.25 * (other - floor) + rng.normal(0, 0.02, 60)  # closes about 75 % of the gap
+    res = gap_closed(model, other, floor)
+    assert res["n"] == 60 and 0.7 < res["share"] < 0.8
+    assert res["ci"][0] < res["share"] < res["ci"][1] and res["ci"][1] - res["ci"][0] < 0.15
+    assert res["mean_floor"] == pytest.approx(floor.mean()) and res["mean_baseline"] == pytest.approx(other.mean())
+    # a pair missing any of the three is left out; no gap (floor at or above the baseline) gives None
+    assert gap_closed([0.1, None, 0.2], [0.4, 0.4, 0.5], [0.0, 0.0, 0.0])["n"] == 2
+    assert gap_closed([0.1, 0.2], [0.1, 0.1], [0.2, 0.2]) is None
+    with pytest.raises(ValueError, match="align"):
+        gap_closed([0.1], [0.2, 0.3], [0.0])

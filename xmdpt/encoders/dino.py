@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from xmdpt.config import EncodersConfig
-from xmdpt.encoders.dino_backbone import PATCH_SIZE, build_backbone
+from xmdpt.encoders.dino_backbone import PATCH_SIZE, build_backbone, standin_sincos_positions
 from xmdpt.ops.storage import filesystem
 from xmdpt.precision import autocast_context
 
@@ -161,8 +161,10 @@ class TokenEncoder:
         seed = enc.standin_seed + _ROLE_SEED_OFFSET[role]
         model = build_backbone(model_id, pretrained=False, img_size=enc.token_input_size, depth=enc.standin_depth,
                                seed=seed)
-        logger.warning("%s token encoder: random-feature STAND-IN %s (depth %d, seed %d), not DINOv2 weights",
-                       role, model_id, enc.standin_depth, seed)
+        if enc.standin_pos_embed == "sincos":
+            standin_sincos_positions(model)
+        logger.warning("%s token encoder: random-feature STAND-IN %s (depth %d, seed %d, %s positions), not DINOv2 "
+                       "weights", role, model_id, enc.standin_depth, seed, enc.standin_pos_embed)
         return cls(model, role=role, model_id=model_id, standin=True, input_size=enc.token_input_size,
                    seed=seed, depth=enc.standin_depth, device=device)
 

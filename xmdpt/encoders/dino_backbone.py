@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["build_backbone", "load_backbone_weights", "read_weights_file", "use_hub_pos_embed",
+__all__ = ["build_backbone", "standin_sincos_positions", "load_backbone_weights", "read_weights_file", "use_hub_pos_embed",
            "hub_interpolate_pos_embed", "check_hub_reachable", "hub_offline", "hf_cache_dir", "PATCH_SIZE",
            "HUB_IMG_SIZE", "HUB_INTERPOLATE_OFFSET", "HUB_NAMES"]
 
@@ -161,6 +161,28 @@ def load_backbone_weights(model: torch.nn.Module, path: str | Path) -> None:
                          f"{'...' if len(missing) > 8 else ''}, unexpected {unexpected[:8]}"
                          f"{'...' if len(unexpected) > 8 else ''}, shape mismatches {wrong[:8]}")
     model.load_state_dict(sd, strict=True)
+
+
+def standin_sincos_positions(model: torch.nn.Module) -> torch.nn.Module:
+    """Give a random-init stand-in's patch tokens a fixed 2-D sin-cos position embedding (in place).
+
+    The embedding is scaled so that its standard deviation equals that of the patch embedding's output
+    for unit-variance pixels (``sqrt(fan_in) * weight.std()``), so position and content weigh alike in a
+    token, as in a trained ViT; timm's random init (std 0.02) leaves the tokens almost position-free.
+    The CLS entry is left as it is. Deterministic given the weights.
+    """
+    from timm.layers import build_sincos2d_pos_embed
+
+    pe = model.pos_embed  # (1, 1 + G*G, D)
+    grid = math.isqrt(pe.shape[1] - 1)
+    if grid * grid != pe.shape[1] - 1:
+        raise ValueError(f"position embedding of {pe.shape[1] - 1} patch entries is not a square grid")
+    w = model.patch_embed.proj.weight  # (D, 3, P, P)
+    scale = math.sqrt(w[0].numel()) * float(w.detach().float().std())
+    table = build_sincos2d_pos_embed([grid, grid], dim=pe.shape[-1], temperature=10000.0)  # (G*G, D)
+    with torch.no_grad():
+        pe[0, 1:] = (table / table.std() * scale).to(pe.dtype)
+    return model
 
 
 def build_backbone(model_id: str, *, pretrained: bool, img_size: int, depth: Optional[int] = None,

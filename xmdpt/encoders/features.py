@@ -48,7 +48,7 @@ STAGE = "features"
 def token_params(enc: EncodersConfig, shard_images: int) -> dict[str, Any]:
     """The config fields that change the cached tokens or their shards (hashed into the cache prefix)."""
     keep = ("pretrained", "image_encoder", "pose_encoder", "standin_image_encoder", "standin_pose_encoder",
-            "standin_depth", "standin_seed", "token_input_size")
+            "standin_depth", "standin_seed", "standin_pos_embed", "token_input_size")
     return {**{k: v for k, v in asdict(enc).items() if k in keep}, "shard_images": shard_images}
 
 

@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-__all__ = ["paired_comparison", "UNDECIDED"]
+__all__ = ["paired_comparison", "gap_closed", "UNDECIDED"]
 
 UNDECIDED = "undecided"
 
@@ -62,3 +62,36 @@ def paired_comparison(a: Sequence[Optional[float]], b: Sequence[Optional[float]]
         better = UNDECIDED
     return {"n": n, f"mean_{names[0]}": float(xa.mean()), f"mean_{names[1]}": float(xb.mean()),
             "diff": float(d.mean()), "ci": [lo, hi], "level": level, "better": better}
+
+
+def gap_closed(model: Sequence[Optional[float]], baseline: Sequence[Optional[float]],
+               floor: Sequence[Optional[float]], *, level: float = 0.95, n_boot: int = 2000,
+               seed: int = 0) -> Optional[dict]:
+    """Share of the gap from a baseline to the floor that the model closes, for an error (lower is better).
+
+    ``(mean(baseline) - mean(model)) / (mean(baseline) - mean(floor))`` over the pairs where all three
+    are known: 1.0 means the model scores the floor (what a perfect answer scores), 0.0 the baseline.
+    The interval is a percentile bootstrap of the ratio, the three values of a pair resampled together.
+
+    Returns:
+        None with fewer than 2 usable pairs or no gap (baseline mean at or below the floor's), else
+        ``{"n", "mean_model", "mean_baseline", "mean_floor", "share", "ci": [lo, hi], "level"}``.
+    """
+    if not len(model) == len(baseline) == len(floor):
+        raise ValueError(f"values must align: {len(model)}, {len(baseline)}, {len(floor)}")
+    kept = [(float(m), float(b), float(f)) for m, b, f in zip(model, baseline, floor)
+            if all(v is not None and math.isfinite(v) for v in (m, b, f))]
+    if len(kept) < 2:
+        return None
+    x = np.array(kept)  # (n, 3): model, baseline, floor
+    means = x.mean(axis=0)
+    if means[1] - means[2] <= 0:
+        return None
+    rng = np.random.default_rng(seed)
+    boot = x[rng.integers(0, len(x), size=(n_boot, len(x)))].mean(axis=1)  # (n_boot, 3)
+    gap = boot[:, 1] - boot[:, 2]
+    share = np.where(gap > 0, (boot[:, 1] - boot[:, 0]) / np.where(gap > 0, gap, 1.0), np.nan)
+    lo, hi = (float(v) for v in np.nanquantile(share, [(1 - level) / 2, (1 + level) / 2]))
+    return {"n": len(x), "mean_model": float(means[0]), "mean_baseline": float(means[1]),
+            "mean_floor": float(means[2]), "share": float((means[1] - means[0]) / (means[1] - means[2])),
+            "ci": [lo, hi], "level": level}

@@ -28,7 +28,7 @@ from xmdpt.data.keypoints import scale_keypoints
 from xmdpt.encoders.inputs import read_image_bytes
 from xmdpt.metrics.image import psnr, resize_for_eval, ssim, ssim_256
 from xmdpt.metrics.protocol import Protocol, get_protocol
-from xmdpt.metrics.stats import paired_comparison
+from xmdpt.metrics.stats import gap_closed, paired_comparison
 from xmdpt.metrics.synthetic import (foreground_mask, mask_iou, part_colour_error, part_masks, pose_match,
                                      view_consistency)
 from xmdpt.ops.eval_fid_lpips import fid_metrics, lpips_metrics
@@ -104,6 +104,17 @@ def _other_identity_colour_error(pairs: Sequence[dict[str, Any]], gts: dict[int,
     return out
 
 
+def _same_person_floor(p: dict[str, Any], src: np.ndarray, gt: np.ndarray, eval_hw: tuple[int, int]
+                       ) -> dict[str, Optional[float]]:
+    """The same-person floor of row ``p``, per part: the source photo's own region colour (from its own
+    keypoints) against the ground truth's — what a model that copies the clothes exactly scores.
+    Empty when the pair carries no source keypoints."""
+    if p.get("source_keypoints") is None:
+        return {}
+    src_kps = scale_keypoints(p["source_keypoints"], (p["source_height"], p["source_width"]), eval_hw)
+    return part_colour_error(src, src_kps, gt, _eval_keypoints(p, eval_hw))
+
+
 def _consistency(pairs: Sequence[dict[str, Any]], gens: dict[int, np.ndarray], gts: dict[int, np.ndarray],
                  rows: Sequence[int]) -> dict[str, Any]:
     """Consistency: one target generated from several source views of the same person."""
@@ -135,6 +146,7 @@ def synthetic_metrics(pairs: Sequence[dict[str, Any]], gens: dict[int, np.ndarra
     match, match_src = [], []
     err: dict[str, list] = {"torso": [], "legs": []}  # per row, None where the part is not visible
     err_other: dict[str, list] = {"torso": [], "legs": []}
+    err_floor: dict[str, list] = {"torso": [], "legs": []}
     rows = sorted(gens)
     for r in rows:
         p = pairs[r]
@@ -146,9 +158,11 @@ def synthetic_metrics(pairs: Sequence[dict[str, Any]], gens: dict[int, np.ndarra
         match_src.append(pose_match(src_mask, gt_mask, others.get(r, [])))
         gen_err = part_colour_error(gens[r], kps, gts[r], kps)
         other_err = _other_identity_colour_error(pairs, gts, rows, r, eval_hw)
+        floor_err = _same_person_floor(p, srcs[r], gts[r], eval_hw)
         for part in err:
             err[part].append(gen_err.get(part))
             err_other[part].append(other_err.get(part))
+            err_floor[part].append(floor_err.get(part))
     out: dict[str, Any] = {
         "synthetic_pose_iou": _mean(iou),
         "synthetic_pose_iou_source_baseline": _mean(iou_src),
@@ -159,6 +173,11 @@ def synthetic_metrics(pairs: Sequence[dict[str, Any]], gens: dict[int, np.ndarra
     for part in ("torso", "legs"):
         out[f"synthetic_colour_error_{part}"] = _mean(err[part])
         out[f"synthetic_colour_error_{part}_other_identity_baseline"] = _mean(err_other[part])
+        # the floor: the source photo's own region against the ground truth (the same person, another view)
+        out[f"synthetic_colour_error_{part}_same_person_floor"] = _mean(err_floor[part])
+        gap = gap_closed(err[part], err_other[part], err_floor[part])
+        out[f"synthetic_colour_gap_closed_{part}"] = gap["share"] if gap else None
+        out[f"synthetic_colour_gap_closed_{part}_detail"] = gap
     # the same comparisons pair by pair, with bootstrap intervals (see xmdpt.metrics.stats)
     out["comparisons"] = {
         "pose_iou_model_vs_source_image": paired_comparison(
@@ -167,6 +186,9 @@ def synthetic_metrics(pairs: Sequence[dict[str, Any]], gens: dict[int, np.ndarra
             match, match_src, names=("model", "source_image"), higher_is_better=True),
         **{f"colour_error_{part}_model_vs_other_identity": paired_comparison(
             err[part], err_other[part], names=("model", "other_identity"), higher_is_better=False)
+           for part in ("torso", "legs")},
+        **{f"colour_error_{part}_model_vs_same_person_floor": paired_comparison(
+            err[part], err_floor[part], names=("model", "same_person_floor"), higher_is_better=False)
            for part in ("torso", "legs")},
     }
     out.update(_consistency(pairs, gens, gts, rows))
@@ -249,16 +271,19 @@ def _guided_vs_unguided(pairs: Sequence[dict[str, Any]], generated: dict[str, di
             "ssim": [m["ssim"] for m in pm],
             "pose_iou": [mask_iou(masks[r], gt_masks[r]) for r in subset],
             "pose_match": [pose_match(masks[r], gt_masks[r], others.get(r, [])) for r in subset],
-            "colour_error_torso": [part_colour_error(imgs[r], _eval_keypoints(pairs[r], eval_hw), gts[r],
-                                                     _eval_keypoints(pairs[r], eval_hw))["torso"] for r in subset],
         }
+        colour = [part_colour_error(imgs[r], _eval_keypoints(pairs[r], eval_hw), gts[r],
+                                    _eval_keypoints(pairs[r], eval_hw)) for r in subset]
+        for part in ("torso", "legs"):
+            v[f"colour_error_{part}"] = [c[part] for c in colour]
         out[f"subset_{variant}_ssim"] = _mean(v["ssim"])
         out[f"subset_{variant}_psnr"] = _mean([m["psnr"] for m in pm])
-        for name in ("pose_iou", "pose_match", "colour_error_torso"):
+        for name in ("pose_iou", "pose_match", "colour_error_torso", "colour_error_legs"):
             out[f"synthetic_subset_{variant}_{name}"] = _mean(v[name])
     comparisons = {}
     for unguided in (COND_ONLY, NULL_COND):
-        for name, higher in (("ssim", True), ("pose_iou", True), ("pose_match", True), ("colour_error_torso", False)):
+        for name, higher in (("ssim", True), ("pose_iou", True), ("pose_match", True), ("colour_error_torso", False),
+                             ("colour_error_legs", False)):
             comparisons[f"subset_{name}_{GUIDED}_vs_{unguided}"] = paired_comparison(
                 per_row[GUIDED][name], per_row[unguided][name], names=(GUIDED, unguided), higher_is_better=higher)
     return out, comparisons

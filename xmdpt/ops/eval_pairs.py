@@ -53,7 +53,8 @@ def load_test_pairs(validate_manifest: ValidateLike, max_pairs: Optional[int] = 
 
     Returns:
         dicts with ``pair_id, person_id, source_path, target_path, keypoints (18, 2), height, width``
-        (keypoints in the target image's frame).
+        (keypoints in the target image's frame) and ``source_keypoints, source_height, source_width``
+        (the source image's, for the same-person floor of the appearance metrics).
     """
 
     tables = ValidateManifest.coerce(validate_manifest).tables
@@ -67,11 +68,14 @@ def load_test_pairs(validate_manifest: ValidateLike, max_pairs: Optional[int] = 
         if pose is None or p[schema.SOURCE_PATH] not in poses:
             missing += 1
             continue
+        src = poses[p[schema.SOURCE_PATH]]
         rows.append({
             "pair_id": p[schema.PAIR_ID], "person_id": p[schema.PERSON_ID],
             "source_path": p[schema.SOURCE_PATH], "target_path": p[schema.TARGET_PATH],
             "keypoints": np.asarray(pose[schema.KEYPOINTS], np.float32).reshape(schema.NUM_KEYPOINTS, 2),
             "height": int(pose[schema.HEIGHT]), "width": int(pose[schema.WIDTH]),
+            "source_keypoints": np.asarray(src[schema.KEYPOINTS], np.float32).reshape(schema.NUM_KEYPOINTS, 2),
+            "source_height": int(src[schema.HEIGHT]), "source_width": int(src[schema.WIDTH]),
         })
     if missing:
         logger.warning("%d test pairs skipped: source or target image not in the validated poses table", missing)

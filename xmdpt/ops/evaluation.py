@@ -8,8 +8,9 @@ LPIPS and FID with the published weights only, the ``synthetic_*`` benchmark met
 unguided, and the pair-by-pair comparisons).
 
 Outputs: generated PNGs under ``{storage_root}/evaluate/{hash}/images/``, ``grid.png``
-(source | target skeleton | generated | ground truth) and ``metrics.json`` (a DVC metric) under
-``{artifacts_dir}/evaluate/``.
+(source | target skeleton | generated | ground truth; one row per person, people evenly spaced over
+the test identities — a fixed rule, not a pick of the best rows), ``grid_worst.png`` (the rows with
+the largest colour error) and ``metrics.json`` (a DVC metric) under ``{artifacts_dir}/evaluate/``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from xmdpt.config import XMDPTConfig
-from xmdpt.data.keypoints import render_skeleton
+from xmdpt.data.keypoints import render_skeleton, scale_keypoints
+from xmdpt.metrics.synthetic import part_colour_error
 from xmdpt.metrics.protocol import get_protocol
 from xmdpt.ops.eval_metrics import compute_metrics
 from xmdpt.ops.eval_pairs import GUIDED, ValidateLike, generate_pairs, load_generated, load_test_pairs, save_generated
@@ -42,12 +44,41 @@ STAGE = "evaluate"
 # ------------------------------------------------------------------------------------------------
 
 
-def sample_grid(pairs: Sequence[dict[str, Any]], images: dict[str, dict[int, np.ndarray]], rows: int,
-                eval_hw: tuple[int, int]) -> np.ndarray:
-    """Rows of (source | target skeleton | generated | ground truth), uint8 ``(rows*H, 4*W, 3)``."""
+def one_per_person(pairs: Sequence[dict[str, Any]], rows: Sequence[int], n: int) -> list[int]:
+    """The grid's fixed rule: ``n`` people evenly spaced over the evaluated test identities (in pair-id
+    order), each shown by its first evaluated pair; not chosen by any score."""
+    first: dict[str, int] = {}
+    for r in sorted(rows):
+        first.setdefault(pairs[r]["person_id"], r)
+    people = list(first.values())  # in pair-id order
+    if n >= len(people):
+        return people
+    return [people[(i * len(people)) // n] for i in range(n)]
 
+
+def worst_rows(pairs: Sequence[dict[str, Any]], images: dict[str, dict[int, np.ndarray]], n: int,
+               eval_hw: tuple[int, int]) -> list[int]:
+    """The ``n`` evaluated rows with the largest colour error (mean of torso and legs where visible)."""
+    scores = {}
+    for r in images["gen"]:
+        kps = scale_keypoints(pairs[r]["keypoints"], (pairs[r]["height"], pairs[r]["width"]), eval_hw)
+        errs = [v for v in part_colour_error(images["gen"][r], kps, images["gt"][r], kps).values() if v is not None]
+        if errs:
+            scores[r] = float(np.mean(errs))
+    return sorted(scores, key=lambda r: (-scores[r], r))[:n]
+
+
+def sample_grid(pairs: Sequence[dict[str, Any]], images: dict[str, dict[int, np.ndarray]], rows: int | Sequence[int],
+                eval_hw: tuple[int, int]) -> np.ndarray:
+    """Rows of (source | target skeleton | generated | ground truth), uint8 ``(rows*H, 4*W, 3)``.
+
+    ``rows``: the row indices to show, or a count: that many people by :func:`one_per_person`.
+    """
+
+    if isinstance(rows, int):
+        rows = one_per_person(pairs, sorted(images["gen"]), rows)
     out = []
-    for r in sorted(images["gen"])[:rows]:
+    for r in rows:
         p = pairs[r]
         skel = render_skeleton(p["keypoints"], (p["height"], p["width"]), eval_hw)
         out.append(np.concatenate([images["src"][r], skel, images["gen"][r], images["gt"][r]], axis=1))
@@ -121,8 +152,11 @@ def evaluate(cfg: XMDPTConfig, model_dir: str, validate_manifest: ValidateLike, 
     metrics["quarantine"] = [quarantined[r] for r in sorted(quarantined)][:50]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    grid = sample_grid(pairs, images, cfg.evaluate.grid_rows, tuple(cfg.evaluate.eval_size))
+    eval_hw = tuple(cfg.evaluate.eval_size)
+    grid = sample_grid(pairs, images, cfg.evaluate.grid_rows, eval_hw)
     (out_dir / "grid.png").write_bytes(_png(grid))
+    worst = sample_grid(pairs, images, worst_rows(pairs, images, cfg.evaluate.grid_rows, eval_hw), eval_hw)
+    (out_dir / "grid_worst.png").write_bytes(_png(worst))
     if images_uri:
         _write_images(images_uri, pairs, generated, quarantined)
         metrics["images_uri"] = images_uri
