@@ -1,12 +1,11 @@
 """Appearance reaches the output: a model trained briefly on toy people copies the source's clothes.
 
 A guard for the whole appearance path (stand-in image-token encoder -> CANet -> adaLN -> denoiser
--> DDIM sampler): toy "people" are a torso block and a legs block of two random colours on a light
-background. The target is the same person in another pose (the blocks shifted); the pose reaches the
+-> DDIM sampler): toy "people" are a torso block over a legs block, dressed in one random colour, on
+a light background. The target is the same person in another pose (the blocks shifted); the pose reaches the
 model through pose tokens, the person only through the source image (its tokens and its latent).
 After a short training with the real loss and optimizer step, the same noise and target pose with
-two different source people must give two outputs whose torso and legs colours differ the way the
-two sources' do. A change that cuts the source out of the conditioning (CANet, the tokens, the
+two different source people must give two outputs whose colours differ the way the two sources' do. A change that cuts the source out of the conditioning (CANet, the tokens, the
 sampler's summary) leaves the two outputs equal and fails here.
 """
 
@@ -59,7 +58,7 @@ def trained():
                       pose_token_dim=len(POSES), mask_ratio=0.0)
     pose_tokens = torch.eye(len(POSES)).unsqueeze(1).expand(-1, 4, -1)  # (P, 4, P): one-hot per pose
     g = torch.Generator().manual_seed(0)
-    people = torch.rand(96, 2, 3, generator=g)  # (torso, legs) colours of 96 training people
+    people = torch.rand(96, 1, 3, generator=g).expand(96, 2, 3)  # (torso, legs) colours of 96 training people
 
     def batch(n: int) -> dict[str, torch.Tensor]:
         who = torch.randint(0, len(people), (n,), generator=g)
@@ -76,7 +75,7 @@ def trained():
     diffusion = GaussianDiffusion.from_config(DiffusionConfig())
     data = [batch(32) for _ in range(8)]
     model.train()
-    for step in range(400):
+    for step in range(800):
         train_step(model, ema, opt, data[step % len(data)], diffusion=diffusion, latent_scale=1.0,
                    cond_drop_prob=0.1, mask_ratio=0.0, generator=g, timestep_logit_normal=(0.5, 1.0))
     model.eval()
@@ -100,9 +99,9 @@ def _colours(latent: torch.Tensor, shift: int) -> dict[str, torch.Tensor]:
 
 
 def test_swapping_the_source_person_moves_the_clothes_colour_toward_the_new_source(trained):
-    # two people never seen in training, with different torso and legs colours
-    a = (torch.tensor([0.9, 0.2, 0.1]), torch.tensor([0.1, 0.2, 0.8]))
-    b = (torch.tensor([0.1, 0.7, 0.3]), torch.tensor([0.9, 0.8, 0.1]))
+    # two people never seen in training, dressed in different colours
+    a = (torch.tensor([0.9, 0.2, 0.1]),) * 2
+    b = (torch.tensor([0.1, 0.7, 0.3]),) * 2
     tgt = 2  # target pose index: shift +2, a source in pose 0 (shift -2)
     out_a = _colours(_generate(trained, *a, src_shift=POSES[0], tgt_pose=tgt), POSES[tgt])
     out_b = _colours(_generate(trained, *b, src_shift=POSES[0], tgt_pose=tgt), POSES[tgt])
@@ -110,15 +109,15 @@ def test_swapping_the_source_person_moves_the_clothes_colour_toward_the_new_sour
         want = b[i] - a[i]  # how the clothes differ between the two sources
         got = out_b[part] - out_a[part]
         cos = float(F.cosine_similarity(got, want, dim=0))
-        assert cos > 0.8, f"{part}: swapping the source moved the colour in direction cos={cos:.2f} (want > 0.8)"
-        assert got.norm() > 0.5 * want.norm(), f"{part}: moved {float(got.norm()):.3f} of {float(want.norm()):.3f}"
+        assert cos > 0.9, f"{part}: swapping the source moved the colour in direction cos={cos:.2f} (want > 0.9)"
+        assert got.norm() > 0.6 * want.norm(), f"{part}: moved {float(got.norm()):.3f} of {float(want.norm()):.3f}"
         # the output is near the source's own colour, not only moved
         assert float((out_b[part] - b[i]).norm()) < 0.5 * float(want.norm()), f"{part}: far from the source colour"
 
 
 def test_null_condition_ignores_the_source_person(trained):
-    a = (torch.tensor([0.9, 0.2, 0.1]), torch.tensor([0.1, 0.2, 0.8]))
-    b = (torch.tensor([0.1, 0.7, 0.3]), torch.tensor([0.9, 0.8, 0.1]))
+    a = (torch.tensor([0.9, 0.2, 0.1]),) * 2
+    b = (torch.tensor([0.1, 0.7, 0.3]),) * 2
     out_a = _generate(trained, *a, src_shift=0, tgt_pose=1, drop=True)
     out_b = _generate(trained, *b, src_shift=0, tgt_pose=1, drop=True)
     torch.testing.assert_close(out_a, out_b, rtol=0, atol=0)
