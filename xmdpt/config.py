@@ -79,6 +79,11 @@ class EncodersConfig:
     # the patch embedding's scale (a DINOv2 token knows where it is; CANet's per-token MLP needs that to
     # tell a torso token from a legs token); "random" keeps timm's init (std 0.02: almost no position)
     standin_pos_embed: str = "sincos"
+    # stand-ins only: standardise each token position and channel to zero mean, unit std over the training
+    # images (fitted by the features stage, saved with the encoder). A shallow random ViT gives every
+    # skeleton's black patches and every photo's background the same token, so a pooled summary is almost
+    # the same vector for every input; standardised, it varies with the pose and the clothes
+    standin_standardize: bool = True
 
     def __post_init__(self) -> None:
         check(self.token_input_size % 14 == 0, "encoders.token_input_size", "must be a multiple of the patch size 14")

@@ -179,3 +179,31 @@ def test_standardize_latent_channels_is_exact_and_whitens_each_channel():
     sample = mean1 + std1 * torch.randn(mean1.shape, generator=torch.Generator().manual_seed(0))
     assert sample.mean(dim=(0, 2, 3)).abs().max() < 0.05
     assert (sample.std(dim=(0, 2, 3)) - 1).abs().max() < 0.05
+
+
+def test_standin_positions_and_standardised_tokens_roundtrip(tmp_path):
+    """sin-cos positions make the same patch content give different tokens at different positions;
+    fitted statistics standardise the tokens (mean 0, std 1 on the fitting set), survive save/load
+    and change the fingerprint."""
+    flat = torch.full((1, 3, 28, 28), 0.5)  # every patch the same content
+    enc = TokenEncoder.from_config(TINY, "pose")
+    raw = enc(flat)[0, 1:]  # (4, D) patch tokens
+    assert (raw[0] - raw[1]).abs().max() > 0.1  # position shows
+    rnd = TokenEncoder.from_config(EncodersConfig(pretrained=False, standin_depth=1, token_input_size=28,
+                                                  standin_pos_embed="random"), "pose")(flat)[0, 1:]
+    assert (rnd[0] - rnd[1]).abs().max() < (raw[0] - raw[1]).abs().max() / 4  # timm's init: almost none
+
+    g = torch.Generator().manual_seed(0)
+    fit = torch.rand(64, 3, 28, 28, generator=g)
+    before = enc.fingerprint()
+    enc.fit_standardization(enc.raw_tokens(fit))
+    assert enc.spec["standardized"] and enc.fingerprint() != before
+    std = enc(fit)
+    torch.testing.assert_close(std.mean(0), torch.zeros_like(std[0]), atol=1e-4, rtol=0)
+    assert abs(float(std.std(0).median()) - 1.0) < 1e-3
+    enc.save(str(tmp_path / "pose.safetensors"))
+    back = TokenEncoder.from_weights(TINY, "pose", str(tmp_path / "pose.safetensors"))
+    torch.testing.assert_close(back(fit[:4]), enc(fit[:4]), rtol=0, atol=0)
+    assert back.fingerprint() == enc.fingerprint()
+    with pytest.raises(ValueError, match="token statistics of shape"):
+        enc.set_standardization(torch.zeros(3, 3), torch.ones(3, 3))

@@ -47,6 +47,8 @@ logger = logging.getLogger(__name__)
 
 ROLES = ("image", "pose")
 _ROLE_SEED_OFFSET = {"image": 0, "pose": 1}  # two stand-ins of the same architecture must differ
+# token statistics saved beside a stand-in's weights (not timm keys: split off before load_state_dict)
+_MEAN_KEY, _STD_KEY = "xmdpt_token_mean", "xmdpt_token_std"
 
 
 def prepare_image(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -145,6 +147,8 @@ class TokenEncoder:
         self.precision = "bf16" if self.device.type == "cuda" else "fp32"  # see xmdpt.precision
         self.num_tokens = 1 + (input_size // PATCH_SIZE) ** 2
         self.dim = int(model.embed_dim)
+        self.token_mean: Optional[torch.Tensor] = None  # (S, D): see fit_standardization
+        self.token_std: Optional[torch.Tensor] = None
 
     @classmethod
     def from_config(cls, enc: EncodersConfig, role: str, device: str | torch.device = "cpu") -> "TokenEncoder":
@@ -187,15 +191,48 @@ class TokenEncoder:
         fs, path = filesystem(uri)
         with fs.open(path, "rb") as f:
             state = load_safetensors(f.read())
+        stats = {k: state.pop(k) for k in (_MEAN_KEY, _STD_KEY) if k in state}
         model.load_state_dict(state, strict=True)
-        return cls(model, role=role, model_id=model_id, standin=standin, input_size=enc.token_input_size,
-                   seed=seed, depth=depth, device=device)
+        encoder = cls(model, role=role, model_id=model_id, standin=standin, input_size=enc.token_input_size,
+                      seed=seed, depth=depth, device=device)
+        if stats:
+            if set(stats) != {_MEAN_KEY, _STD_KEY}:
+                raise ValueError(f"{uri}: token statistics incomplete: has {sorted(stats)}, expected both "
+                                 f"{_MEAN_KEY} and {_STD_KEY}")
+            encoder.set_standardization(stats[_MEAN_KEY], stats[_STD_KEY])
+        return encoder
+
+    # ---- standardisation (stand-ins) ----
+    def set_standardization(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Tokens come out as ``(tokens - mean) / std``; ``mean``/``std`` are (S, D), ``std`` > 0."""
+        shape = (self.num_tokens, self.dim)
+        if tuple(mean.shape) != shape or tuple(std.shape) != shape:
+            raise ValueError(f"{self.model_id}: token statistics of shape {tuple(mean.shape)}/{tuple(std.shape)}, "
+                             f"expected {shape}")
+        if not bool((std > 0).all()):
+            raise ValueError(f"{self.model_id}: token std must be > 0 everywhere")
+        self.token_mean = mean.detach().float().to(self.device)
+        self.token_std = std.detach().float().to(self.device)
+
+    def fit_standardization(self, raw: torch.Tensor, floor: float = 0.1) -> None:
+        """Per-position, per-channel statistics of unstandardised tokens ``raw`` (M, S, D).
+
+        The std is floored at ``floor`` times its median, so a position that never changes (a skeleton
+        image's always-black corner) comes out near 0 instead of amplifying rounding noise.
+        """
+        if raw.ndim != 3 or raw.shape[0] < 2:
+            raise ValueError(f"need (M >= 2, S, D) tokens to fit statistics, got {tuple(raw.shape)}")
+        raw = raw.double()
+        std = raw.std(dim=0)
+        std = std.clamp_min(floor * float(std.median()))
+        self.set_standardization(raw.mean(dim=0).float(), std.float())
 
     @property
     def spec(self) -> dict[str, Any]:
         """What produced the tokens: id, stand-in flag, seed, depth, input size, token shape."""
         return {"id": self.model_id, "role": self.role, "standin": self.standin, "seed": self.seed,
                 "depth": self.depth, "input_size": self.input_size, "num_tokens": self.num_tokens, "dim": self.dim,
+                "standardized": self.token_mean is not None,
                 "label": "random-feature stand-in" if self.standin else "pretrained DINOv2"}
 
     @torch.no_grad()
@@ -206,8 +243,17 @@ class TokenEncoder:
             x: (N, 3, input_size, input_size), from :func:`prepare_image` / :func:`prepare_pose`.
 
         Returns:
-            (N, S, D) float32: the normed ``[CLS; patches]`` of the last block.
+            (N, S, D) float32: the normed ``[CLS; patches]`` of the last block, standardised when the
+            encoder has token statistics (:meth:`fit_standardization`).
         """
+        tokens = self.raw_tokens(x)
+        if self.token_mean is not None:
+            tokens = (tokens - self.token_mean) / self.token_std
+        return tokens
+
+    @torch.no_grad()
+    def raw_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`__call__` without the standardisation."""
         if x.ndim != 4 or x.shape[1:] != (3, self.input_size, self.input_size):
             raise ValueError(f"{self.model_id}: expected (N, 3, {self.input_size}, {self.input_size}) inputs, "
                              f"got {tuple(x.shape)}; prepare them with prepare_image/prepare_pose")
@@ -224,6 +270,9 @@ class TokenEncoder:
         from safetensors.torch import save as save_safetensors
 
         state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        if self.token_mean is not None:
+            state[_MEAN_KEY] = self.token_mean.cpu().contiguous()
+            state[_STD_KEY] = self.token_std.cpu().contiguous()
         return save_safetensors(state, metadata={"model_id": self.model_id, "role": self.role,
                                                  "standin": str(self.standin), "seed": str(self.seed)})
 
@@ -240,7 +289,10 @@ class TokenEncoder:
     def fingerprint(self) -> str:
         """sha256 of the weights (compare encoders across processes)."""
         h = hashlib.sha256()
-        for k, v in sorted(self.model.state_dict().items()):
+        state = dict(self.model.state_dict())
+        if self.token_mean is not None:
+            state.update({_MEAN_KEY: self.token_mean, _STD_KEY: self.token_std})
+        for k, v in sorted(state.items()):
             h.update(k.encode())
             h.update(v.detach().cpu().contiguous().numpy().tobytes())
         return h.hexdigest()

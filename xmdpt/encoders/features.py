@@ -35,9 +35,11 @@ from xmdpt.ops.manifests import (AutoencoderManifest, FeatureImages, FeaturesMan
                              TensorSpec, ValidateManifest)
 from xmdpt.ops.storage import filesystem, join, stage_prefix
 from xmdpt.encoders.cache_validation import FeatureCacheError, validate_feature_cache
-from xmdpt.encoders.dino import TokenEncoder, token_spec
-from xmdpt.encoders.encoding import CHUNK, ERROR, NODE, EncoderActor
-from xmdpt.encoders.inputs import read_image_table
+from xmdpt.data.images import ImageError, load_rgb
+from xmdpt.encoders.dino import TokenEncoder, prepare_image, prepare_pose, skeletons_to_tensor, token_spec
+from xmdpt.encoders.encoding import CHUNK, ERROR, NODE, EncoderActor, augment
+from xmdpt.encoders.inputs import read_image_bytes, read_image_table
+from xmdpt.encoders.vae import from_uint8
 from xmdpt.ops.ray_utils import init_ray
 
 logger = logging.getLogger(__name__)
@@ -48,7 +50,7 @@ STAGE = "features"
 def token_params(enc: EncodersConfig, shard_images: int) -> dict[str, Any]:
     """The config fields that change the cached tokens or their shards (hashed into the cache prefix)."""
     keep = ("pretrained", "image_encoder", "pose_encoder", "standin_image_encoder", "standin_pose_encoder",
-            "standin_depth", "standin_seed", "standin_pos_embed", "token_input_size")
+            "standin_depth", "standin_seed", "standin_pos_embed", "standin_standardize", "token_input_size")
     return {**{k: v for k, v in asdict(enc).items() if k in keep}, "shard_images": shard_images}
 
 
@@ -109,22 +111,70 @@ def _write_chunk(fs, data_dir: str, quarantine_dir: str, chunk: int, out: pa.Tab
 # --------------------------------------------------------------------------------------------
 
 
-def _standin_weights(enc: EncodersConfig, prefix: str) -> tuple[dict[str, Optional[str]], dict[str, dict]]:
-    """Save the stand-in encoders' weights under the cache prefix (or reference the hub ids)."""
+STANDARDIZE_MAX_IMAGES = 512  # training images (each with its flip) the stand-in token statistics are fitted on
 
+
+def _fit_standardization(cfg: XMDPTConfig, table: pa.Table, encoders: dict[str, TokenEncoder]) -> None:
+    """Fit each stand-in's per-position token statistics on the training images (and their flips).
+
+    Up to :data:`STANDARDIZE_MAX_IMAGES` training images, evenly spaced in path order; unreadable ones
+    are skipped here (the encoding itself quarantines them).
+    """
+    import torch
+
+    rows = [r for r in table.select([schema.IMAGE_PATH, schema.SPLIT, schema.KEYPOINTS]).to_pylist()
+            if r[schema.SPLIT] == "train"]
+    if not rows:
+        raise ValueError("no training images to fit the stand-in token statistics on")
+    rows = [rows[(i * len(rows)) // STANDARDIZE_MAX_IMAGES] for i in range(min(STANDARDIZE_MAX_IMAGES, len(rows)))]
+    size, tis = cfg.data.image_size, cfg.encoders.token_input_size
+    images, skeletons = [], []
+    for r in rows:
+        try:
+            image = load_rgb(read_image_bytes(cfg.paths.dataset_root, r[schema.IMAGE_PATH]), name=r[schema.IMAGE_PATH])
+        except (ImageError, OSError) as e:
+            logger.warning("token statistics: %s skipped (%s)", r[schema.IMAGE_PATH], e)
+            continue
+        kps = np.asarray(r[schema.KEYPOINTS], np.float32).reshape(schema.NUM_KEYPOINTS, 2)
+        for flip in (False, True):
+            img, _, skel = augment(image, kps, size, flip)
+            images.append(img)
+            skeletons.append(skel)
+    inputs = {"image": lambda sl: prepare_image(from_uint8(np.stack(images[sl])), tis),
+              "pose": lambda sl: prepare_pose(skeletons_to_tensor(np.stack(skeletons[sl])), tis)}
+    for role, encoder in encoders.items():
+        with torch.no_grad():
+            tokens = torch.cat([encoder.raw_tokens(inputs[role](slice(i, i + 64)))
+                                for i in range(0, len(images), 64)])  # (M, S, D)
+        encoder.fit_standardization(tokens)
+    logger.info("stand-in token statistics fitted on %d training images (with flips)", len(images) // 2)
+
+
+def _standin_weights(cfg: XMDPTConfig, prefix: str, table: pa.Table) -> tuple[dict[str, Optional[str]], dict[str, dict]]:
+    """Save the stand-in encoders' weights (and, with ``encoders.standin_standardize``, their token
+    statistics fitted on the training images) under the cache prefix, or reference the hub ids."""
+    enc = cfg.encoders
     weights: dict[str, Optional[str]] = {}
     specs: dict[str, dict] = {}
-    for role in ("image", "pose"):
-        if enc.pretrained:
+    if enc.pretrained:
+        for role in ("image", "pose"):
             specs[role] = token_spec(enc, role)
             weights[role] = None  # actors load the hub weights themselves
-            continue
+        return weights, specs
+    encoders = {}
+    for role in ("image", "pose"):
         uri = join(prefix, "encoders", f"{role}.safetensors")
         fs, path = filesystem(uri)
-        encoder = TokenEncoder.from_config(enc, role)
-        if not fs.exists(path):
-            encoder.save(uri)
+        encoders[role] = (TokenEncoder.from_weights(enc, role, uri) if fs.exists(path)
+                          else TokenEncoder.from_config(enc, role))
         weights[role] = uri
+    todo = {r: e for r, e in encoders.items() if enc.standin_standardize and e.token_mean is None}
+    if todo:
+        _fit_standardization(cfg, table, todo)
+    for role, encoder in encoders.items():
+        fs, path = filesystem(weights[role])
+        if role in todo or not fs.exists(path):
+            encoder.save(weights[role])
         specs[role] = {**encoder.spec, "sha256": encoder.fingerprint()}
     return weights, specs
 
@@ -283,7 +333,7 @@ def build_feature_cache(
     k = fc.shard_images
     num_chunks = math.ceil(n / k)
     todo = [c for c in range(num_chunks) if not _chunk_done(fs, data_dir, quarantine_dir, c, min(k, n - c * k))]
-    weights, specs = _standin_weights(enc, prefix)
+    weights, specs = _standin_weights(cfg, prefix, table)
     logger.info("feature cache %s: %d images in %d shards, %d to do (%s encoders)", prefix, n, num_chunks, len(todo),
                 "STAND-IN random-feature" if not enc.pretrained else "pretrained")
 
