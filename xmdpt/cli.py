@@ -172,9 +172,8 @@ def serve(
                         device=device, follow_alias=follow_alias, poll_s=poll_s, max_bytes=int(max_mb * 1024 * 1024),
                         max_side=max_side, pose_model_path=str(pose_model.resolve()) if pose_model else None,
                         num_cpus_per_replica=cpus_per_replica, num_gpus_per_replica=gpus_per_replica)
-    typer.echo(f"serving {model} at http://{host}:{port} (Ctrl-C or SIGTERM stops)")
+    typer.echo(f"serving {model} at http://{host}:{port} (Ctrl-C stops)")
     run_server(opts, host=host, port=port, blocking=True)
-    typer.echo("stopped: Serve and Ray shut down")
 
 
 @app.command("generate-batch")

@@ -142,8 +142,19 @@ def test_evaluate_and_register_stages(tmp_path, ray_local, monkeypatch):
         assert ssim_cmp["n"] == 2 and ssim_cmp["mean_guided"] == pytest.approx(metrics["subset_guided_ssim"])
         assert comp[f"subset_pose_match_guided_vs_{unguided}"] is None  # null values: nothing to compare
     assert metrics["synthetic_consistency_groups"] >= 1
+    # one row per person (fewer test people here than grid_rows = 3); the worst rows fill all 3
     grid = Image.open(out / "grid.png")
-    assert grid.size == (4 * 176, 3 * 256)
+    from xmdpt.ops.eval_pairs import load_test_pairs
+
+    evaluated = [p for p in load_test_pairs(validate, 12) if not any(p["pair_id"] in q for q in metrics["quarantine"])]
+    people = {p["person_id"] for p in evaluated}
+    assert len(evaluated) == 8 and 1 <= len(people) < 3
+    assert grid.size == (4 * 176, len(people) * 256)
+    assert Image.open(out / "grid_worst.png").size == (4 * 176, 3 * 256)
+    # the same-person floor and the gap closed are reported beside the baselines
+    for part in ("torso", "legs"):
+        assert f"synthetic_colour_error_{part}_same_person_floor" in metrics
+        assert f"synthetic_colour_gap_closed_{part}" in metrics
     pngs = sorted(Path(manifest["uri"], "images").glob("*.png"))
     assert len(pngs) == 8 + 2 * 2
 

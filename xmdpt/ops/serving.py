@@ -27,7 +27,6 @@ import io
 import json
 import logging
 import os
-import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -378,20 +377,11 @@ def run_server(opts: ServeOptions, *, host: str = "127.0.0.1", port: int = 8000,
     url = f"http://{host}:{port}{route_prefix.rstrip('/')}"
     logger.info("serving %s at %s", opts.model, url)
     if blocking:
-        previous = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops like Ctrl-C: Serve and Ray shut down
         try:
             while True:
                 time.sleep(3600)
         except KeyboardInterrupt:
-            logger.info("stopping: shutting down Serve and Ray")
+            pass
         finally:
-            signal.signal(signal.SIGTERM, previous)
             serve.shutdown()
-            import ray
-
-            ray.shutdown()
     return url
-
-
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
