@@ -53,6 +53,18 @@ def test_train_stage_outputs_and_relaunch(ray_local, fixture_cache_with_vae, mak
     assert again["reused"] and again["run_id"] == out["run_id"] and again["model_uri"] == out["model_uri"]
     assert time.monotonic() - t0 < 15
 
+    # fewer steps after a finished longer run: a run of its own, trained for exactly those steps; the
+    # manifest, the model's config and its MLflow run say so, and the 6-step run is left as it was
+    short = run_train_stage(make_config(root, max_steps=4, checkpoint_every=2, sample_every=0, log_every=2))
+    assert short["steps"] == 4 and not short["reused"] and short["start_step"] == 0
+    assert short["run_id"] != out["run_id"] and short["model_uri"] != out["model_uri"]
+    assert json.loads((art / "manifest.json").read_text())["steps"] == 4
+    assert load_model_folder(short["model_uri"])[1]["train"]["max_steps"] == 4
+    short_info = tracking.run_info(manifest["tracking_uri"], short["run_id"])
+    assert short_info["params"]["train.max_steps"] == "4"
+    assert [s for s, _ in tracking.metric_history(manifest["tracking_uri"], short["run_id"], "loss")] == [2, 4]
+    assert [s for s, _ in tracking.metric_history(manifest["tracking_uri"], out["run_id"], "loss")] == [2, 4, 6]
+
 
 def _kill_rank_when_checkpointed(run_dir: Path, rank: int, killed: dict, timeout: float = 240.0):
     """Driver thread: once Ray Train has *registered* a checkpoint (its checkpoint-manager snapshot

@@ -58,10 +58,11 @@ RUN_FILE = "xmdpt_run.json"
 RESULT_FILE = "result.json"
 FINAL_DIR = "final"
 
-# train.* fields that do not change the trained weights (left out of the run name). max_steps is
-# left out so that raising it continues the same run from its latest checkpoint.
+# train.* fields that do not change the trained weights (left out of the run name). max_steps is part
+# of the name: an experiment with another step count is its own run, trained for exactly its steps
+# (a relaunch of the same experiment resumes its own interrupted run, never another's finished one).
 _NON_RESULT_TRAIN_KEYS = ("log_every", "checkpoint_every", "keep_checkpoints", "sample_every", "sample_steps",
-                          "sample_rows", "max_failures", "mlflow_experiment", "max_steps")
+                          "sample_rows", "max_failures", "mlflow_experiment")
 
 
 def code_fingerprint() -> str:
