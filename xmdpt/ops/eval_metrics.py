@@ -104,6 +104,18 @@ def _other_identity_colour_error(pairs: Sequence[dict[str, Any]], gts: dict[int,
     return out
 
 
+def worst_rows(pairs: Sequence[dict[str, Any]], images: dict[str, dict[int, np.ndarray]], n: int,
+               eval_hw: tuple[int, int]) -> list[int]:
+    """The ``n`` evaluated rows with the largest colour error (mean of torso and legs where visible)."""
+    scores = {}
+    for r in images["gen"]:
+        kps = _eval_keypoints(pairs[r], eval_hw)
+        errs = [v for v in part_colour_error(images["gen"][r], kps, images["gt"][r], kps).values() if v is not None]
+        if errs:
+            scores[r] = float(np.mean(errs))
+    return sorted(scores, key=lambda r: (-scores[r], r))[:n]
+
+
 def _same_person_floor(p: dict[str, Any], src: np.ndarray, gt: np.ndarray, eval_hw: tuple[int, int]
                        ) -> dict[str, Optional[float]]:
     """The same-person floor of row ``p``, per part: the source photo's own region colour (from its own
@@ -261,6 +273,7 @@ def _guided_vs_unguided(pairs: Sequence[dict[str, Any]], generated: dict[str, di
     if not subset:
         return out, {}
     gt_masks = {r: foreground_mask(gts[r]) for r in subset}
+    kps = {r: _eval_keypoints(pairs[r], eval_hw) for r in subset}
     per_row: dict[str, dict[str, list]] = {}  # variant -> metric -> values aligned with subset
     for variant in (GUIDED, COND_ONLY, NULL_COND):
         imgs = {r: (gens[r] if variant == GUIDED else generated_for_eval(generated[variant][r], eval_hw, protocol.name))
@@ -272,8 +285,7 @@ def _guided_vs_unguided(pairs: Sequence[dict[str, Any]], generated: dict[str, di
             "pose_iou": [mask_iou(masks[r], gt_masks[r]) for r in subset],
             "pose_match": [pose_match(masks[r], gt_masks[r], others.get(r, [])) for r in subset],
         }
-        colour = [part_colour_error(imgs[r], _eval_keypoints(pairs[r], eval_hw), gts[r],
-                                    _eval_keypoints(pairs[r], eval_hw)) for r in subset]
+        colour = [part_colour_error(imgs[r], kps[r], gts[r], kps[r]) for r in subset]
         for part in ("torso", "legs"):
             v[f"colour_error_{part}"] = [c[part] for c in colour]
         out[f"subset_{variant}_ssim"] = _mean(v["ssim"])

@@ -25,10 +25,9 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from xmdpt.config import XMDPTConfig
-from xmdpt.data.keypoints import render_skeleton, scale_keypoints
-from xmdpt.metrics.synthetic import part_colour_error
+from xmdpt.data.keypoints import render_skeleton
 from xmdpt.metrics.protocol import get_protocol
-from xmdpt.ops.eval_metrics import compute_metrics
+from xmdpt.ops.eval_metrics import compute_metrics, worst_rows
 from xmdpt.ops.eval_pairs import GUIDED, ValidateLike, generate_pairs, load_generated, load_test_pairs, save_generated
 from xmdpt.ops.manifests import EvaluateLineage, EvaluateManifest, FeaturesManifest, TrainManifest, ValidateManifest
 from xmdpt.ops.storage import filesystem, is_url, join, stage_prefix
@@ -54,18 +53,6 @@ def one_per_person(pairs: Sequence[dict[str, Any]], rows: Sequence[int], n: int)
     if n >= len(people):
         return people
     return [people[(i * len(people)) // n] for i in range(n)]
-
-
-def worst_rows(pairs: Sequence[dict[str, Any]], images: dict[str, dict[int, np.ndarray]], n: int,
-               eval_hw: tuple[int, int]) -> list[int]:
-    """The ``n`` evaluated rows with the largest colour error (mean of torso and legs where visible)."""
-    scores = {}
-    for r in images["gen"]:
-        kps = scale_keypoints(pairs[r]["keypoints"], (pairs[r]["height"], pairs[r]["width"]), eval_hw)
-        errs = [v for v in part_colour_error(images["gen"][r], kps, images["gt"][r], kps).values() if v is not None]
-        if errs:
-            scores[r] = float(np.mean(errs))
-    return sorted(scores, key=lambda r: (-scores[r], r))[:n]
 
 
 def sample_grid(pairs: Sequence[dict[str, Any]], images: dict[str, dict[int, np.ndarray]], rows: int | Sequence[int],
