@@ -116,7 +116,8 @@ def generate(
     source: Path = typer.Option(..., "--source", help="Photo of the person (any size; padded to 176:256 with its background colour, then squashed to the model's square)."),
     pose: str = typer.Option(..., "--pose", help="Target pose: a pose JSON ({\"format\": \"coco18\", \"image_size\": [H, W], \"keypoints\": 18 points (x, y), (-1, -1) missing}), a PIDM pose/*.txt, a PATN/GFLA annotation csv row (FILE.csv::IMAGE_NAME), or a photo to take the pose from."),
     out: Path = typer.Option(..., "--out", help="PNG to write."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="DDIM steps (default: the model's sample.num_steps, 50)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Sampling steps (default: the model's sample.num_steps, 50)."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="ddim | dpmsolver++ | unipc (default: the model's sample.scheduler, ddim; the solvers need fewer --steps)."),
     cfg_scale: Optional[float] = typer.Option(None, "--cfg-scale", help="Guidance scale (default: the model's sample.cfg_scale, 2.0; 1 = conditional only)."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
     pose_model: Optional[Path] = typer.Option(None, "--pose-model", help="MediaPipe .task for pose photos (default: the model config's poses.model_path)."),
@@ -138,7 +139,7 @@ def generate(
     try:
         path = _generate(model, source, pose, out, num_steps=steps, cfg_scale=cfg_scale, seed=seed,
                          pose_model_path=str(pose_model) if pose_model else None, device=device, square=square,
-                         source_latent=source_latent, precision=precision)
+                         source_latent=source_latent, precision=precision, scheduler=scheduler)
     except (ModelNotFoundError, ImageError, PoseError, FileNotFoundError, PrecisionError, ConfigError,
             RuntimeError) as e:
         typer.echo(f"error: {e}", err=True)
@@ -160,6 +161,8 @@ def serve(
     max_mb: float = typer.Option(20.0, "--max-mb", help="Largest accepted upload (MB)."),
     max_side: int = typer.Option(4096, "--max-side", help="Largest accepted image side (px): decompression-bomb guard."),
     pose_model: Optional[Path] = typer.Option(None, "--pose-model", help="MediaPipe .task for pose photos (default: the model config's poses.model_path)."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Default scheduler for requests without a 'scheduler' field: ddim | dpmsolver++ | unipc (default: the model's sample.scheduler)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Default steps for requests without a 'steps' field (default: the model's sample.num_steps)."),
     cpus_per_replica: float = typer.Option(1.0, "--cpus-per-replica"),
     gpus_per_replica: float = typer.Option(0.0, "--gpus-per-replica"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
@@ -168,7 +171,8 @@ def serve(
     _logging(verbose)
     from xmdpt.ops.serving import ServeOptions, run_server
 
-    opts = ServeOptions(model=model, replicas=replicas, max_batch=max_batch, batch_wait_ms=batch_wait_ms,
+    _check_scheduler(scheduler)
+    opts = ServeOptions(scheduler=scheduler, steps=steps, model=model, replicas=replicas, max_batch=max_batch, batch_wait_ms=batch_wait_ms,
                         device=device, follow_alias=follow_alias, poll_s=poll_s, max_bytes=int(max_mb * 1024 * 1024),
                         max_side=max_side, pose_model_path=str(pose_model.resolve()) if pose_model else None,
                         num_cpus_per_replica=cpus_per_replica, num_gpus_per_replica=gpus_per_replica)
@@ -185,7 +189,8 @@ def generate_batch(
     batch_size: int = typer.Option(8, "--batch-size", help="Rows sampled together by one actor."),
     num_gpus_per_actor: float = typer.Option(0.0, "--num-gpus-per-actor"),
     num_cpus_per_actor: float = typer.Option(1.0, "--num-cpus-per-actor"),
-    steps: Optional[int] = typer.Option(None, "--steps", help="DDIM steps (default: the model's)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Sampling steps (default: the model's)."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="ddim | dpmsolver++ | unipc (default: the model's sample.scheduler)."),
     guidance: Optional[float] = typer.Option(None, "--guidance", help="CFG scale (default: the model's)."),
     seed: int = typer.Option(0, "--seed", help="Row r uses seed + r unless the table has a seed column."),
     square: bool = typer.Option(False, "--square", help="Keep the model's square frame."),
@@ -198,15 +203,26 @@ def generate_batch(
     from xmdpt.sampling.batch import BatchError
     from xmdpt.sampling.batch import generate_batch as _run
 
+    _check_scheduler(scheduler)
     try:
         summary = _run(model, pairs, out, actors=actors, batch_size=batch_size, num_gpus_per_actor=num_gpus_per_actor,
                        num_cpus_per_actor=num_cpus_per_actor, steps=steps, guidance=guidance, seed=seed, square=square,
+                       scheduler=scheduler,
                        pose_model_path=str(pose_model.resolve()) if pose_model else None)
     except (BatchError, ModelNotFoundError, FileNotFoundError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
     typer.echo(f"{summary['rows']} rows: {summary['generated']} generated, {summary['quarantined']} quarantined, "
                f"{summary['skipped']} already done ({summary['model_name']} v{summary['model_version']}) -> {out}")
+
+
+def _check_scheduler(scheduler: Optional[str]) -> None:
+    """A bad --scheduler is a usage error (exit 2) before anything starts."""
+    from xmdpt.config import SCHEDULERS
+
+    if scheduler is not None and scheduler not in SCHEDULERS:
+        typer.echo(f"error: --scheduler {scheduler!r}: expected one of {', '.join(SCHEDULERS)}", err=True)
+        raise typer.Exit(2)
 
 
 @app.command()

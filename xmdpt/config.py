@@ -26,6 +26,8 @@ from xmdpt.config_stages import (AutoencoderConfig, ClusterConfig, DataConfig, E
                                  PathsConfig, PosesConfig, RegisterConfig, SynthConfig, TrainConfig)
 from xmdpt.typed_config import ConfigError, check, from_plain, section_hash, to_plain
 
+SCHEDULERS = ("ddim", "dpmsolver++", "unipc")  # sample.scheduler values; ddim is the authors' chain
+
 __all__ = [
     "ConfigError",
     "PathsConfig",
@@ -166,9 +168,10 @@ class DiffusionConfig:
 
 @dataclass(frozen=True)
 class SampleConfig:
-    """Sampling: DDIM with classifier-free guidance on the power-cosine schedule."""
+    """Sampling: DDIM (or a multistep solver) with classifier-free guidance on the power-cosine schedule."""
 
-    sampler: str = "ddim"
+    # ddim (the authors' chain) | dpmsolver++ | unipc (diffusers' multistep solvers on our schedule)
+    scheduler: str = "ddim"
     num_steps: int = 50
     respacing: str = "authors"  # authors (evenly rounded over [0, T-1], incl. t=T-1) | ddim (stride)
     eta: float = 0.0
@@ -186,7 +189,8 @@ class SampleConfig:
     precision: str = "auto"
 
     def __post_init__(self) -> None:
-        check(self.sampler in ("ddim",), "sample.sampler", f"unknown sampler {self.sampler!r}; expected one of ['ddim']")
+        check(self.scheduler in SCHEDULERS, "sample.scheduler",
+              f"unknown scheduler {self.scheduler!r}; expected one of {list(SCHEDULERS)}")
         check(self.source_latent in ("mean", "sample"), "sample.source_latent",
                f"unknown source_latent {self.source_latent!r}; expected one of ['mean', 'sample']")
         check(self.precision in ("auto", "fp32", "bf16"), "sample.precision",
@@ -226,6 +230,12 @@ class XMDPTConfig:
             if name not in MODEL_PRESETS:
                 raise ConfigError(f"model.preset: unknown preset {name!r}; expected one of {sorted(MODEL_PRESETS)}")
             d["model"] = {**MODEL_PRESETS[name], **model}
+        sample = d.get("sample")
+        if isinstance(sample, dict) and "sampler" in sample:  # model folders saved before the solvers
+            sample = dict(sample)
+            sample.setdefault("scheduler", sample.pop("sampler"))
+            sample.pop("sampler", None)
+            d["sample"] = sample
         return from_plain(cls, d, prefix="")
 
     def to_dict(self) -> dict[str, Any]:

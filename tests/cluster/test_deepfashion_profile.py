@@ -60,7 +60,7 @@ def test_profile_is_the_papers_setting():
     assert (t.ema_decay, t.max_steps, t.cond_drop_prob, t.swap_prob) == (0.9999, 300_000, 0.1, 0.5)
     assert t.precision == "bf16" and t.checkpoint_every == 10_000
     # DDIM 50 over the authors' respacing, eta 0, CFG 2.0 with power-cosine p = 0.01
-    assert (s.sampler, s.num_steps, s.respacing, s.eta, s.cfg_scale, s.cfg_power) == (
+    assert (s.scheduler, s.num_steps, s.respacing, s.eta, s.cfg_scale, s.cfg_power) == (
         "ddim", 50, "authors", 0.0, 2.0, 0.01)
     # PIDM protocol: every test pair, 256x176, FID against all train images, real backbones
     ev = cfg.evaluate

@@ -51,12 +51,13 @@ def test_batch_job_counts_quarantine_and_resume(ray_local, folder, tmp_path):
     pairs = _inputs(tmp_path / "in")
     out = tmp_path / "out"
     s = generate_batch(str(folder), str(pairs), str(out), actors=2, batch_size=3, num_cpus_per_actor=0.5, steps=2,
-                       progress=False)
+                       progress=False, scheduler="unipc")
     assert s["rows"] == 9 and s["generated"] == 6 and s["quarantined"] == 3 and s["skipped"] == 0
     m = _manifest(out)
     assert sorted(m["id"]) == [f"good{i}" for i in range(6)] and m["id"].is_unique
     assert set(m.columns) >= {"id", "row", "source", "pose", "seed", "model_name", "model_version", "output"}
     assert (m["seed"] == m["row"]).all()  # --seed 0 + row number
+    assert (m["scheduler"] == "unipc").all() and s["scheduler"] == "unipc"
     for _, r in m.iterrows():
         img = Image.open(r["output"])
         assert img.format == "PNG" and img.size == (11, 16)  # the source's 176:256 aspect
@@ -74,7 +75,7 @@ def test_batch_job_counts_quarantine_and_resume(ray_local, folder, tmp_path):
     # the same rows in batches of another size (and one actor) give the same pixels: seeds are per row
     other = tmp_path / "out-b1"
     generate_batch(str(folder), str(pairs), str(other), actors=1, batch_size=1, num_cpus_per_actor=0.5, steps=2,
-                   progress=False)
+                   progress=False, scheduler="unipc")
     for i in range(6):
         a = np.asarray(Image.open(out / "images" / f"good{i}.png"))
         b = np.asarray(Image.open(other / "images" / f"good{i}.png"))

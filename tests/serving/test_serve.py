@@ -81,6 +81,7 @@ def test_model_info_and_health(server):
     assert info["name"] == NAME and info["version"] == "1" and info["alias"] == "champion"
     assert info["image_size"] == 16 and info["preset"] == "xmdpt-tiny/2" and info["replica_pid"] > 0
     assert info["run_id"] == server["v1"]["run_id"]
+    assert (info["scheduler"], info["num_steps"]) == ("ddim", 3)  # the tiny model's sample defaults (no --scheduler)
     assert requests.get(f"{server['url']}/healthz", timeout=10).json()["status"] == "ok"
 
 
@@ -100,6 +101,26 @@ def test_concurrent_requests_are_batched_and_equal_the_lone_ones(server):
     js = _generate(url, 0, data={"pose": json.dumps(POSE), "seed": "0", "steps": "3", "format": "json",
                                  "square": "true"}).json()
     assert js["width"] == js["height"] == 16 and js["model"]["version"] == "1"
+    assert (js["scheduler"], js["steps"]) == ("ddim", 3)
+
+
+def test_scheduler_per_request_batched_equals_alone(server):
+    """Requests with different schedulers in one batch are sampled in separate groups; a solver's
+    image is the same alone or batched, and differs from DDIM's."""
+    url = server["url"]
+    names = ["unipc", "dpmsolver++", "unipc", "ddim", "dpmsolver++", "unipc"]
+    form = lambda seed, name: {"pose": json.dumps(POSE), "seed": str(seed), "steps": "3", "scheduler": name}  # noqa: E731
+    with ThreadPoolExecutor(6) as pool:
+        responses = list(pool.map(lambda a: _generate(url, a[0], data=form(*a)), enumerate(names)))
+    assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
+    for (seed, name), r in zip(enumerate(names), responses):
+        assert f"scheduler={name};steps=3" in r.headers["X-Timing"], r.headers["X-Timing"]
+        alone = _generate(url, seed, data=form(seed, name))
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(r.content))),
+                              np.asarray(Image.open(io.BytesIO(alone.content)))), (seed, name)
+    ddim = _generate(url, 0, data=form(0, "ddim"))
+    assert not np.array_equal(np.asarray(Image.open(io.BytesIO(ddim.content))),
+                              np.asarray(Image.open(io.BytesIO(responses[0].content))))
 
 
 def test_bad_requests_get_4xx_naming_the_field(server):
@@ -116,6 +137,7 @@ def test_bad_requests_get_4xx_naming_the_field(server):
         ({"source": ("src.png", SOURCE, "image/png"), "pose": ("blank.png", blank, "image/png")}, {}, 422, "pose"),
         (None, {"pose": json.dumps(POSE), "steps": "0"}, 422, "steps"),
         (None, {"pose": json.dumps(POSE), "guidance": "99"}, 422, "guidance"),
+        (None, {"pose": json.dumps(POSE), "scheduler": "euler"}, 422, "scheduler"),
         (None, {}, 422, "pose"),
     ]
     for files, data, status, field in cases:

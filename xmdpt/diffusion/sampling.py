@@ -1,10 +1,17 @@
-"""DDIM sampling with classifier-free guidance on the power-cosine schedule.
+"""Sampling with classifier-free guidance on the power-cosine schedule: DDIM or a multistep solver.
 
 Timesteps come from diffusers' ``DDIMScheduler`` bookkeeping: ``respacing="authors"`` is its
 ``linspace`` spacing (evenly rounded over [0, T-1], incl. T-1 — the authors' ``space_timesteps(T, "50")``),
 ``"ddim"`` its ``leading`` spacing (stride T/steps from 0). The update itself is written here because
 diffusers steps to ``t - T // steps`` rather than to the previous *kept* timestep, which differs from
 the authors' respaced chain when the gaps are uneven (20 or 21 for 50 steps).
+
+``sample.scheduler: dpmsolver++ | unipc`` are diffusers' ``DPMSolverMultistepScheduler`` (2nd order,
+``dpmsolver++``) and ``UniPCMultistepScheduler`` (bh2, predictor-corrector), built from our betas
+(``trained_betas``), eps prediction and the spacing named by ``sample.respacing`` (``linspace`` /
+``leading``). They visit ``num_steps`` timesteps from 999 down and end at sigma = 0, so a step costs
+one (guided: one doubled-batch) denoiser pass as in DDIM. Guidance and its interval are applied to the
+eps handed to the solver exactly as for DDIM.
 """
 
 from __future__ import annotations
@@ -13,29 +20,58 @@ import logging
 from typing import Optional
 
 import torch
-from diffusers import DDIMScheduler
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
 from tqdm.auto import tqdm
 
-from xmdpt.config import SampleConfig
+from xmdpt.config import SCHEDULERS, SampleConfig
 from xmdpt.diffusion.gaussian import GaussianDiffusion
 from xmdpt.precision import autocast_context
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["timesteps_for", "ddim_step", "guided_at", "sample", "RESPACINGS"]
+__all__ = ["timesteps_for", "ddim_step", "guided_at", "sample", "make_solver", "RESPACINGS", "SCHEDULERS"]
 
 RESPACINGS = {"authors": "linspace", "ddim": "leading"}
 
 
-def timesteps_for(num_steps: int, respacing: str, num_timesteps: int) -> list[int]:
-    """Original timesteps visited by the sampler, descending (e.g. 50 authors' steps: 999, 979, ..., 20, 0)."""
+def _check(num_steps: int, respacing: str, num_timesteps: int, scheduler: str) -> None:
+    if scheduler not in SCHEDULERS:
+        raise ValueError(f"unknown scheduler {scheduler!r}; expected one of {list(SCHEDULERS)}")
     if respacing not in RESPACINGS:
         raise ValueError(f"unknown respacing {respacing!r}; expected one of {sorted(RESPACINGS)}")
     if not 1 <= num_steps <= num_timesteps:
         raise ValueError(f"num_steps must be in [1, {num_timesteps}], got {num_steps}")
-    scheduler = DDIMScheduler(num_train_timesteps=num_timesteps, timestep_spacing=RESPACINGS[respacing], steps_offset=0)
-    scheduler.set_timesteps(num_steps)
-    return [int(t) for t in scheduler.timesteps]
+
+
+def make_solver(scheduler: str, diffusion: GaussianDiffusion, num_steps: int, respacing: str = "authors"):
+    """A fresh diffusers multistep solver (``dpmsolver++`` / ``unipc``) on our schedule, timesteps set.
+
+    A solver keeps the model outputs of its last steps: make one per sampling call.
+    """
+    _check(num_steps, respacing, diffusion.num_timesteps, scheduler)
+    common = dict(num_train_timesteps=diffusion.num_timesteps, trained_betas=diffusion.betas.numpy(),
+                  prediction_type="epsilon", timestep_spacing=RESPACINGS[respacing], steps_offset=0,
+                  solver_order=2, lower_order_final=True, final_sigmas_type="zero")
+    if scheduler == "dpmsolver++":
+        solver = DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_type="midpoint", **common)
+    elif scheduler == "unipc":
+        solver = UniPCMultistepScheduler(solver_type="bh2", predict_x0=True, **common)
+    else:
+        raise ValueError(f"{scheduler!r} is not a multistep solver; expected 'dpmsolver++' or 'unipc'")
+    solver.set_timesteps(num_steps)
+    return solver
+
+
+def timesteps_for(num_steps: int, respacing: str, num_timesteps: int, scheduler: str = "ddim") -> list[int]:
+    """Original timesteps visited by the sampler, descending (e.g. 50 authors' DDIM steps: 999, 979, ..., 20, 0;
+    a solver's 10 linspace steps: 999, 899, ..., 100, then sigma = 0)."""
+    _check(num_steps, respacing, num_timesteps, scheduler)
+    if scheduler != "ddim":
+        betas = torch.linspace(1e-4, 0.02, num_timesteps, dtype=torch.float64)  # the spacing ignores the betas
+        return [int(t) for t in make_solver(scheduler, GaussianDiffusion(betas), num_steps, respacing).timesteps]
+    ddim = DDIMScheduler(num_train_timesteps=num_timesteps, timestep_spacing=RESPACINGS[respacing], steps_offset=0)
+    ddim.set_timesteps(num_steps)
+    return [int(t) for t in ddim.timesteps]
 
 
 def ddim_step(diffusion: GaussianDiffusion, x_t: torch.Tensor, eps: torch.Tensor, t: int, t_prev: int,
@@ -88,7 +124,12 @@ def sample(model, diffusion: GaussianDiffusion, cond: dict, sample_cfg: SampleCo
         x = x_T.to(ref_latent.device, ref_latent.dtype)
     else:
         x = torch.randn(ref_latent.shape, device=ref_latent.device, dtype=ref_latent.dtype, generator=generator)
-    steps = timesteps_for(sample_cfg.num_steps, sample_cfg.respacing, diffusion.num_timesteps)
+    solver = None
+    if sample_cfg.scheduler == "ddim":
+        steps = timesteps_for(sample_cfg.num_steps, sample_cfg.respacing, diffusion.num_timesteps)
+    else:
+        solver = make_solver(sample_cfg.scheduler, diffusion, sample_cfg.num_steps, sample_cfg.respacing)
+        steps = [int(t) for t in solver.timesteps]
     drop_all = torch.ones(N, dtype=torch.bool, device=x.device)
     summarize = getattr(model, "summarize_conditions", None)
     static = {}  # CANet's summary of the conditions and the attention biases: the same at every step
@@ -97,7 +138,7 @@ def sample(model, diffusion: GaussianDiffusion, cond: dict, sample_cfg: SampleCo
             static["y"] = summarize(cond["pose_tokens"], cond["ref_tokens"], ref_latent)  # (N, D)
     if hasattr(model, "rel_pos_biases"):
         static["biases"] = model.rel_pos_biases()  # (H, T, T) per block
-    for i, t in enumerate(tqdm(steps, disable=not progress, desc="ddim")):
+    for i, t in enumerate(tqdm(steps, disable=not progress, desc=sample_cfg.scheduler)):
         t_batch = torch.full((N,), t, dtype=torch.long, device=x.device)
         args = (x, t_batch, cond["pose_tokens"], cond["ref_tokens"], ref_latent)
         with autocast_context(x.device, sample_cfg.precision):  # bf16 as the authors on CUDA (auto)
@@ -109,6 +150,9 @@ def sample(model, diffusion: GaussianDiffusion, cond: dict, sample_cfg: SampleCo
                 out = model.forward_with_cfg(*args, sample_cfg.cfg_scale, sample_cfg.cfg_power,
                                              num_timesteps=diffusion.num_timesteps, **static)
         out = out.float()
+        if solver is not None:
+            x = solver.step(out[:, :C], t, x).prev_sample
+            continue
         t_prev = steps[i + 1] if i + 1 < len(steps) else -1
         x = ddim_step(diffusion, x, out[:, :C], t, t_prev, sample_cfg.eta, generator)
     return x

@@ -253,7 +253,8 @@ def _read_ground_truth(pairs: Sequence[dict[str, Any]], rows: Sequence[int], loa
 
 def _sampler_settings(cfg: XMDPTConfig) -> dict[str, Any]:
     s = cfg.sample
-    return {"num_steps": s.num_steps, "cfg_scale": s.cfg_scale, "cfg_power": s.cfg_power, "respacing": s.respacing,
+    return {"scheduler": s.scheduler, "num_steps": s.num_steps, "cfg_scale": s.cfg_scale, "cfg_power": s.cfg_power,
+            "respacing": s.respacing,
             "seed": s.seed,
             "guidance_interval": list(s.guidance_interval) if s.guidance_interval is not None else None}
 

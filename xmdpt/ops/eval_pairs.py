@@ -182,8 +182,9 @@ def generate_pairs(cfg: XMDPTConfig, model_dir: str, pairs: Sequence[dict[str, A
     init_ray(cfg=cfg)  # before asking the cluster for GPUs
     items = _generation_items(cfg, pairs)
     gpus = _gpus_per_actor(cfg.evaluate.num_gpus_per_actor)
-    logger.info("generating %d images (%d pairs) with %d actor(s), %s GPU each, %d DDIM steps, cfg %.2f",
-                len(items), len(pairs), cfg.evaluate.num_actors, gpus, cfg.sample.num_steps, cfg.sample.cfg_scale)
+    logger.info("generating %d images (%d pairs) with %d actor(s), %s GPU each, %d %s steps, cfg %.2f",
+                len(items), len(pairs), cfg.evaluate.num_actors, gpus, cfg.sample.num_steps, cfg.sample.scheduler,
+                cfg.sample.cfg_scale)
     sample = cfg.to_dict()["sample"]
     ds = map_generation(items, absolute(str(model_dir)), batch_size=cfg.evaluate.batch_size,
                         actors=cfg.evaluate.num_actors, num_cpus_per_actor=cfg.evaluate.num_cpus_per_actor,

@@ -51,7 +51,8 @@ def _signature():
         inputs=Schema([ColSpec("string", "source_image"), ColSpec("string", "pose")]),
         outputs=Schema([ColSpec("string", "image")]),
         params=ParamSchema([ParamSpec("num_steps", "long", 50), ParamSpec("cfg_scale", "double", 2.0),
-                            ParamSpec("seed", "long", 0), ParamSpec("square", "boolean", False)]),
+                            ParamSpec("seed", "long", 0), ParamSpec("square", "boolean", False),
+                            ParamSpec("scheduler", "string", "")]),  # "": the model's sample.scheduler
     )
 
 

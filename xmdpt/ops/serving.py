@@ -4,15 +4,17 @@ Endpoints:
 
 - ``POST /v1/generate`` — multipart form: ``source`` (the person photo), ``pose`` (a photo to take
   the pose from, or pose JSON ``{"format": "coco18", "image_size": [H, W], "keypoints": [...18]}``
-  as a file part or a text field), optional ``steps``, ``guidance``, ``seed`` (default 0),
+  as a file part or a text field), optional ``steps``, ``guidance``, ``scheduler`` (``ddim``,
+  ``dpmsolver++`` or ``unipc``; default the server's ``--scheduler``, else the model's), ``seed`` (default 0),
   ``square`` (keep the model's square frame), ``format`` (``png``, or ``json`` for base64). Returns
   ``image/png`` (headers ``X-Model-Version``, ``X-Batch-Size``) or JSON.
-- ``GET /v1/model`` — name, version, alias, run id, data hash, preset, image size, replica pid.
+- ``GET /v1/model`` — name, version, alias, run id, data hash, preset, image size, the default
+  scheduler and steps, replica pid.
 - ``GET /v1/stats`` — batch sizes this replica has sampled (the last 1000) and requests served.
 - ``GET /healthz``.
 
 Concurrent requests are batched (``@serve.batch`` on a method separate from the route): a batch
-is split by sampling settings (steps, guidance), and each group is sampled in one
+is split by sampling settings (scheduler, steps, guidance), and each group is sampled in one
 ``XMDPTPipeline.generate_arrays`` call with **one seed per image**, so a seed gives the same image
 alone or batched (bit for bit on CPU: :mod:`xmdpt.batch_invariance`). Bad requests get a 4xx JSON
 ``{"error": {"field", "reason"}}`` before any sampling. With ``--follow-alias`` every replica polls the registry and, when the alias moves,
@@ -36,6 +38,7 @@ from typing import Any, Optional
 import numpy as np
 from starlette.datastructures import UploadFile
 from starlette.requests import Request  # a real annotation object: the class is shipped to replicas by value
+from xmdpt.config import SCHEDULERS
 from xmdpt.data.images import ImageError, load_rgb
 from xmdpt.ops.ray_utils import init_ray
 from xmdpt.sampling.batch import resolve_model
@@ -62,6 +65,8 @@ class ServeOptions:
     max_side: int = 4096
     max_steps: int = 250
     guidance_range: tuple[float, float] = (0.0, 20.0)
+    scheduler: Optional[str] = None  # the default for requests without one; None: the model's sample.scheduler
+    steps: Optional[int] = None  # the default steps for requests without them; None: the model's sample.num_steps
     pose_model_path: Optional[str] = None
     tracking_uri: Optional[str] = None
     num_cpus_per_replica: float = 1.0
@@ -196,6 +201,8 @@ class ServiceCore:
         if self.opts.pose_model_path:
             pipe.pose_model_path = self.opts.pose_model_path
         info = model_info(ref, pipe.folder, pipe.meta, pipe.cfg, self.alias)
+        default = pipe.sample_config(self.opts.steps, scheduler=self.opts.scheduler)
+        info.update(scheduler=default.scheduler, num_steps=default.num_steps)
         self.state = (pipe, info)  # swapped as one reference: a batch keeps the pair it started with
         logger.info("serving %s v%s from %s", info["name"], info["version"], info["folder"])
 
@@ -223,7 +230,7 @@ class ServiceCore:
         try:
             item = await self._parse(request)
             t1 = time.perf_counter()
-            img, info, bsize, compute_s = await self._generate_batch(item)
+            img, info, bsize, compute_s, sc = await self._generate_batch(item)
         except RequestError as e:
             return JSONResponse({"error": {"field": e.field, "reason": e.reason}}, status_code=e.status)
         t2 = time.perf_counter()
@@ -232,12 +239,12 @@ class ServiceCore:
             return JSONResponse({"image": base64.b64encode(png).decode(), "format": "png",
                                  "width": int(img.shape[1]), "height": int(img.shape[0]), "seed": item["seed"],
                                  "model": {"name": info["name"], "version": info["version"]},
-                                 "batch_size": bsize})
+                                 "batch_size": bsize, "scheduler": sc[0], "steps": sc[1]})
         headers = {"X-Model-Name": str(info["name"]), "X-Model-Version": str(info["version"]),
                    "X-Batch-Size": str(bsize), "X-Seed": str(item["seed"]),
                    # where the time went: parsing the form, waiting for / in the batch, sampling the batch
                    "X-Timing": f"parse={t1 - t0:.3f};batch={t2 - t1:.3f};compute={compute_s:.3f};"
-                               f"encode={time.perf_counter() - t2:.3f}"}
+                               f"encode={time.perf_counter() - t2:.3f};scheduler={sc[0]};steps={sc[1]}"}
         return Response(png, media_type="image/png", headers=headers)
 
     async def _parse(self, request: Request) -> dict[str, Any]:
@@ -252,26 +259,28 @@ class ServiceCore:
                 raise RequestError(422, "pose", str(e).split(": ", 1)[-1]) from None
         return item
 
-    async def generate_items(self, items: list[dict[str, Any]]) -> list[tuple[np.ndarray, dict, int, float]]:
+    async def generate_items(self, items: list[dict[str, Any]]) -> list[tuple[np.ndarray, dict, int, float, tuple]]:
         """One batch: its items grouped by sampling settings, each group sampled in one call on the
-        compute thread; ``(image, model info, group size, seconds)`` per item."""
+        compute thread; ``(image, model info, group size, seconds, (scheduler, steps))`` per item."""
         pipe, info = self.state
         results: list[Any] = [None] * len(items)
         groups: dict[tuple, list[int]] = {}
         for i, it in enumerate(items):
-            groups.setdefault((it["steps"], it["guidance"]), []).append(i)
+            key = (it.get("scheduler") or self.opts.scheduler, it["steps"] or self.opts.steps, it["guidance"])
+            groups.setdefault(key, []).append(i)
         self.batch_sizes.append(len(items))
-        for (steps, guidance), idx in groups.items():
+        for (scheduler, steps, guidance), idx in groups.items():
+            sc = pipe.sample_config(steps, guidance, scheduler=scheduler)
             t = time.perf_counter()
             out = await asyncio.get_running_loop().run_in_executor(
-                self._compute, self._run, pipe, [items[i] for i in idx], steps, guidance)
+                self._compute, self._run, pipe, [items[i] for i in idx], steps, guidance, scheduler)
             dt = time.perf_counter() - t
             for i, img in zip(idx, out):
-                results[i] = (img, info, len(idx), dt)
+                results[i] = (img, info, len(idx), dt, (sc.scheduler, sc.num_steps))
         self.served += len(items)
         return results
 
-    def _run(self, pipe, items: list[dict[str, Any]], steps, guidance) -> list[np.ndarray]:
+    def _run(self, pipe, items: list[dict[str, Any]], steps, guidance, scheduler=None) -> list[np.ndarray]:
         import torch
 
         if self.threads:
@@ -279,7 +288,7 @@ class ServiceCore:
         S = pipe.image_size
         arrays = pipe.generate_arrays(np.stack([prepare_source(it["source"], S) for it in items]),
                                       [it["pose"] for it in items], num_steps=steps, cfg_scale=guidance,
-                                      seeds=[it["seed"] for it in items])
+                                      seeds=[it["seed"] for it in items], scheduler=scheduler)
         return [a if it["square"] else restore_aspect(a, it["source"].shape[:2]) for a, it in zip(arrays, items)]
 
 
@@ -309,10 +318,13 @@ def parse_generate_fields(fields: dict[str, Any], o: ServeOptions) -> dict[str, 
     steps = _number(fields, "steps", int, 1, o.max_steps, None)
     guidance = _number(fields, "guidance", float, o.guidance_range[0], o.guidance_range[1], None)
     seed = _number(fields, "seed", int, 0, 2 ** 31 - 1, 0)
+    scheduler = str(fields.get("scheduler") or "").strip().lower() or None
+    if scheduler is not None and scheduler not in SCHEDULERS:
+        raise RequestError(422, "scheduler", f"{scheduler!r}: expected one of {', '.join(SCHEDULERS)}")
     fmt = str(fields.get("format") or "png").lower()
     if fmt not in ("png", "json"):
         raise RequestError(422, "format", f"{fmt!r}: expected png or json")
-    return {"source": source, "pose": pose, "steps": steps, "guidance": guidance, "seed": seed,
+    return {"source": source, "pose": pose, "steps": steps, "guidance": guidance, "scheduler": scheduler, "seed": seed,
             "square": _bool(fields.get("square", "")), "format": fmt}
 
 

@@ -59,6 +59,7 @@ MANIFEST_SCHEMA = pa.schema([
     ("id", pa.string()), ("row", pa.int64()), ("source", pa.string()), ("pose", pa.string()), ("seed", pa.int64()),
     ("model_name", pa.string()), ("model_version", pa.string()), ("model_uri", pa.string()), ("output", pa.string()),
     ("steps", pa.int32()), ("guidance", pa.float32()), ("width", pa.int32()), ("height", pa.int32()),
+    ("scheduler", pa.string()),
 ])
 QUARANTINE_SCHEMA = pa.schema([("id", pa.string()), ("row", pa.int64()), ("source", pa.string()),
                                ("pose", pa.string()), ("reason", pa.string())])
@@ -213,7 +214,7 @@ def _write_part(fs, folder: str, name: str, rows: list[dict[str, Any]], schema: 
 
 
 def _result_rows(batch: dict[str, Any], by_row: dict[int, dict[str, Any]], ref: ModelRef, steps: Optional[int],
-                 guidance: Optional[float]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+                 guidance: Optional[float], scheduler: Optional[str] = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """``(manifest rows, quarantine rows)`` of one batch of :class:`GenerationActor` outputs."""
     ok, bad = [], []
     for i in range(len(batch["row"])):
@@ -226,14 +227,14 @@ def _result_rows(batch: dict[str, Any], by_row: dict[int, dict[str, Any]], ref: 
                        "seed": r["seed"], "model_name": ref.name, "model_version": ref.version,
                        "model_uri": ref.uri, "output": str(batch["output"][i]),
                        "steps": steps, "guidance": guidance, "width": int(batch["width"][i]),
-                       "height": int(batch["height"][i])})
+                       "height": int(batch["height"][i]), "scheduler": scheduler})
     return ok, bad
 
 
 def _generate_rows(todo: list[dict[str, Any]], ref: ModelRef, out: str, fs, base: str, *, actors: int,
                    batch_size: int, num_gpus_per_actor: float, num_cpus_per_actor: float, steps: Optional[int],
                    guidance: Optional[float], square: bool, pose_model_path: Optional[str],
-                   tracking_uri: Optional[str], progress: bool) -> tuple[int, int]:
+                   tracking_uri: Optional[str], progress: bool, scheduler: Optional[str] = None) -> tuple[int, int]:
     """Generate ``todo`` and write one manifest / quarantine part per batch; ``(generated, quarantined)``."""
     from tqdm.auto import tqdm
 
@@ -241,7 +242,7 @@ def _generate_rows(todo: list[dict[str, Any]], ref: ModelRef, out: str, fs, base
     by_row = {r["row"]: r for r in todo}
     run = uuid.uuid4().hex[:8]
     generated = quarantined = 0
-    sample = {k: v for k, v in {"num_steps": steps}.items() if v is not None}
+    sample = {k: v for k, v in {"num_steps": steps, "scheduler": scheduler}.items() if v is not None}
     for r in todo:
         r["cfg_scale"] = float("nan") if guidance is None else float(guidance)
     ds = map_generation(todo, ref.uri, batch_size=batch_size, actors=actors, num_cpus_per_actor=num_cpus_per_actor,
@@ -249,7 +250,7 @@ def _generate_rows(todo: list[dict[str, Any]], ref: ModelRef, out: str, fs, base
                         square=square, pose_model_path=pose_model_path, tracking_uri=tracking_uri)
     bar = tqdm(total=len(todo), desc="generate-batch", unit="row", disable=not progress)
     for part, batch in enumerate(ds.iter_batches(batch_size=batch_size, batch_format="numpy")):
-        ok, bad = _result_rows(batch, by_row, ref, steps, guidance)
+        ok, bad = _result_rows(batch, by_row, ref, steps, guidance, scheduler)
         name = f"part-{run}-{part:05d}.parquet"
         if ok:
             _write_part(fs, manifest_dir, name, ok, MANIFEST_SCHEMA)
@@ -268,7 +269,7 @@ def generate_batch(model: str, pairs: str, out: str, *, actors: int = 1, batch_s
                    num_gpus_per_actor: float = 0.0, num_cpus_per_actor: float = 1.0, steps: Optional[int] = None,
                    guidance: Optional[float] = None, seed: int = 0, square: bool = False,
                    pose_model_path: Optional[str] = None, tracking_uri: Optional[str] = None,
-                   progress: bool = True) -> dict[str, Any]:
+                   progress: bool = True, scheduler: Optional[str] = None) -> dict[str, Any]:
     """Generate every (source, pose) row of ``pairs`` into ``out`` (see the module docstring).
 
     Returns:
@@ -289,10 +290,10 @@ def generate_batch(model: str, pairs: str, out: str, *, actors: int = 1, batch_s
         generated, quarantined = _generate_rows(
             todo, ref, out, fs, base, actors=actors, batch_size=batch_size, num_gpus_per_actor=num_gpus_per_actor,
             num_cpus_per_actor=num_cpus_per_actor, steps=steps, guidance=guidance, square=square,
-            pose_model_path=pose_model_path, tracking_uri=tracking_uri, progress=progress)
+            pose_model_path=pose_model_path, tracking_uri=tracking_uri, progress=progress, scheduler=scheduler)
     total_done, total_quarantined = len(_read_ids(fs, manifest_dir)), len(_read_ids(fs, quarantine_dir))
     summary = {"pairs": pairs, "out": out, "model": model, "model_name": ref.name, "model_version": ref.version,
-               "rows": len(rows), "skipped": len(rows) - len(todo), "generated": generated,
+               "scheduler": scheduler, "rows": len(rows), "skipped": len(rows) - len(todo), "generated": generated,
                "quarantined": quarantined, "total_generated": total_done, "total_quarantined": total_quarantined,
                "seconds": round(time.time() - t0, 2)}
     if generated + quarantined != len(todo):

@@ -26,7 +26,7 @@ from xmdpt.sampling.pipeline import XMDPTPipeline
 __all__ = ["GenerationActor", "is_inline_pose"]
 
 # the ``sample`` config keys an actor passes on to XMDPTPipeline.generate_arrays
-SAMPLE_KEYS = ("num_steps", "cfg_power", "guidance_interval", "source_latent", "precision")
+SAMPLE_KEYS = ("num_steps", "cfg_power", "guidance_interval", "source_latent", "precision", "scheduler")
 
 
 def is_inline_pose(s: str) -> bool:

@@ -4,10 +4,11 @@ Input (a DataFrame; over REST, ``mlflow models serve``'s ``dataframe_split``)::
 
     {"dataframe_split": {"columns": ["source_image", "pose"],
                          "data": [["<base64 JPEG/PNG>", "{\"format\": \"coco18\", \"image_size\": [256, 176], ...}"]]},
-     "params": {"num_steps": 50, "cfg_scale": 2.0, "seed": 0, "square": false}}
+     "params": {"num_steps": 50, "cfg_scale": 2.0, "seed": 0, "square": false, "scheduler": "ddim"}}
 
 - ``source_image``: the person photo, base64 (raw bytes are accepted too, in-process);
 - ``pose``: pose JSON text, or a base64 photo to take the pose from.
+- ``scheduler`` (param): ``ddim``, ``dpmsolver++`` or ``unipc``; empty: the model's ``sample.scheduler``.
 
 Output column ``image``: the PNG, base64. Row ``i`` uses seed ``seed + i``. The artifact ``model_dir``
 is the pipeline folder (:mod:`xmdpt.sampling.folder`).
@@ -54,7 +55,8 @@ class XMDPTPyfunc(PythonModel):
                 pose = self.pipe.load_pose(_bytes(raw_pose, f"row {i} pose"), name=f"row {i} pose")
             img = self.pipe(_bytes(row["source_image"], f"row {i} source_image"), pose,
                             num_steps=params.get("num_steps"), cfg_scale=params.get("cfg_scale"), seed=seed + int(i),
-                            square=bool(params.get("square", False)))[0]
+                            square=bool(params.get("square", False)),
+                            scheduler=params.get("scheduler") or None)[0]
             buf = io.BytesIO()
             img.save(buf, format="PNG")
             out.append(base64.b64encode(buf.getvalue()).decode())

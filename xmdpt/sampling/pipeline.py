@@ -10,7 +10,8 @@ Steps (the same preprocessing as the dataset stages, see :mod:`xmdpt.sampling.in
    inference) scaled by ``latent_scale``, and image-encoder tokens, encoded as the `features` stage does;
 2. target pose (pose JSON, a PIDM ``pose/*.txt`` or PATN/GFLA annotation row, a ``Pose``, or a photo
    to estimate it from) -> padded the same way -> skeleton image drawn the authors' way -> pose tokens;
-3. DDIM with classifier-free guidance (power-cosine schedule), under ``sample.precision`` ->
+3. DDIM (or ``sample.scheduler``: DPM-Solver++ / UniPC) with classifier-free guidance (power-cosine
+   schedule), under ``sample.precision`` ->
    decode -> the square image restored to the source's aspect (176x256 for DeepFashion; the PIDM
    protocol's resize) unless ``square=True``.
 
@@ -188,10 +189,15 @@ class XMDPTPipeline:
     def sample_config(self, num_steps: Optional[int] = None, cfg_scale: Optional[float] = None,
                       cfg_power: Optional[float] = None, seed: Optional[int] = None,
                       guidance_interval: Any = KEEP, source_latent: Optional[str] = None,
-                      precision: Optional[str] = None) -> SampleConfig:
-        """The model's ``sample`` config with the given settings replaced (None / ``KEEP``: the model's)."""
+                      precision: Optional[str] = None, scheduler: Optional[str] = None) -> SampleConfig:
+        """The model's ``sample`` config with the given settings replaced (None / ``KEEP``: the model's).
+
+        Raises:
+            xmdpt.typed_config.ConfigError: an unknown scheduler, precision, ... (names the setting).
+        """
         upd = {k: v for k, v in dict(num_steps=num_steps, cfg_scale=cfg_scale, cfg_power=cfg_power, seed=seed,
-                                     source_latent=source_latent, precision=precision).items()
+                                     source_latent=source_latent, precision=precision,
+                                     scheduler=scheduler).items()
                if v is not None}
         if guidance_interval is not KEEP:  # None is a value here: guide at every step
             upd["guidance_interval"] = None if guidance_interval is None else tuple(guidance_interval)
@@ -203,13 +209,13 @@ class XMDPTPipeline:
                         seed: Optional[int] = None, guidance_interval: Any = KEEP,
                         source_latent: Optional[str] = None, precision: Optional[str] = None,
                         progress: bool = False, seeds: Optional[Sequence[int]] = None,
-                        pad: bool = True) -> np.ndarray:
+                        pad: bool = True, scheduler: Optional[str] = None) -> np.ndarray:
         """Batch generation on prepared inputs.
 
         Args:
             sources: uint8 ``(N, S, S, 3)`` already in the model's frame (see :func:`prepare_source`).
             poses: N target poses (any frame; padded and scaled here).
-            num_steps, cfg_scale, cfg_power, seed, guidance_interval, source_latent, precision: override
+            num_steps, cfg_scale, cfg_power, seed, guidance_interval, source_latent, precision, scheduler: override
                 the model's ``sample`` config (``guidance_interval=None`` guides at every step; leave it
                 out for the model's).
             progress: a progress bar over the DDIM steps.
@@ -225,7 +231,8 @@ class XMDPTPipeline:
 
         if len(sources) != len(poses):
             raise ValueError(f"{len(sources)} sources but {len(poses)} poses")
-        sc = self.sample_config(num_steps, cfg_scale, cfg_power, seed, guidance_interval, source_latent, precision)
+        sc = self.sample_config(num_steps, cfg_scale, cfg_power, seed, guidance_interval, source_latent, precision,
+                                scheduler)
         inference_dtype(sc.precision, self.device)  # refuse an unsupported precision before any compute
         if seeds is not None and len(seeds) != len(sources):
             raise ValueError(f"{len(seeds)} seeds for {len(sources)} images")
@@ -243,7 +250,8 @@ class XMDPTPipeline:
                  cfg_scale: Optional[float] = None, cfg_power: Optional[float] = None, seed: int = 0,
                  num_images: int = 1, output_size: Optional[tuple[int, int]] = None,
                  guidance_interval: Any = KEEP, square: bool = False, source_latent: Optional[str] = None,
-                 precision: Optional[str] = None, progress: bool = False) -> list[Image.Image]:
+                 precision: Optional[str] = None, progress: bool = False,
+                 scheduler: Optional[str] = None) -> list[Image.Image]:
         """Generate ``num_images`` pictures of the source person in the target pose.
 
         Args:
@@ -257,6 +265,8 @@ class XMDPTPipeline:
             square: keep the model's square frame; default: restore the source's aspect (the padding
                 added to the source is cropped away; a 176x256 DeepFashion source gives 176x256).
             source_latent, precision: override ``sample.source_latent`` / ``sample.precision``.
+            scheduler: ``ddim`` (the authors' chain), ``dpmsolver++`` or ``unipc`` (default: the model's
+                ``sample.scheduler``); the solvers reach DDIM-50's quality in fewer steps.
 
         Raises:
             xmdpt.data.images.ImageError: unreadable image; PoseError: bad pose JSON / no person found.
@@ -267,7 +277,7 @@ class XMDPTPipeline:
         out = self.generate_arrays(np.stack([src] * num_images), [pose] * num_images, num_steps=num_steps,
                                    cfg_scale=cfg_scale, cfg_power=cfg_power, seed=seed,
                                    guidance_interval=guidance_interval, source_latent=source_latent,
-                                   precision=precision, progress=progress)
+                                   precision=precision, progress=progress, scheduler=scheduler)
         if output_size is not None:
             return [Image.fromarray(a).resize((output_size[1], output_size[0]), Image.BICUBIC) for a in out]
         if square:
@@ -287,7 +297,7 @@ def _name(obj: Any, default: str) -> str:
 def generate(model: str | Path, source: str | Path, pose: str | Path, out: str | Path, *, num_steps: Optional[int] = None,
              cfg_scale: Optional[float] = None, seed: int = 0, pose_model_path: Optional[str] = None,
              device: Optional[str] = None, square: bool = False, source_latent: Optional[str] = None,
-             precision: Optional[str] = None, progress: bool = True) -> Path:
+             precision: Optional[str] = None, progress: bool = True, scheduler: Optional[str] = None) -> Path:
     """``xmdpt generate``: one image of the person in ``source`` in the pose of ``pose`` written to ``out`` (PNG).
 
     Args:
@@ -296,18 +306,19 @@ def generate(model: str | Path, source: str | Path, pose: str | Path, out: str |
         pose: a pose JSON file, a PIDM pose txt / GFLA annotation row, or a photo to take the pose from.
         pose_model_path: overrides the folder's ``poses.model_path`` (MediaPipe ``.task``).
         square: write the model's square frame instead of the source's aspect.
-        source_latent, precision: override ``sample.source_latent`` / ``sample.precision``.
+        source_latent, precision, scheduler: override ``sample.source_latent`` / ``.precision`` / ``.scheduler``.
     """
     pipe = XMDPTPipeline.from_pretrained(model, device=device)
     if pose_model_path:
         pipe.pose_model_path = pose_model_path
     # check settings and decode inputs before the (slow) sampling so that bad inputs fail fast
-    sc = pipe.sample_config(num_steps, cfg_scale, seed=seed, source_latent=source_latent, precision=precision)
+    sc = pipe.sample_config(num_steps, cfg_scale, seed=seed, source_latent=source_latent, precision=precision,
+                            scheduler=scheduler)
     inference_dtype(sc.precision, pipe.device)
     src = as_image_array(source, name=str(source))
     target = pipe.load_pose(pose, name=str(pose))
     image = pipe(src, target, num_steps=num_steps, cfg_scale=cfg_scale, seed=seed, square=square,
-                 source_latent=source_latent, precision=precision, progress=progress)[0]
+                 source_latent=source_latent, precision=precision, progress=progress, scheduler=scheduler)[0]
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     image.save(out, format="PNG")
