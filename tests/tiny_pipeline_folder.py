@@ -7,6 +7,7 @@ stage), then :func:`write_pipeline_folder` (as the `evaluate` stage).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -26,6 +27,11 @@ TINY = tiny_dict({
 })
 
 
+# the pose estimator the folder carries (assets/models/README.md); XMDPT_POSE_TASK overrides
+POSE_TASK = Path(os.environ.get("XMDPT_POSE_TASK", Path(__file__).resolve().parents[1] / "assets" / "models"
+                                / "pose_landmarker_full.task"))
+
+
 def tiny_config(**sections) -> XMDPTConfig:
     """``TINY`` with ``sections`` merged in, section by section."""
     d = {k: dict(v) for k, v in TINY.items()}
@@ -34,8 +40,10 @@ def tiny_config(**sections) -> XMDPTConfig:
     return XMDPTConfig.from_dict(d)
 
 
-def build_tiny_pipeline_folder(root: Path, cfg: XMDPTConfig | None = None, seed: int = 0) -> Path:
-    """Write ``root/pipeline`` (plus the upstream folders it is assembled from) and return its path."""
+def build_tiny_pipeline_folder(root: Path, cfg: XMDPTConfig | None = None, seed: int = 0,
+                               pose_model: Path | None = POSE_TASK) -> Path:
+    """Write ``root/pipeline`` (plus the upstream folders it is assembled from) and return its path;
+    it carries ``pose_model`` (None, or a missing file: a folder without a pose estimator)."""
     from xmdpt.encoders.dino import TokenEncoder
     from xmdpt.encoders.vae import LatentCodec, build_fitted_vae
     from xmdpt.model import XMDPT
@@ -57,7 +65,10 @@ def build_tiny_pipeline_folder(root: Path, cfg: XMDPTConfig | None = None, seed:
     with torch.no_grad():  # non-zero weights everywhere (adaLN-Zero init makes blocks the identity)
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-    model_dir = save_model_folder(root / "model", model, {**cfg.to_dict(), "latent_scale": 1.0})
+    config = cfg.to_dict()
+    config["poses"]["model_path"] = ""  # only an explicit pose_model goes into the folder
+    model_dir = save_model_folder(root / "model", model, {**config, "latent_scale": 1.0})
     return write_pipeline_folder(root / "pipeline", model_folder=model_dir, codec_uri=codec_dir,
                                  encoder_weights=weights, encoders=specs, standin=True, latent_scale=1.0,
-                                 lineage={"fixture": "tiny"})
+                                 lineage={"fixture": "tiny"},
+                                 pose_model=str(pose_model) if pose_model and Path(pose_model).is_file() else None)

@@ -70,6 +70,7 @@ def import_official(
     alias: Optional[str] = typer.Option(None, "--alias", help="Alias to set on the registered version (with --register)."),
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow tracking/registry URI (default $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)."),
     overrides: Optional[Path] = typer.Option(None, "--overrides", help="YAML/JSON with 'model', 'encoders', 'autoencoder', 'data' fields to replace (checkpoints trained with other sizes or encoders)."),
+    pose_model: Optional[Path] = typer.Option(None, "--pose-model", help="MediaPipe PoseLandmarker .task copied into the folder for target poses given as photos (default: poses.model_path, the checkout's assets/models/pose_landmarker_full.task)."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Turn the authors' released checkpoint into a complete pipeline folder, optionally registered.
@@ -91,7 +92,8 @@ def import_official(
         folder = _import(str(ckpt), preset, str(out), vae=vae, vae_decoder=vae_decoder,
                          image_encoder_weights=image_encoder, pose_encoder_weights=pose_encoder,
                          model_overrides=extra.get("model"), encoders=extra.get("encoders"),
-                         autoencoder=extra.get("autoencoder"), data=extra.get("data"))
+                         autoencoder=extra.get("autoencoder"), data=extra.get("data"),
+                         pose_model=str(pose_model) if pose_model else None)
     except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
@@ -177,7 +179,8 @@ def serve(
                         max_side=max_side, pose_model_path=str(pose_model.resolve()) if pose_model else None,
                         num_cpus_per_replica=cpus_per_replica, num_gpus_per_replica=gpus_per_replica)
     typer.echo(f"serving {model} at http://{host}:{port} (Ctrl-C stops)")
-    run_server(opts, host=host, port=port, blocking=True)
+    run_server(opts, host=host, port=port, blocking=True)  # returns on Ctrl-C or SIGTERM, Serve and Ray shut down
+    typer.echo("stopped")
 
 
 @app.command("generate-batch")

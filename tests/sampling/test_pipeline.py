@@ -31,6 +31,8 @@ def test_folder_is_self_contained(pipe):
     meta = check_pipeline_folder(pipe.folder)
     assert meta["standin"] is True and set(meta["encoder_weights"]) == {"image", "pose"}
     assert pipe.image_encoder.standin and pipe.pose_encoder.num_tokens == 5
+    assert meta["pose_model"] == "pose/pose_landmarker_full.task"  # the pose estimator travels with the model
+    assert pipe.pose_model_path == str(pipe.folder / "pose" / "pose_landmarker_full.task")
 
 
 def test_generate_is_seeded_and_any_aspect(pipe):
@@ -83,13 +85,28 @@ def test_pose_from_a_photo(pipe, pose_task_path, tmp_path):
 
     photo = tmp_path / "astronaut.png"
     Image.fromarray(skdata.astronaut()).save(photo)
-    pose = pipe.load_pose(photo, pose_model_path=str(pose_task_path))
+    pose = pipe.load_pose(photo)  # the folder's own estimator
     assert pose.hw == (512, 512)
     assert (pose.keypoints[[0, 2, 5]] >= 0).all()  # nose and both shoulders found
     out = pipe(np.full((256, 176, 3), 230, np.uint8), pose, seed=0)
     assert out[0].size == (11, 16)
     with pytest.raises(PoseError, match="no person found"):
         pipe.load_pose(Image.fromarray(skdata.chelsea()), pose_model_path=str(pose_task_path))
+
+
+def test_a_folder_without_a_pose_estimator_says_what_to_do(tmp_path, pose_task_path, monkeypatch):
+    """Nothing resolves against the current directory: from a folder holding the checkout's relative
+    pose-model path, a folder without an estimator still asks for --pose-model."""
+    from skimage import data as skdata
+
+    bare = XMDPTPipeline.from_pretrained(build_tiny_pipeline_folder(tmp_path / "bare", pose_model=None), device="cpu")
+    assert check_pipeline_folder(bare.folder)["pose_model"] is None and bare.pose_model_path is None
+    (tmp_path / "assets" / "models").mkdir(parents=True)
+    (tmp_path / "assets" / "models" / "pose_landmarker_full.task").write_bytes(pose_task_path.read_bytes())
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(PoseError, match="carries none.*--pose-model"):
+        bare.load_pose(Image.fromarray(skdata.astronaut()))
+    assert bare.load_pose(Image.fromarray(skdata.astronaut()), pose_model_path=str(pose_task_path)).hw == (512, 512)
 
 
 def test_guidance_interval_override(pipe):

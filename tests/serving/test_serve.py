@@ -54,7 +54,7 @@ def server(ray_local, tmp_path_factory, pose_task_path):
                                   tracking_uri=db)
     v2 = register_pipeline_folder(build_tiny_pipeline_folder(root / "b", seed=1), NAME, tracking_uri=db)
     opts = ServeOptions(model=f"models:/{NAME}@champion", max_batch=8, batch_wait_ms=300, follow_alias=True, poll_s=1.0,
-                        max_bytes=300_000, tracking_uri=db, pose_model_path=str(pose_task_path),
+                        max_bytes=300_000, tracking_uri=db,  # pose photos: the folder's own estimator
                         num_cpus_per_replica=0.5)
     port = _free_port()
     url = run_server(opts, host="127.0.0.1", port=port, blocking=False, app_name="xmdpt-test")
@@ -201,3 +201,41 @@ def test_a_killed_replica_is_restarted(server):
     assert requests.get(f"{url}/v1/model", timeout=10).json()["replica_pid"] != pid
     assert _generate(url, 1).status_code == 200
 
+
+
+@pytest.mark.parametrize("how", ["SIGTERM to the process", "Ctrl-C (SIGINT to the process group)"])
+def test_xmdpt_serve_stops_cleanly(how, tmp_path):
+    """`xmdpt serve` in its own process: SIGTERM (what a supervisor sends) or Ctrl-C (what a terminal sends
+    to the whole group) stops it with exit 0, Serve and Ray shut down, no abort."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    folder = build_tiny_pipeline_folder(tmp_path / "tiny")
+    port = _free_port()
+    log = tmp_path / "serve.log"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    with open(log, "w") as out:
+        proc = subprocess.Popen([str(Path(sys.executable).parent / "xmdpt"), "serve", "--model", str(folder), "--port",
+                                 str(port), "--cpus-per-replica", "0.5"], stdout=out, stderr=subprocess.STDOUT,
+                                env=env, cwd=tmp_path, start_new_session=True)
+        try:
+            deadline = time.time() + 180
+            while time.time() < deadline and proc.poll() is None:
+                try:
+                    if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                        break
+                except requests.RequestException:
+                    time.sleep(0.5)
+            assert proc.poll() is None, log.read_text()[-3000:]
+            if how.startswith("SIGTERM"):
+                proc.send_signal(signal.SIGTERM)
+            else:
+                os.killpg(proc.pid, signal.SIGINT)
+            rc = proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    text = log.read_text()
+    assert rc == 0, f"exit {rc}: {text[-3000:]}"
+    assert "\nstopped\n" in text and "SIGTERM received" not in text and "Traceback" not in text, text[-3000:]

@@ -272,7 +272,8 @@ def import_official(ckpt_path: str | Path, preset: str, out_dir: str | Path, *,
                     model_overrides: Optional[Mapping[str, Any]] = None,
                     encoders: Optional[Mapping[str, Any]] = None,
                     autoencoder: Optional[Mapping[str, Any]] = None,
-                    data: Optional[Mapping[str, Any]] = None) -> Path:
+                    data: Optional[Mapping[str, Any]] = None,
+                    pose_model: Optional[str | Path] = None) -> Path:
     """The authors' released checkpoint -> a complete pipeline folder (what ``generate``, ``serve`` and
     the registry read), conditioned as the authors' inference conditions it.
 
@@ -331,6 +332,7 @@ def import_official(ckpt_path: str | Path, preset: str, out_dir: str | Path, *,
         out = write_pipeline_folder(
             out_dir, model_folder=model_dir, codec_uri=str(tmp / "autoencoder"), encoder_weights=encoder_files,
             encoders=specs, standin=False, latent_scale=codec.latent_scale, lineage=source,
-            extra={"source": "official", "preset": cfg.preset, "features_dtype": "float32", **decoder})
+            extra={"source": "official", "preset": cfg.preset, "features_dtype": "float32", **decoder},
+            pose_model=str(pose_model) if pose_model else None)
     logger.info("wrote pipeline folder %s from %s (%s)", out, ckpt_path, decoder["decoder"])
     return out

@@ -29,6 +29,7 @@ import io
 import json
 import logging
 import os
+import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -384,16 +385,32 @@ def run_server(opts: ServeOptions, *, host: str = "127.0.0.1", port: int = 8000,
     from ray import serve
 
     init_ray()
-    serve.start(http_options={"host": host, "port": port})
-    serve.run(build_app(opts), name=app_name, route_prefix=route_prefix, blocking=False)
+    if not blocking:
+        serve.start(http_options={"host": host, "port": port})
+        serve.run(build_app(opts), name=app_name, route_prefix=route_prefix, blocking=False)
+        return f"http://{host}:{port}{route_prefix.rstrip('/')}"
+    # SIGTERM stops like Ctrl-C, also while starting. Installed after ray.init, which sets its own handler
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     url = f"http://{host}:{port}{route_prefix.rstrip('/')}"
-    logger.info("serving %s at %s", opts.model, url)
-    if blocking:
+    try:
+        serve.start(http_options={"host": host, "port": port})
+        serve.run(build_app(opts), name=app_name, route_prefix=route_prefix, blocking=False)
+        logger.info("serving %s at %s", opts.model, url)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        logger.info("stopping: shutting down Serve and Ray")
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the shutdown short
         try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            pass
-        finally:
             serve.shutdown()
+        finally:
+            import ray
+
+            ray.shutdown()
+            signal.signal(signal.SIGTERM, previous)
     return url
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")

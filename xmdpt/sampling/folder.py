@@ -7,6 +7,7 @@
       model.safetensors    EMA weights of the denoiser
       autoencoder/         the latent codec (LatentCodec.save layout: vae/ + codec.json with latent_scale)
       encoders/            token-encoder weights: <role>.safetensors (stand-ins or the pretrained DINOv2)
+      pose/                the pose estimator for target poses given as photos (MediaPipe PoseLandmarker .task)
       pipeline.json        format marker, latent scale, image size, encoder specs, lineage
 
 It is what ``xmdpt generate --model DIR`` reads, what the `register` stage logs to MLflow as the
@@ -36,6 +37,7 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 CODEC_DIR = "autoencoder"
 ENCODERS_DIR = "encoders"
+POSE_DIR = "pose"
 ROLES = ("image", "pose")
 
 
@@ -77,7 +79,30 @@ def check_pipeline_folder(path: str | Path) -> dict[str, Any]:
     for role, rel in (meta.get("encoder_weights") or {}).items():
         if not (p / rel).is_file():
             raise FileNotFoundError(f"{p}: {role} encoder weights {rel} missing")
+    if meta.get("pose_model") and not (p / meta["pose_model"]).is_file():
+        raise FileNotFoundError(f"{p}: pose estimator {meta['pose_model']} missing")
     return meta
+
+
+def _copy_pose_model(pose_model: Optional[str], model_folder: Path, out: Path) -> Optional[str]:
+    """Copy the pose estimator into ``out/pose/``; returns its path relative to ``out`` (None: none found).
+
+    ``pose_model`` None: the model config's ``poses.model_path`` (the estimator the dataset's poses were
+    made with), read where the folder is written (a DAG stage runs at the project root)."""
+    if pose_model is not None and not Path(pose_model).is_file():
+        raise FileNotFoundError(f"pose estimator {pose_model} not found (a MediaPipe PoseLandmarker .task)")
+    if pose_model is None:
+        config = json.loads((model_folder / CONFIG_FILE).read_text())
+        pose_model = ((config.get("poses") or {}).get("model_path")
+                      or (config.get("data") or {}).get("pose_model_path"))  # configs written before the split
+    if not pose_model or not Path(pose_model).is_file():
+        logger.warning("no pose estimator (%s) to put in the pipeline folder: target poses given as photos will "
+                       "need --pose-model", pose_model or "poses.model_path unset")
+        return None
+    rel = f"{POSE_DIR}/{Path(pose_model).name}"
+    (out / POSE_DIR).mkdir(parents=True, exist_ok=True)
+    shutil.copy2(pose_model, out / rel)
+    return rel
 
 
 def _copy_tree(src_uri: str, dst: Path) -> None:
@@ -141,6 +166,7 @@ def write_pipeline_folder(
     latent_scale: float,
     lineage: Optional[Mapping[str, Any]] = None,
     extra: Optional[Mapping[str, Any]] = None,
+    pose_model: Optional[str] = None,
 ) -> Path:
     """Assemble a pipeline folder.
 
@@ -154,6 +180,7 @@ def write_pipeline_folder(
         latent_scale: the scale the model was trained with (checked against the codec's).
         lineage: where it came from (manifest URIs, run id, git commit).
         extra: more ``pipeline.json`` entries (an imported checkpoint's source, decoder, features dtype).
+        pose_model: the MediaPipe ``.task`` to carry (default: the model config's ``poses.model_path``).
     """
     out = Path(out)
     model_folder = Path(model_folder)
@@ -165,6 +192,7 @@ def write_pipeline_folder(
     shutil.copy2(model_folder / WEIGHTS_FILE, out / WEIGHTS_FILE)
     _copy_codec(codec_uri, out, latent_scale)
     weights_rel = _copy_encoder_weights(encoder_weights, out)
+    pose_rel = _copy_pose_model(pose_model, model_folder, out)
     meta = {
         "format": PIPELINE_FORMAT,
         "version": PIPELINE_VERSION,
@@ -173,6 +201,7 @@ def write_pipeline_folder(
         "encoder_weights": weights_rel,
         "encoders": dict(encoders or {}),
         "standin": bool(standin),
+        "pose_model": pose_rel,
         "lineage": dict(lineage or {}),
         **dict(extra or {}),
     }

@@ -104,7 +104,9 @@ class XMDPTPipeline:
         self.meta = dict(meta or {})
         self.device = torch.device(device)
         self.image_size = cfg.data.image_size
-        self.pose_model_path = cfg.poses.model_path
+        # the folder's own estimator; never a path relative to the current directory
+        rel = self.meta.get("pose_model")
+        self.pose_model_path: Optional[str] = str(Path(folder) / rel) if rel and folder is not None else None
 
     @classmethod
     def from_pretrained(cls, uri_or_dir: str | Path, *, device: Optional[str | torch.device] = None,
@@ -145,7 +147,12 @@ class XMDPTPipeline:
         if isinstance(pose, (str, Path)) and is_pose_annotation(pose):
             return load_pose_annotation(pose)
         img = as_image_array(pose, name=str(pose) if isinstance(pose, (str, Path)) else name)
-        return pose_from_photo(img, pose_model_path or self.pose_model_path,
+        model_path = pose_model_path or self.pose_model_path
+        if not model_path:
+            raise PoseError(f"{name}: a pose photo needs a pose estimator, and the pipeline folder {self.folder} "
+                            "carries none (written before folders carried it, or without one): pass --pose-model "
+                            "PATH / pose_model_path= (a MediaPipe PoseLandmarker .task), or give the pose as JSON")
+        return pose_from_photo(img, model_path,
                                min_visibility=self.cfg.poses.min_visibility,
                                name=str(pose) if isinstance(pose, (str, Path)) else name)
 
@@ -304,7 +311,7 @@ def generate(model: str | Path, source: str | Path, pose: str | Path, out: str |
         model: pipeline folder or MLflow model URI.
         source: any photo of a person.
         pose: a pose JSON file, a PIDM pose txt / GFLA annotation row, or a photo to take the pose from.
-        pose_model_path: overrides the folder's ``poses.model_path`` (MediaPipe ``.task``).
+        pose_model_path: overrides the folder's pose estimator (MediaPipe ``.task``).
         square: write the model's square frame instead of the source's aspect.
         source_latent, precision, scheduler: override ``sample.source_latent`` / ``.precision`` / ``.scheduler``.
     """
