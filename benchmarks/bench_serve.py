@@ -52,13 +52,13 @@ TIMINGS: list[dict[str, float]] = []
 
 def _request(url: str, src: bytes, seed: int, steps) -> tuple[float, int, int]:
     data = {"pose": json.dumps(POSE), "seed": str(seed)}
-    if steps:
-        data["steps"] = str(steps)
+    data.update(steps or {})  # extra form fields: steps, scheduler
     t = time.perf_counter()
     try:
         r = requests.post(f"{url}/v1/generate", files={"source": ("s.png", src, "image/png")}, data=data, timeout=600)
         if "X-Timing" in r.headers:
-            TIMINGS.append({k: float(v) for k, v in (p.split("=") for p in r.headers["X-Timing"].split(";"))})
+            parts = dict(p.split("=", 1) for p in r.headers["X-Timing"].split(";"))
+            TIMINGS.append({k: float(v) for k, v in parts.items() if k not in ("scheduler", "steps")})
         return time.perf_counter() - t, r.status_code, int(r.headers.get("X-Batch-Size", 0))
     except requests.RequestException:
         return time.perf_counter() - t, 0, 0
@@ -143,7 +143,8 @@ def main() -> None:
     p.add_argument("--max-batches", nargs="+", type=int, default=[1, 8])
     p.add_argument("--requests", type=int, default=4, help="requests per client")
     p.add_argument("--rounds", type=int, default=5, help="rounds over the settings, alternating their order")
-    p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the model's)")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
+    p.add_argument("--scheduler", default=None, help="ddim | dpmsolver++ | unipc (default: the model's)")
     p.add_argument("--cpus", type=float, default=2.0, help="logical CPUs (and torch threads) of the replica")
     p.add_argument("--batch-wait-ms", type=float, default=50.0)
     p.add_argument("--smoke", action="store_true")
@@ -163,7 +164,9 @@ def main() -> None:
         model = str(build_tiny_pipeline_folder(Path(tempfile.mkdtemp(prefix="bench-serve-"))))
         args.clients, args.requests, args.steps, args.cpus, args.rounds = [1, 4], 2, 2, 0.5, 2
     print(f"model {model}, {os.cpu_count()} cores, replica CPUs {args.cpus}, clients {args.clients}, "
-          f"{args.requests} requests each, steps {args.steps or 'model default'}, {args.rounds} rounds")
+          f"{args.requests} requests each, steps {args.steps or 'model default'}, scheduler "
+          f"{args.scheduler or 'model default'}, {args.rounds} rounds")
+    fields = {k: str(v) for k, v in {"steps": args.steps, "scheduler": args.scheduler}.items() if v}
     port = _port()
     urls = {mb: start_setting(model, mb, port, args.cpus, args.batch_wait_ms, args.tracking_uri)
             for mb in args.max_batches}
@@ -172,7 +175,7 @@ def main() -> None:
     rounds: dict[int, list[dict]] = {mb: [] for mb in args.max_batches}
     for r in range(args.rounds):
         for mb in (args.max_batches if r % 2 == 0 else args.max_batches[::-1]):
-            res = measure(urls[mb], args.clients, args.requests, args.steps)
+            res = measure(urls[mb], args.clients, args.requests, fields)
             rounds[mb].append(res)
             for c, row in res["clients"].items():
                 print(f"round {r + 1} | max-batch {mb:2d} | {int(c):2d} clients | p95 {row['p95_s']:6.2f} s | "

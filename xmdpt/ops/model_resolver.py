@@ -33,6 +33,15 @@ class ModelNotFoundError(LookupError):
     """A model URI does not name an existing model; the message says which part is unknown."""
 
 
+def _registry_hint(tracking_uri: str) -> str:
+    """What to do when a local registry lacks the model: it may live in a teammate's tracking server."""
+    if tracking_uri.startswith(("http://", "https://", "databricks")):
+        return ""
+    return (f". {tracking_uri} is a registry on this machine only (the default when MLFLOW_TRACKING_URI is "
+            "unset); a model registered elsewhere is in that team's tracking server: set "
+            "MLFLOW_TRACKING_URI=http://HOST:PORT (or pass --tracking-uri) to use it, see docs/team.md")
+
+
 def is_model_uri(s: str) -> bool:
     return any(str(s).startswith(p) for p in MODEL_URI_SCHEMES)
 
@@ -60,7 +69,8 @@ def pin_model_uri(uri: str, tracking_uri: str) -> tuple[str, str]:
                 raise ModelNotFoundError(f"model URI {uri!r}: expected models:/NAME/VERSION or models:/NAME@ALIAS")
             mv = client.get_model_version(name, version)
     except MlflowException as e:
-        raise ModelNotFoundError(f"unknown model URI {uri!r} (tracking URI {tracking_uri}): {e.message}") from None
+        raise ModelNotFoundError(f"unknown model URI {uri!r} (tracking URI {tracking_uri}): {e.message}"
+                                 f"{_registry_hint(tracking_uri)}") from None
     pinned = f"models:/{mv.name}/{mv.version}"
     return pinned, f"{pinned}|{mv.source}"
 
