@@ -28,6 +28,7 @@ import yaml
 
 from xmdpt.config import ConfigError, XMDPTConfig, load_config
 from xmdpt.ops.cluster import ClusterJobError, submit_stage
+from xmdpt.ops.contracts import ManifestError
 from xmdpt.ops.job_outputs import upload_outputs
 from xmdpt.ops.preflight import PreflightError, preflight
 from xmdpt.ops.storage import filesystem
@@ -113,7 +114,11 @@ def stage_main(
         logger.error("%s", e)
         raise SystemExit(1) from None
     logger.info("stage %r: running here with %s", stage, args.params)
-    result = run(cfg)
+    try:
+        result = run(cfg)
+    except ManifestError as e:  # an upstream output that is missing or unreadable: what to do, no traceback
+        logger.error("%s", e)
+        raise SystemExit(1) from None
     if args.job_dir:
         upload_outputs(stage, cfg, args.job_dir, root=Path.cwd())
     return result

@@ -109,6 +109,22 @@ def moto_s3():
         server.stop()
 
 
+# The embedded DAG at a size that runs on this machine's local Ray in about two minutes (params updates
+# for make_project_copy): DVC-level tests of whole runs.
+TINY_LOCAL_DAG = {
+    "data": {"num_cpus_per_task": 0.5},
+    "synth": {"identities": 4, "test_fraction": 0.5},
+    "poses": {"num_actors": 1, "cpus_per_actor": 0.5},
+    "autoencoder": {"train_steps": 10, "batch_size": 8},
+    "features": {"num_actors": 1, "num_cpus_per_actor": 0.5, "batch_size": 8, "shard_images": 16},
+    "train": {"num_workers": 1, "cpus_per_worker": 0.5, "threads_per_worker": 1, "batch_size_per_worker": 4,
+              "max_steps": 6, "checkpoint_every": 3, "log_every": 1, "sample_every": 0},
+    "sample": {"num_steps": 2},
+    "evaluate": {"max_pairs": 2, "unguided_pairs": 0, "batch_size": 2, "num_actors": 1, "num_cpus_per_actor": 0.5,
+                 "grid_rows": 2},
+}
+
+
 def make_project_copy(root: Path, params_update: dict, assets: bool = False) -> Path:
     """Copy the code, data specs, dvc.yaml and params.yaml (updated section by section) under ``root``
     (and ``assets/``, the pose model, for DAGs that reach the poses stage)."""

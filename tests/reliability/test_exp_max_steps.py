@@ -18,24 +18,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from local_servers import make_project_copy
+from local_servers import TINY_LOCAL_DAG, make_project_copy
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 VENV_BIN = Path(sys.executable).parent
-
-TINY = {
-    "data": {"num_cpus_per_task": 0.5},
-    "synth": {"identities": 4, "test_fraction": 0.5},
-    "poses": {"num_actors": 1, "cpus_per_actor": 0.5},
-    "autoencoder": {"train_steps": 10, "batch_size": 8},
-    "features": {"num_actors": 1, "num_cpus_per_actor": 0.5, "batch_size": 8, "shard_images": 16},
-    "train": {"num_workers": 1, "cpus_per_worker": 0.5, "threads_per_worker": 1, "batch_size_per_worker": 4,
-              "max_steps": 6, "checkpoint_every": 3, "log_every": 1, "sample_every": 0},
-    "sample": {"num_steps": 2},
-    "evaluate": {"max_pairs": 2, "unguided_pairs": 0, "batch_size": 2, "num_actors": 1, "num_cpus_per_actor": 0.5,
-                 "grid_rows": 2},
-}
-
 
 def _run(proj: Path, *cmd: str, timeout: float = 900) -> str:
     import os
@@ -57,7 +43,7 @@ def _last_step(proj: Path) -> int:
 def test_exp_run_with_fewer_steps_trains_a_new_model_for_exactly_that_many(tmp_path):
     import mlflow
 
-    proj = make_project_copy(tmp_path / "proj", TINY, assets=True)
+    proj = make_project_copy(tmp_path / "proj", TINY_LOCAL_DAG, assets=True)
     _run(proj, "git", "init", "-q")
     _run(proj, str(VENV_BIN / "dvc"), "init", "-q")
     _run(proj, "git", "add", "-A")

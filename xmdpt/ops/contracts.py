@@ -138,8 +138,17 @@ class StageManifest(Record):
 
     @classmethod
     def read(cls: type[M], path: str | Path) -> M:
-        """Read and parse ``path`` (a missing file names the stage to run)."""
-        return cls.from_dict(storage.read_manifest(path), str(path))
+        """Read and parse ``path`` (a missing file names the stage to run; a local output folder that is
+        not on this machine, e.g. after ``dvc pull`` of another machine's run, says what to do)."""
+        manifest = cls.from_dict(storage.read_manifest(path), str(path))
+        uri = str(getattr(manifest, "uri", "") or "")
+        if uri and not storage.is_url(uri) and Path(uri).is_absolute() and not Path(uri).exists():
+            raise ManifestError(
+                f"{path} names {uri}, which is not on this machine. With a local paths.storage_root the "
+                f"bulk outputs stay on the machine that ran the {cls.STAGE!r} stage (dvc push carries the "
+                "manifests and metrics, not the store): rebuild them here with `dvc repro --force`, or "
+                "share one store between machines with an s3:// paths.storage_root (docs/team.md)")
+        return manifest
 
     @classmethod
     def path(cls, artifacts_dir: str | Path) -> Path:
