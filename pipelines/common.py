@@ -31,7 +31,7 @@ from xmdpt.ops.cluster import ClusterJobError, submit_stage
 from xmdpt.ops.contracts import ManifestError
 from xmdpt.ops.job_outputs import upload_outputs
 from xmdpt.ops.preflight import PreflightError, preflight
-from xmdpt.ops.storage import filesystem
+from xmdpt.ops.storage import filesystem, store_folder
 
 logger = logging.getLogger("pipelines")
 
@@ -116,6 +116,7 @@ def stage_main(
     logger.info("stage %r: running here with %s", stage, args.params)
     try:
         result = run(cfg)
+        store_folder(stage)  # data/store/<stage>, the DVC output of the bulk outputs
     except ManifestError as e:  # an upstream output that is missing or unreadable: what to do, no traceback
         logger.error("%s", e)
         raise SystemExit(1) from None

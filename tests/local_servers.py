@@ -133,6 +133,7 @@ def make_project_copy(root: Path, params_update: dict, assets: bool = False) -> 
     for folder in ("xmdpt", "pipelines", "data_specs", *(("assets",) if assets else ())):
         shutil.copytree(REPO_ROOT / folder, root / folder, ignore=ignore)
     shutil.copy(REPO_ROOT / "dvc.yaml", root / "dvc.yaml")
+    shutil.copy(REPO_ROOT / ".gitignore", root / ".gitignore")  # what a clone of the project ignores (mlflow.db, data/)
     # every key written out: DVC wants each `params:` entry of dvc.yaml present in params.yaml
     from xmdpt.config import load_config
 

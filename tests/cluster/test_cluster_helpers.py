@@ -39,7 +39,7 @@ def test_outputs_are_read_from_dvc_yaml_and_templated():
     cfg = tiny_config().replace(paths={"artifacts_dir": "out/art"})
     dvc_yaml = REPO_ROOT / "dvc.yaml"
     assert stage_outputs("synth", cfg, dvc_yaml) == ["data/synth"]
-    assert stage_outputs("pairs", cfg, dvc_yaml) == ["out/art/pairs/manifest.json"]
+    assert stage_outputs("pairs", cfg, dvc_yaml) == ["data/store/pairs", "out/art/pairs/manifest.json"]
     assert "out/art/validate/report.json" in stage_outputs("validate", cfg, dvc_yaml)
     # a stage dvc.yaml does not know: its artifacts folder
     assert stage_outputs("adhoc", cfg, dvc_yaml) == ["out/art/adhoc"]
@@ -109,7 +109,7 @@ def test_outputs_round_trip_through_the_job_dir(tmp_path):
     cfg = tiny_config()
     (tmp_path / "dvc.yaml").write_text(
         "stages:\n  s:\n    cmd: x\n    outs:\n      - ${paths.artifacts_dir}/s/manifest.json\n"
-        "      - data/s_dir\n    metrics:\n      - ${paths.artifacts_dir}/s/metrics.json\n"
+        "      - data/s_dir\n      - data/store/s\n    metrics:\n      - ${paths.artifacts_dir}/s/metrics.json\n"
         "      - s3://bucket/elsewhere.json\n")
     job_side, local_side = tmp_path / "job", tmp_path / "local"
     (job_side / "artifacts/s").mkdir(parents=True)
@@ -118,12 +118,15 @@ def test_outputs_round_trip_through_the_job_dir(tmp_path):
     (job_side / "data/s_dir/sub/a.txt").write_text("a")
     (local_side / "data/s_dir").mkdir(parents=True)
     (local_side / "data/s_dir/stale.txt").write_text("old")
+    for side in (job_side, local_side):  # the store folder: the job's is not brought back over the submitter's
+        (side / "data/store/s").mkdir(parents=True)
+        (side / "data/store/s/run.txt").write_text(side.name)
     job_dir = str(tmp_path / "store/_jobs/j1")
 
     record = upload_outputs("s", cfg, job_dir, root=job_side, dvc_yaml=tmp_path / "dvc.yaml")
     assert [(r["path"], r["kind"]) for r in record] == [
-        ("artifacts/s/manifest.json", "file"), ("data/s_dir", "dir"), ("artifacts/s/metrics.json", "missing"),
-        ("s3://bucket/elsewhere.json", "shared")]
+        ("artifacts/s/manifest.json", "file"), ("data/s_dir", "dir"), ("data/store/s", "shared"),
+        ("artifacts/s/metrics.json", "missing"), ("s3://bucket/elsewhere.json", "shared")]
     assert json.loads(Path(job_dir, "outputs.json").read_text())["outputs"] == record
 
     brought = download_outputs(job_dir, root=local_side)
@@ -131,6 +134,7 @@ def test_outputs_round_trip_through_the_job_dir(tmp_path):
     assert (local_side / "artifacts/s/manifest.json").read_text() == '{"rows": 3}'
     assert (local_side / "data/s_dir/sub/a.txt").read_text() == "a"
     assert not (local_side / "data/s_dir/stale.txt").exists()
+    assert (local_side / "data/store/s/run.txt").read_text() == "local"
 
 
 def test_download_without_listing_is_a_clear_error(tmp_path):

@@ -53,7 +53,7 @@ from xmdpt.ops.job_env import (
     resolve_address,
 )
 from xmdpt.ops.job_outputs import stage_outputs
-from xmdpt.ops.storage import filesystem, is_url, join
+from xmdpt.ops.storage import filesystem, is_url, join, store_folder
 
 logger = logging.getLogger(__name__)
 
@@ -182,6 +182,7 @@ def _bring_outputs_back(stage: str, cfg: XMDPTConfig, dvc_yaml: Path, root: Path
                         job_dir: str) -> list[str]:
     """Download the job's outputs under ``root``; every local output the stage declares must then exist."""
     outputs = download_outputs(job_dir, root)
+    store_folder(stage, root)  # data/store/<stage> is not transferred (see upload_outputs)
     missing = [p for p in stage_outputs(stage, cfg, dvc_yaml)
                if not is_url(p) and not (root / p).exists()]
     if missing:

@@ -138,17 +138,8 @@ class StageManifest(Record):
 
     @classmethod
     def read(cls: type[M], path: str | Path) -> M:
-        """Read and parse ``path`` (a missing file names the stage to run; a local output folder that is
-        not on this machine, e.g. after ``dvc pull`` of another machine's run, says what to do)."""
-        manifest = cls.from_dict(storage.read_manifest(path), str(path))
-        uri = str(getattr(manifest, "uri", "") or "")
-        if uri and not storage.is_url(uri) and Path(uri).is_absolute() and not Path(uri).exists():
-            raise ManifestError(
-                f"{path} names {uri}, which is not on this machine. With a local paths.storage_root the "
-                f"bulk outputs stay on the machine that ran the {cls.STAGE!r} stage (dvc push carries the "
-                "manifests and metrics, not the store): rebuild them here with `dvc repro --force`, or "
-                "share one store between machines with an s3:// paths.storage_root (docs/team.md)")
-        return manifest
+        """Read and parse ``path`` (a missing file names the stage to run)."""
+        return cls.from_dict(storage.read_manifest(path), str(path))
 
     @classmethod
     def path(cls, artifacts_dir: str | Path) -> Path:
@@ -157,8 +148,19 @@ class StageManifest(Record):
 
     @classmethod
     def load(cls: type[M], artifacts_dir: str | Path) -> M:
-        """:meth:`read` of ``{artifacts_dir}/<stage>/manifest.json``."""
-        return cls.read(cls.path(artifacts_dir))
+        """:meth:`read` of ``{artifacts_dir}/<stage>/manifest.json``, whose output folder must be on this
+        machine (after ``git clone`` without ``dvc pull``, or with a store this machine cannot see, the
+        error says what to do)."""
+        path = cls.path(artifacts_dir)
+        manifest = cls.read(path)
+        uri = str(getattr(manifest, "uri", "") or "")
+        if uri and not storage.is_url(uri) and Path(uri).is_absolute() and not Path(uri).exists():
+            raise ManifestError(
+                f"{path} names {uri}, which is not on this machine. Bring the outputs of the "
+                f"{cls.STAGE!r} stage here with `dvc pull` (the default storage_root, data/store, travels "
+                "with dvc push / pull), make the store this manifest names reachable here (an s3:// "
+                "paths.storage_root shared by the team, docs/team.md), or rebuild them with `dvc repro --force`")
+        return manifest
 
     def write(self, path: str | Path) -> dict[str, Any]:
         """Check the JSON against the contract (a value of another type than its field's is an

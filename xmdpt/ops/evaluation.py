@@ -30,7 +30,7 @@ from xmdpt.metrics.protocol import get_protocol
 from xmdpt.ops.eval_metrics import compute_metrics, worst_rows
 from xmdpt.ops.eval_pairs import GUIDED, ValidateLike, generate_pairs, load_generated, load_test_pairs, save_generated
 from xmdpt.ops.manifests import EvaluateLineage, EvaluateManifest, FeaturesManifest, TrainManifest, ValidateManifest
-from xmdpt.ops.storage import filesystem, is_url, join, stage_prefix
+from xmdpt.ops.storage import filesystem, is_url, join, portable, stage_prefix
 from xmdpt.sampling.folder import write_pipeline_folder
 
 logger = logging.getLogger(__name__)
@@ -147,7 +147,8 @@ def evaluate(cfg: XMDPTConfig, model_dir: str, validate_manifest: ValidateLike, 
     if images_uri:
         _write_images(images_uri, pairs, generated, quarantined)
         metrics["images_uri"] = images_uri
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    # paths under the project folder as ./relative: a DVC output names no folder of this machine
+    (out_dir / "metrics.json").write_text(json.dumps(portable(metrics), indent=2, sort_keys=True) + "\n")
     logger.info("evaluation: %s", {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()
                                    if not isinstance(v, (dict, list, str))})
     return metrics

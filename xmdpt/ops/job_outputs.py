@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from xmdpt.config import ConfigError, XMDPTConfig
-from xmdpt.ops.storage import filesystem, is_url, join
+from xmdpt.ops.storage import LOCAL_STORE, filesystem, is_url, join
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +70,9 @@ def upload_outputs(stage: str, cfg: XMDPTConfig, job_dir: str, root: str | Path 
     fs, base = filesystem(job_dir)
     record: list[dict[str, Any]] = []
     for out in stage_outputs(stage, cfg, dvc_yaml):
-        if is_url(out) or os.path.isabs(out):
+        if is_url(out) or os.path.isabs(out) or Path(out).as_posix().startswith(LOCAL_STORE + "/"):
+            # the store folders: the job writes the store itself (shared filesystem or s3://); the
+            # submitter keeps its own data/store/<stage> (replacing it would drop earlier local runs)
             record.append({"path": out, "kind": "shared"})
             continue
         src = root / out

@@ -75,13 +75,68 @@ def stage_prefix(storage_root: str, stage: str, *inputs: Any) -> str:
     return join(absolute(storage_root), stage, section_hash(*inputs))
 
 
+HERE = "./"  # a path under the project folder, as a manifest records it
+_LOCAL_SCHEMES = ("", "sqlite:///", "file://")
+LOCAL_STORE = "data/store"  # the default storage_root; dvc.yaml declares data/store/<stage> as DVC outputs
+
+
+STORE_STAGES = ("pairs", "poses", "validate", "autoencoder", "features", "train", "evaluate")
+
+
+def store_folder(stage: str, root: str | Path = ".") -> None:
+    """``{root}/data/store/<stage>``, the stage's DVC output for its bulk outputs: they are there with
+    the default local ``storage_root`` (so ``dvc push`` carries them); with another storage_root it
+    holds only this note. Written with the same bytes every time (it does not change the hash)."""
+    if stage not in STORE_STAGES:
+        return
+    folder = Path(root) / LOCAL_STORE / stage
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "README.txt").write_text(
+        f"Bulk outputs of the `{stage}` stage, one folder per content hash, when paths.storage_root is the\n"
+        "default data/store (DVC caches this folder: dvc push / dvc pull carry it). With another\n"
+        "storage_root (s3://...) they live there and this folder holds only this note.\n")
+
+
+def portable(value: Any) -> Any:
+    """``value`` (a manifest, nested) with every path under the project folder (the working directory:
+    stages run at the project root) written ``./relative``, so that a manifest names no folder of the
+    machine that wrote it and reads the same after ``git clone`` + ``dvc pull`` in another folder."""
+    root = os.getcwd().rstrip("/") + "/"
+    if isinstance(value, str):
+        for scheme in _LOCAL_SCHEMES:  # a path, or a URI of a local file (the default sqlite:///…/mlflow.db)
+            if value.startswith(scheme + root):
+                return scheme + HERE + value[len(scheme + root):]
+        return value
+    if isinstance(value, dict):
+        return {k: portable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [portable(v) for v in value]
+    return value
+
+
+def localized(value: Any) -> Any:
+    """The inverse of :func:`portable` in this project folder: ``./relative`` -> an absolute path."""
+    if isinstance(value, str):
+        for scheme in _LOCAL_SCHEMES:
+            if value.startswith(scheme + HERE):
+                return scheme + os.path.join(os.getcwd(), value[len(scheme + HERE):])
+        return value
+    if isinstance(value, dict):
+        return {k: localized(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [localized(v) for v in value]
+    return value
+
+
 def write_manifest(path: str | Path, manifest: dict[str, Any]) -> dict[str, Any]:
-    """Write a manifest (local JSON, tracked by DVC) atomically."""
+    """Write a manifest (local JSON, tracked by DVC) atomically; paths under the project folder are
+    written ``./relative`` (:func:`portable`) and read back absolute (:func:`read_manifest`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     manifest = {"manifest_version": MANIFEST_VERSION, **manifest}
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
+    tmp.write_text(json.dumps(portable(json.loads(json.dumps(manifest, default=str))), indent=2, sort_keys=True)
+                   + "\n")
     tmp.replace(path)
     logger.info("wrote manifest %s", path)
     return manifest
@@ -92,7 +147,7 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: manifest not found; run the upstream stage first (dvc repro)")
     with path.open() as f:
-        return json.load(f)
+        return localized(json.load(f))
 
 
 def manifest_key(manifest: Any) -> str:
@@ -100,4 +155,4 @@ def manifest_key(manifest: Any) -> str:
     :mod:`xmdpt.ops.manifests`), for hashing into downstream prefixes."""
     if hasattr(manifest, "to_dict"):
         manifest = manifest.to_dict()
-    return section_hash(manifest)
+    return section_hash(portable(manifest))  # the same on every machine that holds the run
