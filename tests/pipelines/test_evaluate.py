@@ -107,7 +107,11 @@ def test_evaluate_and_register_stages(tmp_path, ray_local, monkeypatch):
     out = art / "evaluate"
     from xmdpt.ops.manifests import EvaluateManifest
 
-    assert EvaluateManifest.read(out / "manifest.json").to_dict() == json.loads((out / "manifest.json").read_text())
+    from xmdpt.ops.storage import localized, portable
+
+    on_disk = json.loads((out / "manifest.json").read_text())  # paths under the project folder: ./relative
+    assert on_disk["uri"].startswith("./store/evaluate/") and str(tmp_path) not in json.dumps(on_disk)
+    assert EvaluateManifest.read(out / "manifest.json").to_dict() == localized(on_disk)
     metrics = json.loads((out / "metrics.json").read_text())
     # the 4 pairs touching the truncated image are quarantined with the reason; the rest is evaluated
     assert metrics["num_pairs"] == 8 and metrics["num_pairs_quarantined"] == 4 and metrics["subset_size"] == 2
@@ -160,7 +164,7 @@ def test_evaluate_and_register_stages(tmp_path, ray_local, monkeypatch):
 
     record = register_entry.main(["--params", str(tmp_path / "params.yaml"), "--no-submit"])
     on_disk = json.loads((art / "register" / "registered.json").read_text())
-    assert on_disk == json.loads(json.dumps(record, default=str))
+    assert on_disk == portable(json.loads(json.dumps(record, default=str))) and str(tmp_path) not in json.dumps(on_disk)
     assert record["version"] == 1 and record["aliases"] == ["candidate", "champion"]
     assert record["metric"]["value"] == metrics["synthetic_pose_iou"]
     assert record["lineage"]["manifest.train.path"].endswith("train/manifest.json")

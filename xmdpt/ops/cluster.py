@@ -234,13 +234,23 @@ def submit_stage(
     job_dir = join(run_cfg.paths.storage_root, JOBS_DIRNAME, submission_id)
     params_uri = _write_job_params(run_cfg, job_dir)
     logger.info("submitting stage %r to %s as %s (job dir %s)", stage, address, submission_id, job_dir)
-    client.submit_job(
-        entrypoint=entrypoint_command(module, params_uri, job_dir),
-        submission_id=submission_id,
-        runtime_env=build_runtime_env(cfg, root),
-        metadata={"xmdpt_stage": stage},
-        **entrypoint_resources(cfg, stage),
-    )
+    # The job needs the upstream DVC outputs (manifests, resolved configs), which DVC git-ignores; Ray's
+    # packaging drops git-ignored files unless told not to (the excludes keep data, caches and the venv out)
+    previous = os.environ.get(IGNORE_GITIGNORE)
+    os.environ[IGNORE_GITIGNORE] = "1"
+    try:
+        client.submit_job(
+            entrypoint=entrypoint_command(module, params_uri, job_dir),
+            submission_id=submission_id,
+            runtime_env=build_runtime_env(cfg, root),
+            metadata={"xmdpt_stage": stage},
+            **entrypoint_resources(cfg, stage),
+        )
+    finally:
+        if previous is None:
+            os.environ.pop(IGNORE_GITIGNORE, None)
+        else:
+            os.environ[IGNORE_GITIGNORE] = previous
     status = _await_job(client, stage, submission_id, address, cfg, stream, t0)
 
     outputs = _bring_outputs_back(stage, cfg, dvc_yaml, root, submission_id, job_dir)
@@ -253,6 +263,9 @@ def submit_stage(
 # --------------------------------------------------------------------------------------------
 # Outputs through the job directory
 # --------------------------------------------------------------------------------------------
+
+
+IGNORE_GITIGNORE = "RAY_RUNTIME_ENV_IGNORE_GITIGNORE"
 
 
 def download_outputs(job_dir: str, root: str | Path = ".") -> list[str]:
