@@ -26,7 +26,9 @@ VENV_BIN = Path(sys.executable).parent
 def _run(proj: Path, *cmd: str, timeout: float = 900) -> str:
     import os
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS") and k != "PYTHONPATH"}
+    # the project's own MLflow store (sqlite:///<project>/mlflow.db), whatever another test left in the environment
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("RAY_ADDRESS") and k not in ("PYTHONPATH", "MLFLOW_TRACKING_URI")}
     env.update(PATH=f"{VENV_BIN}{os.pathsep}{env['PATH']}", DVC_NO_ANALYTICS="1", HF_HUB_OFFLINE="1",
                MLFLOW_DISABLE_TELEMETRY="true", RAY_USAGE_STATS_ENABLED="0", GIT_AUTHOR_NAME="t",
                GIT_COMMITTER_NAME="t", GIT_AUTHOR_EMAIL="t@localhost", GIT_COMMITTER_EMAIL="t@localhost")
