@@ -40,6 +40,22 @@ def _median_seconds_side_by_side(fast, slow, reps: int) -> tuple[float, float]:
     return statistics.median(times[fast]), statistics.median(times[slow])
 
 
+def s2_model_and_inputs(batch: int) -> tuple[ModelConfig, XMDPT, GaussianDiffusion, dict[str, torch.Tensor]]:
+    """X-MDPT-S/2 (seed 0) with non-zero adaLN gates, so that every block does its full work, its
+    diffusion, and random conditions of ``batch`` images at the paper's shapes."""
+    torch.manual_seed(0)
+    cfg = ModelConfig.from_preset("xmdpt-s/2")
+    model = XMDPT(cfg)
+    with torch.no_grad():
+        for block in [*model.tdnet.blocks, model.mipnet.self_block, model.mipnet.cross_block]:
+            block.modulation[-1].weight.normal_(std=0.02)
+    H = cfg.input_size
+    cond = {"pose_tokens": torch.randn(batch, cfg.pose_num_tokens, cfg.pose_token_dim),
+            "ref_tokens": torch.randn(batch, cfg.ref_num_tokens, cfg.ref_token_dim),
+            "ref_latent": torch.randn(batch, cfg.in_channels, H, H)}
+    return cfg, model, GaussianDiffusion.from_config(DiffusionConfig()), cond
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=3)
@@ -50,18 +66,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    torch.manual_seed(0)
-    cfg = ModelConfig.from_preset("xmdpt-s/2")
-    model = XMDPT(cfg)
-    with torch.no_grad():  # non-zero adaLN gates so that every block does its full work
-        for block in [*model.tdnet.blocks, model.mipnet.self_block, model.mipnet.cross_block]:
-            block.modulation[-1].weight.normal_(std=0.02)
-    diffusion = GaussianDiffusion.from_config(DiffusionConfig())
+    cfg, model, diffusion, cond = s2_model_and_inputs(args.batch)
     N, H = args.batch, cfg.input_size
     x_0 = torch.randn(N, cfg.in_channels, H, H)
-    cond = {"pose_tokens": torch.randn(N, cfg.pose_num_tokens, cfg.pose_token_dim),
-            "ref_tokens": torch.randn(N, cfg.ref_num_tokens, cfg.ref_token_dim),
-            "ref_latent": torch.randn(N, cfg.in_channels, H, H)}
     t = torch.full((N,), 500, dtype=torch.long)
 
     def train_step(authors: bool):

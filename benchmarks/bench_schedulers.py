@@ -23,13 +23,13 @@ from pathlib import Path
 
 import torch
 
-from xmdpt.config import DiffusionConfig, ModelConfig, SampleConfig
-from xmdpt.diffusion import GaussianDiffusion
+from xmdpt.config import SampleConfig
 from xmdpt.diffusion.sampling import ddim_step, sample, timesteps_for
-from xmdpt.model import XMDPT
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "model"))  # the reference loop
 from authors_loop import authors_forward_with_cfg  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_model import s2_model_and_inputs  # noqa: E402  (the same model and inputs as bench_model.py)
 
 SETTINGS = [("ddim", 50)] + [(s, n) for s in ("dpmsolver++", "unipc") for n in (10, 15, 20, 25)] + [("ddim", 20)]
 
@@ -42,17 +42,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    torch.manual_seed(0)
-    cfg = ModelConfig.from_preset("xmdpt-s/2")
-    model = XMDPT(cfg).eval()
-    with torch.no_grad():  # non-zero adaLN gates so that every block does its full work
-        for block in [*model.tdnet.blocks, model.mipnet.self_block, model.mipnet.cross_block]:
-            block.modulation[-1].weight.normal_(std=0.02)
-    diffusion = GaussianDiffusion.from_config(DiffusionConfig())
+    cfg, model, diffusion, cond = s2_model_and_inputs(1)
+    model.eval()
     H = cfg.input_size
-    cond = {"pose_tokens": torch.randn(1, cfg.pose_num_tokens, cfg.pose_token_dim),
-            "ref_tokens": torch.randn(1, cfg.ref_num_tokens, cfg.ref_token_dim),
-            "ref_latent": torch.randn(1, cfg.in_channels, H, H)}
     x_T = torch.randn(1, cfg.in_channels, H, H, generator=torch.Generator().manual_seed(0))
 
     @torch.no_grad()

@@ -234,7 +234,6 @@ class XMDPTConfig:
         if isinstance(sample, dict) and "sampler" in sample:  # model folders saved before the solvers
             sample = dict(sample)
             sample.setdefault("scheduler", sample.pop("sampler"))
-            sample.pop("sampler", None)
             d["sample"] = sample
         return from_plain(cls, d, prefix="")
 

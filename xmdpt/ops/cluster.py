@@ -57,6 +57,8 @@ from xmdpt.ops.storage import filesystem, is_url, join, store_folder
 
 logger = logging.getLogger(__name__)
 
+IGNORE_GITIGNORE = "RAY_RUNTIME_ENV_IGNORE_GITIGNORE"  # Ray: package git-ignored files of the working_dir too
+
 __all__ = [
     "ClusterJobError",
     "JobResult",
@@ -263,9 +265,6 @@ def submit_stage(
 # --------------------------------------------------------------------------------------------
 # Outputs through the job directory
 # --------------------------------------------------------------------------------------------
-
-
-IGNORE_GITIGNORE = "RAY_RUNTIME_ENV_IGNORE_GITIGNORE"
 
 
 def download_outputs(job_dir: str, root: str | Path = ".") -> list[str]:

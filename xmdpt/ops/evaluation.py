@@ -16,7 +16,6 @@ the largest colour error) and ``metrics.json`` (a DVC metric) under ``{artifacts
 from __future__ import annotations
 
 import io
-import json
 import logging
 import shutil
 from pathlib import Path
@@ -30,7 +29,7 @@ from xmdpt.metrics.protocol import get_protocol
 from xmdpt.ops.eval_metrics import compute_metrics, worst_rows
 from xmdpt.ops.eval_pairs import GUIDED, ValidateLike, generate_pairs, load_generated, load_test_pairs, save_generated
 from xmdpt.ops.manifests import EvaluateLineage, EvaluateManifest, FeaturesManifest, TrainManifest, ValidateManifest
-from xmdpt.ops.storage import filesystem, is_url, join, portable, stage_prefix
+from xmdpt.ops.storage import filesystem, is_url, join, portable_json, stage_prefix
 from xmdpt.sampling.folder import write_pipeline_folder
 
 logger = logging.getLogger(__name__)
@@ -148,7 +147,7 @@ def evaluate(cfg: XMDPTConfig, model_dir: str, validate_manifest: ValidateLike, 
         _write_images(images_uri, pairs, generated, quarantined)
         metrics["images_uri"] = images_uri
     # paths under the project folder as ./relative: a DVC output names no folder of this machine
-    (out_dir / "metrics.json").write_text(json.dumps(portable(metrics), indent=2, sort_keys=True) + "\n")
+    (out_dir / "metrics.json").write_text(portable_json(metrics))
     logger.info("evaluation: %s", {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()
                                    if not isinstance(v, (dict, list, str))})
     return metrics

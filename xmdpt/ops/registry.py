@@ -31,7 +31,7 @@ from typing import Any, Mapping, Optional
 
 from xmdpt.ops.manifests import EvaluateManifest, FeaturesManifest, TrainManifest, ValidateManifest
 from xmdpt.ops.model_resolver import MODEL_DIR_ARTIFACT, default_cache_dir
-from xmdpt.ops.storage import filesystem, portable
+from xmdpt.ops.storage import filesystem, portable_json
 from xmdpt.ops.tracking import lineage_tags, resolve_tracking_uri
 from xmdpt.sampling.folder import check_pipeline_folder
 
@@ -301,7 +301,6 @@ def register_stage(cfg) -> dict[str, Any]:
     )
     out = art / "register" / "registered.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(portable(json.loads(json.dumps(record, default=str))), indent=2, sort_keys=True)
-                   + "\n")  # paths under the project folder as ./relative (a DVC output names no machine's folder)
+    out.write_text(portable_json(record))  # paths under the project folder as ./relative
     logger.info("registered %s v%s aliases=%s -> %s", record["name"], record["version"], record["aliases"], out)
     return record

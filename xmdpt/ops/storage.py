@@ -97,35 +97,48 @@ def store_folder(stage: str, root: str | Path = ".") -> None:
         "storage_root (s3://...) they live there and this folder holds only this note.\n")
 
 
+def _map_strings(value: Any, fn) -> Any:
+    """``value`` (nested dicts and lists) with ``fn`` applied to every string in it."""
+    if isinstance(value, str):
+        return fn(value)
+    if isinstance(value, dict):
+        return {k: _map_strings(v, fn) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_map_strings(v, fn) for v in value]
+    return value
+
+
 def portable(value: Any) -> Any:
     """``value`` (a manifest, nested) with every path under the project folder (the working directory:
     stages run at the project root) written ``./relative``, so that a manifest names no folder of the
     machine that wrote it and reads the same after ``git clone`` + ``dvc pull`` in another folder."""
     root = os.getcwd().rstrip("/") + "/"
-    if isinstance(value, str):
+
+    def rel(s: str) -> str:
         for scheme in _LOCAL_SCHEMES:  # a path, or a URI of a local file (the default sqlite:///…/mlflow.db)
-            if value.startswith(scheme + root):
-                return scheme + HERE + value[len(scheme + root):]
-        return value
-    if isinstance(value, dict):
-        return {k: portable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [portable(v) for v in value]
-    return value
+            if s.startswith(scheme + root):
+                return scheme + HERE + s[len(scheme + root):]
+        return s
+
+    return _map_strings(value, rel)
 
 
 def localized(value: Any) -> Any:
     """The inverse of :func:`portable` in this project folder: ``./relative`` -> an absolute path."""
-    if isinstance(value, str):
+
+    def absolute_here(s: str) -> str:
         for scheme in _LOCAL_SCHEMES:
-            if value.startswith(scheme + HERE):
-                return scheme + os.path.join(os.getcwd(), value[len(scheme + HERE):])
-        return value
-    if isinstance(value, dict):
-        return {k: localized(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [localized(v) for v in value]
-    return value
+            if s.startswith(scheme + HERE):
+                return scheme + os.path.join(os.getcwd(), s[len(scheme + HERE):])
+        return s
+
+    return _map_strings(value, absolute_here)
+
+
+def portable_json(value: Any) -> str:
+    """The JSON text of a DVC output (a manifest, metrics, a registry record): :func:`portable` paths,
+    sorted keys, values JSON cannot hold written as strings."""
+    return json.dumps(portable(json.loads(json.dumps(value, default=str))), indent=2, sort_keys=True) + "\n"
 
 
 def write_manifest(path: str | Path, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -135,8 +148,7 @@ def write_manifest(path: str | Path, manifest: dict[str, Any]) -> dict[str, Any]
     path.parent.mkdir(parents=True, exist_ok=True)
     manifest = {"manifest_version": MANIFEST_VERSION, **manifest}
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(portable(json.loads(json.dumps(manifest, default=str))), indent=2, sort_keys=True)
-                   + "\n")
+    tmp.write_text(portable_json(manifest))
     tmp.replace(path)
     logger.info("wrote manifest %s", path)
     return manifest

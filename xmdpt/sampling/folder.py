@@ -26,6 +26,7 @@ from typing import Any, Mapping, Optional
 
 from fsspec.implementations.local import LocalFileSystem
 
+from xmdpt.config import upgrade_legacy_config
 from xmdpt.ops.storage import filesystem
 
 logger = logging.getLogger(__name__)
@@ -92,9 +93,8 @@ def _copy_pose_model(pose_model: Optional[str], model_folder: Path, out: Path) -
     if pose_model is not None and not Path(pose_model).is_file():
         raise FileNotFoundError(f"pose estimator {pose_model} not found (a MediaPipe PoseLandmarker .task)")
     if pose_model is None:
-        config = json.loads((model_folder / CONFIG_FILE).read_text())
-        pose_model = ((config.get("poses") or {}).get("model_path")
-                      or (config.get("data") or {}).get("pose_model_path"))  # configs written before the split
+        config = upgrade_legacy_config(json.loads((model_folder / CONFIG_FILE).read_text()))
+        pose_model = (config.get("poses") or {}).get("model_path")
     if not pose_model or not Path(pose_model).is_file():
         logger.warning("no pose estimator (%s) to put in the pipeline folder: target poses given as photos will "
                        "need --pose-model", pose_model or "poses.model_path unset")
