@@ -79,6 +79,7 @@ def test_the_fingerprint_ignores_values_and_sees_code():
         edited('"xmdpt-tiny/4": dict(depth=4,', '"xmdpt-tiny/4": dict(depth=6,'),  # a preset
         edited('    """A config dict written before', '    """A config written before'),  # a docstring
         edited("class SynthConfig:\n", "class SynthConfig:  # note\n"),  # a comment
+        edited("from xmdpt.typed_config import ConfigError,", "from xmdpt.base.typed_config import ConfigError,"),  # a moved module
     ]
     for text in same:
         assert config_code_fingerprint(text) == base
@@ -100,3 +101,18 @@ def test_the_config_stage_writes_one_file_per_stage(tmp_path, monkeypatch):
     train = yaml.safe_load((tmp_path / "out" / "config" / "train.yaml").read_text())
     assert train["train"]["max_steps"] == 7 and train["train"]["lr"] == XMDPTConfig().train.lr
     assert train["config_code"] == config_code_fingerprint()
+
+
+def test_the_training_code_fingerprint_ignores_docs_and_imports_and_sees_statements():
+    from xmdpt.ops.stage_config import source_fingerprint_text
+
+    src = ('"""Doc."""\nimport math\nfrom xmdpt.a import f\n\n\ndef g(x):\n    """Doc."""\n'
+           '    from xmdpt.b import h\n    return f(x) * 2  # twice\n')
+    base = source_fingerprint_text(src)
+    for same in (src.replace("xmdpt.a", "xmdpt.core.a").replace("xmdpt.b", "xmdpt.c.b"),
+                 src.replace('"""Doc."""', '"""Other words."""'), src.replace("# twice", "# double")):
+        assert source_fingerprint_text(same) == base
+    for different in (src.replace("* 2", "* 3"), src.replace("return f(x)", "return h(x)")):
+        assert source_fingerprint_text(different) != base
+    # a function whose body was only imports still parses to a statement
+    assert "Pass" in source_fingerprint_text("def k():\n    import os\n")

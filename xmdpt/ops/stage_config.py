@@ -72,10 +72,31 @@ def _strip_docstring(body: list[ast.stmt]) -> list[ast.stmt]:
     return body
 
 
+def strip_docs_and_imports(tree: ast.AST) -> ast.AST:
+    """``tree`` without docstrings and import statements, in place: what a fingerprint of source code
+    should not see (comments never reach the tree). Moving a module or rewording a docstring leaves
+    the fingerprint as it was; a changed statement or constant changes it."""
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            node.body = _strip_docstring(node.body)
+        for field in ("body", "orelse", "finalbody"):
+            stmts = getattr(node, field, None)
+            if isinstance(stmts, list) and any(isinstance(s, (ast.Import, ast.ImportFrom)) for s in stmts):
+                kept = [s for s in stmts if not isinstance(s, (ast.Import, ast.ImportFrom))]
+                setattr(node, field, kept or ([ast.Pass()] if field == "body" else []))
+    return tree
+
+
+def source_fingerprint_text(source: str) -> str:
+    """The syntax tree of ``source`` without docstrings and imports, as text (see :func:`strip_docs_and_imports`)."""
+    return ast.dump(strip_docs_and_imports(ast.parse(source)))
+
+
 def config_code_fingerprint(sources: Mapping[str, str] | None = None) -> str:
     """SHA-256 of ``xmdpt/config.py`` and ``xmdpt/config_stages.py`` without what the resolved values
-    already carry: the config dataclasses' field declarations, the preset tables, and docstrings
-    (comments never reach the syntax tree). Equal for two versions of the files that differ only there.
+    already carry: the config dataclasses' field declarations, the preset tables, docstrings and import
+    statements (comments never reach the syntax tree). Equal for two versions of the files that differ
+    only there.
 
     Args:
         sources: file name (``config.py``) -> its text, in place of the file on disk.
@@ -87,10 +108,8 @@ def config_code_fingerprint(sources: Mapping[str, str] | None = None) -> str:
 
 
 def _stripped_dump(source: str) -> str:
-    tree = ast.parse(source)
+    tree = strip_docs_and_imports(ast.parse(source))
     for node in ast.walk(tree):
-        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-            node.body = _strip_docstring(node.body)
         if _is_dataclass_def(node):
             node.body = [stmt for stmt in node.body if not isinstance(stmt, ast.AnnAssign)] or [ast.Pass()]
     for stmt in tree.body:
@@ -110,7 +129,7 @@ def resolved_stage_configs(cfg: XMDPTConfig, fingerprint: str | None = None) -> 
 
 def _dump(stage: str, resolved: Mapping[str, Any]) -> str:
     head = (f"# The config the `{stage}` stage reads, every default filled in: written by the `config`\n"
-            f"# stage from params.yaml and xmdpt/config.py (xmdpt/ops/stage_config.py); a DVC dep of `{stage}`.\n")
+            f"# stage from params.yaml and the config's defaults; a DVC dep of `{stage}`.\n")
     return head + yaml.safe_dump(dict(resolved), sort_keys=False, default_flow_style=False, width=100)
 
 
