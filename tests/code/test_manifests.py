@@ -93,7 +93,24 @@ def test_round_trip_through_json_is_unchanged(tmp_path: Path, stage: str):
     # load (what stages call) also wants the output folder on this machine: the samples' /store/... is not
     with pytest.raises(ManifestError, match=r"names /store/.* not on this machine.*dvc pull.*dvc repro --force"):
         type(manifest).load(tmp_path)
-    assert parsed.key() == storage.manifest_key(on_disk) == storage.manifest_key(parsed)
+    assert parsed.key() == storage.manifest_key(parsed) == storage.manifest_key(parsed.identity())
+
+
+@pytest.mark.parametrize("stage, records", [
+    ("autoencoder", {"metrics": {"fit_seconds": 99.0, "heldout_ssim": 0.1}}),
+    ("features", {"encode_seconds": 1234.5, "shards_encoded": 0, "rows_by_node": {"other-node": 1}}),
+    ("train", {"run_id": "another-run", "tracking_uri": "http://127.0.0.1:5000", "start_step": 3,
+               "worker_starts": (WorkerStart(rank=0, node_id="n2", time=2e9),)}),
+])
+def test_a_run_record_does_not_change_the_content_address(stage, records):
+    """Wall time, placement, MLflow ids and the resume step are written but are not what the stage
+    produced: two runs that differ only there give the same key downstream; any other field changes it."""
+    manifest = SAMPLES[stage]
+    again = dataclasses.replace(manifest, **records)
+    assert again.to_dict() != manifest.to_dict()
+    assert again.key() == manifest.key()
+    assert all(k not in manifest.identity() for k in records) and "uri" in manifest.identity()
+    assert dataclasses.replace(manifest, uri=manifest.uri + "-other").key() != manifest.key()
 
 
 def test_optional_keys_are_left_out_not_written_as_null():

@@ -33,7 +33,7 @@ from xmdpt.config import EncodersConfig, XMDPTConfig
 from xmdpt.data import schema
 from xmdpt.ops.manifests import (AutoencoderManifest, FeatureImages, FeaturesManifest, FeatureTables, TableEntry,
                              TensorSpec, ValidateManifest)
-from xmdpt.ops.storage import filesystem, join, stage_prefix
+from xmdpt.ops.storage import filesystem, join, portable, stage_prefix
 from xmdpt.encoders.cache_validation import FeatureCacheError, validate_feature_cache
 from xmdpt.data.images import ImageError, load_rgb
 from xmdpt.encoders.dino import TokenEncoder, prepare_image, prepare_pose, skeletons_to_tensor, token_spec
@@ -323,7 +323,7 @@ def build_feature_cache(
         raise ValueError(f"autoencoder manifest image_size={ae_manifest.image_size} != data.image_size={size}; "
                          "rerun the autoencoder stage")
     prefix = stage_prefix(cfg.paths.storage_root, STAGE, token_params(enc, fc.shard_images), size,
-                          validate_manifest.key(), {"uri": ae_manifest.uri, "latent_scale": ae_manifest.latent_scale})
+                          validate_manifest.key(), {"uri": portable(ae_manifest.uri), "latent_scale": ae_manifest.latent_scale})
     fs, data_dir, quarantine_dir = _cache_dirs(prefix)
 
     table = read_image_table(validate_manifest)  # sorted by path: chunks are deterministic

@@ -26,17 +26,27 @@ from typing import Any, ClassVar, Mapping, TypeVar
 from xmdpt.ops import storage
 from xmdpt.typed_config import field_hints, parse_fields
 
-__all__ = ["ManifestError", "ManifestVersionError", "Record", "StageManifest", "manifest_path", "optional_key"]
+__all__ = ["ManifestError", "ManifestVersionError", "Record", "StageManifest", "manifest_path", "optional_key",
+           "run_record"]
 
 M = TypeVar("M", bound="StageManifest")
 
 _OMIT_IF_NONE = "omit_if_none"
+_RUN_RECORD = "run_record"
 
 
 def optional_key(**kwargs: Any) -> Any:
     """A field whose key is absent from the JSON when its value is ``None`` (a key some writers
     leave out), as opposed to an ``Optional`` field always written (``null`` when unknown)."""
     return dataclasses.field(default=None, metadata={_OMIT_IF_NONE: True}, **kwargs)
+
+
+def run_record(**kwargs: Any) -> Any:
+    """A field that records how the run went (wall time, which node or worker did what, MLflow ids,
+    where it resumed), not what the stage produced: written like any field, left out of
+    :meth:`StageManifest.key`, so that the same inputs give the same content addresses downstream
+    on every run and machine."""
+    return dataclasses.field(metadata={_RUN_RECORD: True}, **kwargs)
 
 
 class ManifestError(ValueError):
@@ -170,9 +180,14 @@ class StageManifest(Record):
         type(self).from_dict(data, str(path))
         return storage.write_manifest(path, data)
 
+    def identity(self) -> dict[str, Any]:
+        """:meth:`to_dict` without the :func:`run_record` fields: what the output is."""
+        records = {f.name for f in dataclasses.fields(self) if f.metadata.get(_RUN_RECORD)}
+        return {k: v for k, v in self.to_dict().items() if k not in records}
+
     def key(self) -> str:
         """Identity of this output for downstream content addresses (:func:`xmdpt.ops.storage.manifest_key`)."""
-        return storage.manifest_key(self.to_dict())
+        return storage.manifest_key(self)
 
 
 def manifest_path(artifacts_dir: str | Path, stage: str) -> Path:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar, Mapping, Optional
 
-from xmdpt.ops.contracts import Record, StageManifest, optional_key
+from xmdpt.ops.contracts import Record, StageManifest, optional_key, run_record
 
 __all__ = [
     "TableEntry", "TensorSpec", "PairsTables", "PairsCounts", "PairsManifest", "PosesTables", "PosesCounts",
@@ -155,7 +155,7 @@ class AutoencoderManifest(StageManifest):
     latent_shape: tuple[int, ...]
     image_size: int
     config: Mapping[str, Any]
-    metrics: Mapping[str, Any]
+    metrics: Mapping[str, Any] = run_record()  # measured on the output (and the fit's wall time)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -194,9 +194,9 @@ class FeaturesManifest(StageManifest):
     vae_uri: str
     bytes: int
     bytes_per_image: int
-    encode_seconds: float
-    shards_encoded: int
-    rows_by_node: Mapping[str, int]
+    encode_seconds: float = run_record()
+    shards_encoded: int = run_record()  # this run's share; the rest was reused
+    rows_by_node: Mapping[str, int] = run_record()
     validation: Optional[Mapping[str, Any]] = optional_key()
 
 
@@ -221,15 +221,15 @@ class TrainManifest(StageManifest):
     uri: str
     steps: int
     run_name: str
-    run_id: str
-    tracking_uri: str
+    run_id: str = run_record()
+    tracking_uri: str = run_record()
     data_hash: str
     train_table: str
     train_rows: int
     dropped_examples: int
     world_size: Optional[int]
-    start_step: int
-    worker_starts: tuple[WorkerStart, ...]
+    start_step: int = run_record()
+    worker_starts: tuple[WorkerStart, ...] = run_record()
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -165,6 +165,8 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
 def manifest_key(manifest: Any) -> str:
     """Identity of an upstream output (its JSON dict, or a typed manifest of
     :mod:`xmdpt.ops.manifests`), for hashing into downstream prefixes."""
-    if hasattr(manifest, "to_dict"):
+    if hasattr(manifest, "identity"):  # a typed manifest: without the fields that record how the run went
+        manifest = manifest.identity()
+    elif hasattr(manifest, "to_dict"):
         manifest = manifest.to_dict()
     return section_hash(portable(manifest))  # the same on every machine that holds the run
