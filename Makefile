@@ -10,7 +10,7 @@ export DVC_NO_ANALYTICS ?= 1
 export RAY_USAGE_STATS_ENABLED ?= 0
 export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 
-.PHONY: install ray-local run test test-fast ui clean bench
+.PHONY: install ray-local run lint-imports test test-fast ui clean bench
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,10 +29,14 @@ run: install ray-local
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc repro
 	@$(BIN)/python -m pipelines.summary
 
-test: install ray-local
+# the package layers (pyproject.toml [tool.importlinter], docs/architecture.md), then the suite
+lint-imports: install
+	PYTHONPATH=$(CURDIR) $(BIN)/lint-imports --no-cache
+
+test: install ray-local lint-imports
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q tests
 
-test-fast: install ray-local
+test-fast: install ray-local lint-imports
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow" tests
 
 ui: install

@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 
 import torch
 
-from xmdpt.config import AutoencoderConfig
+from xmdpt.core.config import AutoencoderConfig
 
 # what a variant does not set: the small fitted autoencoder as first embedded (4x (32,64,64), L1+MSE,
 # whole images, 8 x lr 2e-3, no EMA)
@@ -74,7 +74,7 @@ def load_split(root: str, size: int):
 
 def main() -> None:
     from xmdpt.synth import write_synthetic_dataset
-    from xmdpt.encoders.autoencoder_fit import _train_steps, reconstruct, reconstruction_metrics
+    from xmdpt.training.autoencoder import _train_steps, reconstruct, reconstruction_metrics
     from xmdpt.encoders.vae import LatentCodec, build_fitted_vae
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -16,8 +16,8 @@ import time
 
 import torch
 
-import xmdpt.batch_invariance as bi
-from xmdpt.config import AutoencoderConfig
+import xmdpt.core.batch_invariance as bi
+from xmdpt.core.config import AutoencoderConfig
 from xmdpt.encoders.vae import LatentCodec, build_fitted_vae
 
 

@@ -67,8 +67,8 @@ def count_flops(fn: Callable[[], object]) -> int:
 def per_batch(count_at: Callable[[int], int], batch: int) -> int:
     """The model's FLOPs for ``batch`` samples: counted at ``batch``, or below ``VECTOR_MIN_ROWS`` counted
     there and scaled (smaller batches run their per-sample vector layers on padded rows, see
-    :mod:`xmdpt.batch_invariance`: work the model itself does not need)."""
-    from xmdpt.batch_invariance import VECTOR_MIN_ROWS
+    :mod:`xmdpt.core.batch_invariance`: work the model itself does not need)."""
+    from xmdpt.core.batch_invariance import VECTOR_MIN_ROWS
 
     if batch >= VECTOR_MIN_ROWS:
         return count_at(batch)
@@ -76,7 +76,7 @@ def per_batch(count_at: Callable[[int], int], batch: int) -> int:
 
 
 def build_xmdpt(preset: str, device: str):
-    from xmdpt.config import ModelConfig
+    from xmdpt.core.config import ModelConfig
     from xmdpt.model import XMDPT
 
     cfg = ModelConfig.from_preset(preset)
@@ -95,7 +95,7 @@ def xmdpt_inputs(cfg, n: int, device: str):
 
 def xmdpt_train_flops(preset: str, batch: int = 1, device: str = "meta") -> int:
     """One training step (unmasked + masked pass, forward + backward), as ``training_losses`` runs it."""
-    from xmdpt.config import DiffusionConfig
+    from xmdpt.core.config import DiffusionConfig
     from xmdpt.diffusion import GaussianDiffusion
     from xmdpt.diffusion.losses import training_losses
 
@@ -131,7 +131,7 @@ def xmdpt_cfg_step_flops(preset: str, batch: int = 1, device: str = "meta") -> i
 
 def build_sd_vae(device: str):
     """The sd-vae-ft-mse architecture, random init, built by the autoencoder stage's own builder."""
-    from xmdpt.config import AutoencoderConfig
+    from xmdpt.core.config import AutoencoderConfig
     from xmdpt.encoders.vae import build_fitted_vae
 
     with torch.device(device):
@@ -211,7 +211,7 @@ def check_meta_counts() -> list[str]:
 
 def run_cpu_chain(root: Path, identities: int) -> dict:
     """Synthetic dataset of ``identities`` people, then pairs -> poses -> validate, each timed."""
-    from xmdpt.config import XMDPTConfig
+    from xmdpt.core.config import XMDPTConfig
     from xmdpt.data.pairs import build_pairs
     from xmdpt.data.poses import extract_poses
     from xmdpt.synth import write_synthetic_dataset
@@ -269,7 +269,7 @@ def main() -> None:
     parser.add_argument("--skip-cpu", action="store_true", help="only the FLOP projection")
     args = parser.parse_args()
 
-    from xmdpt.config import load_config
+    from xmdpt.core.config import load_config
 
     # the profile with every default filled in (it writes only where things are; the rest is the paper's)
     profile = load_config(REPO / "params" / "deepfashion.yaml").to_dict()
@@ -291,7 +291,7 @@ def main() -> None:
 
     # ---- CPU stages -------------------------------------------------------------------------
     if not args.skip_cpu:
-        from xmdpt.ops.ray_utils import init_ray
+        from xmdpt.core.ray_utils import init_ray
 
         os.environ.pop("RAY_ADDRESS", None)
         t0 = time.perf_counter()

@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from xmdpt.config import load_config
+from xmdpt.core.config import load_config
 from xmdpt.data import schema
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,7 +53,7 @@ def make_fixture(root: Path, n_images: int):
             rows[k].append(v)
     (root / "poses").mkdir()
     pq.write_table(pa.Table.from_pydict(rows, schema=schema.POSES_SCHEMA), root / "poses" / "part-0.parquet")
-    from xmdpt.ops.manifests import TableEntry, ValidateManifest, ValidateTables
+    from xmdpt.core.manifests import TableEntry, ValidateManifest, ValidateTables
 
     unused = TableEntry(uri=str(root / "unused"), rows=0)  # tables the autoencoder / features stages do not read
     return ValidateManifest(
@@ -71,9 +71,9 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("TQDM_DISABLE", "1")
 
-    from xmdpt.encoders.features import build_feature_cache
-    from xmdpt.encoders.autoencoder_fit import fit_autoencoder
-    from xmdpt.ops.ray_utils import init_ray
+    from xmdpt.features.stage import build_feature_cache
+    from xmdpt.training.autoencoder import fit_autoencoder
+    from xmdpt.core.ray_utils import init_ray
 
     init_ray(num_cpus=os.cpu_count())
     results = {}

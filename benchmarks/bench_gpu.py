@@ -30,7 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_official import AUTHORS_A100_S_PER_IMAGE, SD_VAE, SMOKE_VAE, bench_preset  # noqa: E402
 
-from xmdpt.config import DiffusionConfig, ModelConfig  # noqa: E402
+from xmdpt.core.config import DiffusionConfig, ModelConfig  # noqa: E402
 from xmdpt.diffusion import GaussianDiffusion  # noqa: E402
 from xmdpt.encoders.dino_backbone import build_backbone  # noqa: E402
 from xmdpt.model import XMDPT  # noqa: E402

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from xmdpt.config import DiffusionConfig, ModelConfig
+from xmdpt.core.config import DiffusionConfig, ModelConfig
 from xmdpt.diffusion import GaussianDiffusion
 from xmdpt.diffusion.losses import training_losses
 from xmdpt.model import XMDPT

@@ -25,13 +25,13 @@ from pathlib import Path
 
 import torch
 
-from xmdpt.config import DiffusionConfig, ModelConfig, SampleConfig
+from xmdpt.core.config import DiffusionConfig, ModelConfig, SampleConfig
 from xmdpt.diffusion import GaussianDiffusion
 from xmdpt.diffusion.sampling import sample
 from xmdpt.encoders.dino_backbone import build_backbone
 from xmdpt.encoders.dino import prepare_image, prepare_pose
 from xmdpt.model import XMDPT
-from xmdpt.precision import autocast_context
+from xmdpt.core.precision import autocast_context
 
 AUTHORS_A100_S_PER_IMAGE = {"xmdpt-s/2": 1.1, "xmdpt-b/2": 1.3, "xmdpt-l/2": 3.1}
 SD_VAE = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,

@@ -17,12 +17,12 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from xmdpt.config import load_config
+from xmdpt.core.config import load_config
 from xmdpt.metrics.stats import paired_comparison
 from xmdpt.metrics.synthetic import foreground_mask, mask_iou, part_colour_error
-from xmdpt.ops.eval_metrics import _eval_keypoints, compute_metrics, pixel_metrics
-from xmdpt.ops.eval_pairs import generate_pairs, load_test_pairs
-from xmdpt.ops.manifests import EvaluateManifest, ValidateManifest
+from xmdpt.evaluation.scores import _eval_keypoints, compute_metrics, pixel_metrics
+from xmdpt.evaluation.pairs import generate_pairs, load_test_pairs
+from xmdpt.core.manifests import EvaluateManifest, ValidateManifest
 from xmdpt.metrics.protocol import get_protocol
 
 REFERENCE = ("ddim", 50)

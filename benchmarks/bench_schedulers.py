@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from xmdpt.config import SampleConfig
+from xmdpt.core.config import SampleConfig
 from xmdpt.diffusion.sampling import ddim_step, sample, timesteps_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "model"))  # the reference loop

@@ -71,7 +71,7 @@ def _pct(xs: list[float], q: float) -> float:
 
 def start_setting(model: str, max_batch: int, port: int, cpus: float, wait_ms: float, tracking_uri) -> str:
     """One replica with this max-batch under ``/mb<max_batch>`` on the shared proxy, up and warmed up."""
-    from xmdpt.ops.serving import ServeOptions, run_server
+    from xmdpt.serving.server import ServeOptions, run_server
 
     opts = ServeOptions(model=model, max_batch=max_batch, batch_wait_ms=wait_ms, num_cpus_per_replica=cpus,
                         tracking_uri=tracking_uri)
@@ -153,7 +153,7 @@ def main() -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     from ray import serve
 
-    from xmdpt.ops.ray_utils import init_ray
+    from xmdpt.core.ray_utils import init_ray
 
     init_ray(num_cpus=8)
     model = args.model

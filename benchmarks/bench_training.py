@@ -34,7 +34,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 import torch  # noqa: E402
 
-from xmdpt.config import XMDPTConfig, load_config  # noqa: E402
+from xmdpt.core.config import XMDPTConfig, load_config  # noqa: E402
 
 
 def _timed_steps(fn, steps: int) -> float:

@@ -35,7 +35,7 @@ def load_rows(artifacts: str, dataset: str):
     from xmdpt.data import schema
     from xmdpt.encoders.inputs import load_square_image
     from xmdpt.metrics.synthetic import foreground_mask
-    from xmdpt.ops.storage import filesystem
+    from xmdpt.core.storage import filesystem
 
     path = Path(artifacts) / "features" / "manifest.json"
     if not path.is_file():

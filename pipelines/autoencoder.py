@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from pipelines.common import stage_main
-from xmdpt.config import XMDPTConfig
-from xmdpt.encoders.autoencoder_fit import fit_autoencoder
-from xmdpt.ops.manifests import AutoencoderManifest
-from xmdpt.ops.storage import filesystem
+from xmdpt.core.config import XMDPTConfig
+from xmdpt.training.autoencoder import fit_autoencoder
+from xmdpt.core.manifests import AutoencoderManifest
+from xmdpt.core.storage import filesystem
 
 logger = logging.getLogger("pipelines.autoencoder")
 

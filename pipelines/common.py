@@ -11,7 +11,7 @@ Each ``pipelines/<stage>.py`` ends with::
 :func:`stage_main` parses ``--params`` (default ``params.yaml``), loads the config, configures
 logging once, and then either calls ``run(cfg)`` here, or, with ``cluster.submit: true``, submits
 the same stage to the Ray cluster at ``$RAY_ADDRESS`` and brings its DVC outputs back
-(``xmdpt.ops.cluster``; ``docs/cluster.md``). Inside the job the stage runs with ``--no-submit`` and
+(``xmdpt.orchestration.cluster``; ``docs/cluster.md``). Inside the job the stage runs with ``--no-submit`` and
 ``--job-dir``, and uploads its outputs when ``run`` returns.
 """
 
@@ -26,12 +26,12 @@ from typing import Any, Callable, Optional, Sequence
 
 import yaml
 
-from xmdpt.config import ConfigError, XMDPTConfig, load_config
-from xmdpt.ops.cluster import ClusterJobError, submit_stage
-from xmdpt.ops.contracts import ManifestError
-from xmdpt.ops.job_outputs import upload_outputs
-from xmdpt.ops.preflight import PreflightError, preflight
-from xmdpt.ops.storage import filesystem, store_folder
+from xmdpt.core.config import ConfigError, XMDPTConfig, load_config
+from xmdpt.orchestration.cluster import ClusterJobError, submit_stage
+from xmdpt.core.contracts import ManifestError
+from xmdpt.orchestration.job_outputs import upload_outputs
+from xmdpt.orchestration.preflight import PreflightError, preflight
+from xmdpt.core.storage import filesystem, store_folder
 
 logger = logging.getLogger("pipelines")
 
@@ -90,7 +90,7 @@ def stage_main(
         module: the entry module a cluster job runs (default ``pipelines.<stage>``).
 
     Returns:
-        ``run(cfg)``'s result, or the :class:`xmdpt.ops.cluster.JobResult` of a submitted job.
+        ``run(cfg)``'s result, or the :class:`xmdpt.orchestration.cluster.JobResult` of a submitted job.
     """
     args = parse_args(stage, argv)
     configure_logging()

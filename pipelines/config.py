@@ -1,8 +1,8 @@
 """DVC stage ``config``: the config each stage reads, every default filled in.
 
-Writes ``{artifacts_dir}/config/<stage>.yaml`` for every other stage (``xmdpt.ops.stage_config``); each
+Writes ``{artifacts_dir}/config/<stage>.yaml`` for every other stage (``xmdpt.core.stage_config``); each
 stage depends on its file, so a changed value reruns the stages that read it, whether it is written
-in ``params.yaml`` or a default of ``xmdpt/config.py``. Always runs here (never as a cluster job)
+in ``params.yaml`` or a default of ``xmdpt/core/config.py``. Always runs here (never as a cluster job)
 and needs nothing but the params file.
 """
 
@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from xmdpt.config import ConfigError, load_config
-from xmdpt.ops.stage_config import write_stage_configs
+from xmdpt.core.config import ConfigError, load_config
+from xmdpt.core.stage_config import write_stage_configs
 
 logger = logging.getLogger("pipelines.config")
 

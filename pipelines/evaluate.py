@@ -1,13 +1,13 @@
 """DVC stage `evaluate`: generate the test pairs with the EMA weights; grid.png + metrics.json.
 
-``python -m pipelines.evaluate [--params params.yaml]`` — see :mod:`xmdpt.ops.evaluation`.
+``python -m pipelines.evaluate [--params params.yaml]`` — see :mod:`xmdpt.evaluation.stage`.
 """
 
 from __future__ import annotations
 
 from pipelines.common import stage_main
-from xmdpt.config import XMDPTConfig
-from xmdpt.ops.evaluation import evaluate_stage
+from xmdpt.core.config import XMDPTConfig
+from xmdpt.evaluation.stage import evaluate_stage
 
 
 def run(cfg: XMDPTConfig) -> dict:

@@ -11,10 +11,10 @@ import logging
 from typing import Optional, Sequence
 
 from pipelines.common import stage_main
-from xmdpt.config import XMDPTConfig
-from xmdpt.encoders.cache_validation import FeatureCacheError
-from xmdpt.encoders.features import build_feature_cache
-from xmdpt.ops.manifests import FeaturesManifest
+from xmdpt.core.config import XMDPTConfig
+from xmdpt.features.validation import FeatureCacheError
+from xmdpt.features.stage import build_feature_cache
+from xmdpt.core.manifests import FeaturesManifest
 
 logger = logging.getLogger("pipelines.features")
 

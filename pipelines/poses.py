@@ -11,7 +11,7 @@ import logging
 from typing import Optional, Sequence
 
 from pipelines.common import stage_main
-from xmdpt.config import XMDPTConfig
+from xmdpt.core.config import XMDPTConfig
 from xmdpt.data.poses import extract_poses
 
 logger = logging.getLogger("pipelines.poses")

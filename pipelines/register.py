@@ -1,13 +1,13 @@
 """DVC stage `register`: log the evaluated model to MLflow, register a version, move the aliases.
 
-``python -m pipelines.register [--params params.yaml]`` — see :mod:`xmdpt.ops.registry`.
+``python -m pipelines.register [--params params.yaml]`` — see :mod:`xmdpt.registry.register`.
 """
 
 from __future__ import annotations
 
 from pipelines.common import stage_main
-from xmdpt.config import XMDPTConfig
-from xmdpt.ops.registry import register_stage
+from xmdpt.core.config import XMDPTConfig
+from xmdpt.registry.register import register_stage
 
 
 def run(cfg: XMDPTConfig) -> dict:

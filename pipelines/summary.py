@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from xmdpt.config import load_config
+from xmdpt.core.config import load_config
 
 
 def comparison_lines(metrics_path: Path) -> list[str]:

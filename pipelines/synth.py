@@ -15,9 +15,9 @@ import logging
 from typing import Optional, Sequence
 
 from pipelines.common import stage_main
-from xmdpt.config import XMDPTConfig
+from xmdpt.core.config import XMDPTConfig
 from xmdpt.synth import write_synthetic_dataset
-from xmdpt.ops.storage import filesystem, is_url
+from xmdpt.core.storage import filesystem, is_url
 
 logger = logging.getLogger("pipelines.synth")
 

@@ -13,8 +13,8 @@ import logging
 from typing import Optional, Sequence
 
 from pipelines.common import stage_main
-from xmdpt.config import XMDPTConfig
-from xmdpt.ops.tracking import TrackingUnavailableError
+from xmdpt.core.config import XMDPTConfig
+from xmdpt.core.tracking import TrackingUnavailableError
 from xmdpt.training.trainer import run_train_stage
 
 logger = logging.getLogger("pipelines.train")

@@ -12,7 +12,7 @@ import logging
 from typing import Optional, Sequence
 
 from pipelines.common import stage_main
-from xmdpt.config import XMDPTConfig
+from xmdpt.core.config import XMDPTConfig
 from xmdpt.data.validation import DataValidationError, validate_dataset
 
 logger = logging.getLogger("pipelines.validate")

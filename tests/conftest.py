@@ -3,6 +3,11 @@
 - No network: HF hub offline, MLflow/DVC telemetry off, Ray usage stats off (set before imports).
 - Ray: one local instance per session (``ray_local`` fixture), bound to 127.0.0.1, with logical
   CPUs above the core count so actor pools and train workers never deadlock on 2 cores.
+- The stage fixtures (``tests/stage_fixtures.py``: DeepFashion trees, a local S3, an MLflow server,
+  a tiny pipeline folder) are a plugin, so that every folder's tests can use them.
+
+The folders under ``tests/`` follow the packages of ``xmdpt/`` (docs/architecture.md); ``reliability/``
+holds the DAG-level tests (DVC, failures, hand-offs) and ``docs/`` the README's commands.
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ import os
 from pathlib import Path
 
 import pytest
+
+pytest_plugins = ["stage_fixtures"]
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -43,7 +50,7 @@ def ray_local():
     """A local Ray instance shared by the whole session (8 logical CPUs on any machine)."""
     import ray
 
-    from xmdpt.ops.ray_utils import init_ray
+    from xmdpt.core.ray_utils import init_ray
 
     os.environ.pop("RAY_ADDRESS", None)
     init_ray(num_cpus=8)

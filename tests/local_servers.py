@@ -135,7 +135,7 @@ def make_project_copy(root: Path, params_update: dict, assets: bool = False) -> 
     shutil.copy(REPO_ROOT / "dvc.yaml", root / "dvc.yaml")
     shutil.copy(REPO_ROOT / ".gitignore", root / ".gitignore")  # what a clone of the project ignores (mlflow.db, data/)
     # every key written out: DVC wants each `params:` entry of dvc.yaml present in params.yaml
-    from xmdpt.config import load_config
+    from xmdpt.core.config import load_config
 
     params = load_config(REPO_ROOT / "params.yaml").to_dict()
     for section, values in params_update.items():

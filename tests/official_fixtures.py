@@ -44,9 +44,9 @@ def _dino(seed: int):
 
 def write_release(root: Path) -> dict[str, Path]:
     """Write every stand-in under ``root``; returns their paths."""
-    from xmdpt.config import ModelConfig
+    from xmdpt.core.config import ModelConfig
     from xmdpt.model import XMDPT
-    from xmdpt.model.official import export_official_state_dict
+    from xmdpt.release.official import export_official_state_dict
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)

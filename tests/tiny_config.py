@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 from typing import Any, Mapping, Optional
 
-from xmdpt.config import XMDPTConfig
+from xmdpt.core.config import XMDPTConfig
 
 TINY: dict[str, dict[str, Any]] = {
     "data": {"image_size": 64, "num_cpus_per_task": 0.5},

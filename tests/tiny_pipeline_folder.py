@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from xmdpt.config import XMDPTConfig
+from xmdpt.core.config import XMDPTConfig
 
 from tiny_config import tiny_dict
 
@@ -48,7 +48,7 @@ def build_tiny_pipeline_folder(root: Path, cfg: XMDPTConfig | None = None, seed:
     from xmdpt.encoders.vae import LatentCodec, build_fitted_vae
     from xmdpt.model import XMDPT
     from xmdpt.model.folder import save_model_folder
-    from xmdpt.sampling.folder import write_pipeline_folder
+    from xmdpt.core.pipeline_folder import write_pipeline_folder
 
     cfg = cfg or tiny_config()
     root = Path(root)

@@ -84,8 +84,8 @@ def import_official(
     if alias and not register:
         typer.echo("error: --alias needs --register NAME", err=True)
         raise typer.Exit(2)
-    from xmdpt.config import ConfigError
-    from xmdpt.model.official import import_official as _import
+    from xmdpt.core.config import ConfigError
+    from xmdpt.release.official import import_official as _import
 
     try:
         extra = _read_overrides(overrides) if overrides else {}
@@ -101,7 +101,7 @@ def import_official(
     if register:
         import json
 
-        from xmdpt.ops.registry import register_pipeline_folder
+        from xmdpt.registry.register import register_pipeline_folder
 
         meta = json.loads((folder / "pipeline.json").read_text())
         tags = {"source": "official", "preset": meta.get("preset", preset), "checkpoint": ckpt.name,
@@ -131,10 +131,10 @@ def generate(
 ) -> None:
     """Generate the person in SOURCE in the pose of POSE with a trained or imported model."""
     _logging(verbose)
-    from xmdpt.config import ConfigError
+    from xmdpt.core.config import ConfigError
     from xmdpt.data.images import ImageError
-    from xmdpt.precision import PrecisionError
-    from xmdpt.ops.model_resolver import ModelNotFoundError
+    from xmdpt.core.precision import PrecisionError
+    from xmdpt.core.model_resolver import ModelNotFoundError
     from xmdpt.sampling.inputs import PoseError
     from xmdpt.sampling.pipeline import generate as _generate
 
@@ -171,7 +171,7 @@ def serve(
 ) -> None:
     """Serve a registered model over HTTP (Ray Serve): POST /v1/generate, GET /v1/model, GET /healthz."""
     _logging(verbose)
-    from xmdpt.ops.serving import ServeOptions, run_server
+    from xmdpt.serving.server import ServeOptions, run_server
 
     _check_scheduler(scheduler)
     opts = ServeOptions(scheduler=scheduler, steps=steps, model=model, replicas=replicas, max_batch=max_batch, batch_wait_ms=batch_wait_ms,
@@ -202,7 +202,7 @@ def generate_batch(
 ) -> None:
     """Generate a table of (source, pose) rows on Ray Data: PNGs, a Parquet manifest and a quarantine."""
     _logging(verbose)
-    from xmdpt.ops.model_resolver import ModelNotFoundError
+    from xmdpt.core.model_resolver import ModelNotFoundError
     from xmdpt.sampling.batch import BatchError
     from xmdpt.sampling.batch import generate_batch as _run
 
@@ -221,7 +221,7 @@ def generate_batch(
 
 def _check_scheduler(scheduler: Optional[str]) -> None:
     """A bad --scheduler is a usage error (exit 2) before anything starts."""
-    from xmdpt.config import SCHEDULERS
+    from xmdpt.core.config import SCHEDULERS
 
     if scheduler is not None and scheduler not in SCHEDULERS:
         typer.echo(f"error: --scheduler {scheduler!r}: expected one of {', '.join(SCHEDULERS)}", err=True)
@@ -234,8 +234,8 @@ def check(
     stage: Optional[list[str]] = typer.Option(None, "--stage", help="Only these stages (repeatable); default: all."),
 ) -> None:
     """Check in seconds what every stage needs to finish (weights, metric, devices, storage, tracking); no compute."""
-    from xmdpt.config import ConfigError, load_config
-    from xmdpt.ops.preflight import STAGES, format_table, run_checks
+    from xmdpt.core.config import ConfigError, load_config
+    from xmdpt.orchestration.preflight import STAGES, format_table, run_checks
 
     try:
         cfg = load_config(params)

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from xmdpt.ops.manifests import MANIFESTS
+from xmdpt.core.manifests import MANIFESTS
 
 from xmdpt.data.schema import (
     CONFIDENCE,

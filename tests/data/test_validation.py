@@ -28,7 +28,7 @@ from xmdpt.data.validation import DataValidationError, validate_dataset
 def _read(entry):
     import pyarrow.dataset as pads
 
-    from xmdpt.ops.storage import filesystem
+    from xmdpt.core.storage import filesystem
 
     fs, path = filesystem(entry["uri"])
     return pads.dataset(path, filesystem=fs, format="parquet").to_table().to_pandas()

@@ -135,7 +135,7 @@ def _exp_run(argv: list[str]) -> list[str]:
 
 
 def _after_exp_run(root: Path, argv: list[str], out: str) -> None:
-    from xmdpt.ops.stage_config import STAGE_SECTIONS
+    from xmdpt.core.stage_config import STAGE_SECTIONS
 
     sets = [argv[i + 1] for i, a in enumerate(argv) if a in ("-S", "--set-param")]
     assert sets, argv
@@ -217,7 +217,7 @@ def sandbox(tmp_path_factory) -> tuple[Path, dict]:
     record_dag(root)
     _write_inputs(root)
     env = project_env(MLFLOW_TRACKING_URI=f"sqlite:///{root}/mlflow.db", XMDPT_CACHE_DIR=str(root / "cache"))
-    register = ("from xmdpt.ops.registry import register_pipeline_folder; "
+    register = ("from xmdpt.registry.register import register_pipeline_folder; "
                 "register_pipeline_folder('path/to/model_folder', 'xmdpt', alias='champion')")
     res = subprocess.run([str(VENV_BIN / "python"), "-c", register], cwd=root, env=env, capture_output=True,
                          text=True, timeout=300)
@@ -279,7 +279,7 @@ def _tracked_top_level() -> set[str]:
 
 
 def test_every_project_path_named_in_readme_exists():
-    """A token whose first part is a tracked top-level file or folder (``xmdpt/config.py``,
+    """A token whose first part is a tracked top-level file or folder (``xmdpt/core/config.py``,
     ``docs/cluster.md``, ``BENCHMARKS.md``, an image link) must exist; placeholders (``<stage>``,
     ``{storage_root}``, ``…``) and outputs the DAG writes (``artifacts/``, ``data/``) are not paths here."""
     top = _tracked_top_level()
@@ -288,6 +288,6 @@ def test_every_project_path_named_in_readme_exists():
     tokens |= {t.strip("`'\"()[],.:;") for t in re.split(r"[\s`]+", text)}
     named = sorted(t for t in tokens if t and t.split("/")[0] in top and not re.search(r"[<>{}…*$]", t)
                    and "://" not in t)
-    assert "xmdpt/config.py" in named and "docs/images/embedded_grid.png" in named, named
+    assert "xmdpt/core/config.py" in named and "docs/images/embedded_grid.png" in named, named
     missing = [t for t in named if not (REPO / t).exists()]
     assert not missing, f"README.md names paths that do not exist: {missing}"

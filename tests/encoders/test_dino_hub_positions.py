@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from xmdpt.config import EncodersConfig
+from xmdpt.core.config import EncodersConfig
 from xmdpt.encoders.dino_backbone import hub_interpolate_pos_embed
 from xmdpt.encoders.dino import TokenEncoder, prepare_image
 

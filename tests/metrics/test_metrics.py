@@ -213,7 +213,7 @@ def test_foreground_mask_matches_synthetic_silhouettes():
 def test_other_identity_baseline_skips_a_person_whose_view_hides_the_part():
     """The next person's ground truth is a side view whose far shoulder is occluded (no torso region):
     the torso baseline comes from the person after, instead of dropping the pair."""
-    from xmdpt.ops.eval_metrics import synthetic_metrics
+    from xmdpt.evaluation.scores import synthetic_metrics
 
     hw = (64, 48)
 
@@ -251,7 +251,7 @@ def test_same_person_floor_is_the_source_photos_own_region_against_the_ground_tr
     """The floor reads the source's torso where the source's keypoints put it: a source in another pose
     but the same clothes scores ~0; the gap closed is 1 for a model that copies the clothes exactly
     and 0 for one that shows another person's."""
-    from xmdpt.ops.eval_metrics import synthetic_metrics
+    from xmdpt.evaluation.scores import synthetic_metrics
 
     hw = (64, 48)
 

@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 from skimage.metrics import structural_similarity
 
-from xmdpt.ops.eval_fid_lpips import fid_real_paths
-from xmdpt.ops.eval_metrics import dataset_image_for_eval, generated_for_eval, pixel_metrics
-from xmdpt.ops.eval_pairs import one_per_target
+from xmdpt.evaluation.fid_lpips import fid_real_paths
+from xmdpt.evaluation.scores import dataset_image_for_eval, generated_for_eval, pixel_metrics
+from xmdpt.evaluation.pairs import one_per_target
 from xmdpt.metrics.image import ssim_256
 from xmdpt.metrics.protocol import PROTOCOLS, get_protocol
 

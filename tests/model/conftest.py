@@ -6,7 +6,7 @@ import pytest
 import torch
 from xmdpt_test_helpers import make_inputs, randomize, tiny_config
 
-from xmdpt.config import ModelConfig
+from xmdpt.core.config import ModelConfig
 from xmdpt.model import XMDPT
 
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from xmdpt_test_helpers import tiny_config
 
-from xmdpt.config import DiffusionConfig, EncodersConfig, SampleConfig
+from xmdpt.core.config import DiffusionConfig, EncodersConfig, SampleConfig
 from xmdpt.diffusion import GaussianDiffusion
 from xmdpt.diffusion.sampling import sample
 from xmdpt.encoders.dino import TokenEncoder, prepare_image

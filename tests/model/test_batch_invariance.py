@@ -1,4 +1,4 @@
-"""A sample's output does not depend on the batch it is in (xmdpt/batch_invariance.py): the denoiser,
+"""A sample's output does not depend on the batch it is in (xmdpt/core/batch_invariance.py): the denoiser,
 CANet and the autoencoder give bit-identical results for a sample alone and in batches of 2, 3, 8
 and 16, on one torch thread and on two.
 
@@ -14,8 +14,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from xmdpt.batch_invariance import conv_batches, pad_rows
-from xmdpt.config import AutoencoderConfig, ModelConfig
+from xmdpt.core.batch_invariance import conv_batches, pad_rows
+from xmdpt.core.config import AutoencoderConfig, ModelConfig
 from xmdpt.encoders.vae import LatentCodec, build_fitted_vae
 from xmdpt.model import XMDPT
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from xmdpt_test_helpers import make_inputs, randomize, tiny_config
 
-from xmdpt.config import DiffusionConfig, SampleConfig
+from xmdpt.core.config import DiffusionConfig, SampleConfig
 from xmdpt.diffusion import GaussianDiffusion
 from xmdpt.diffusion.losses import training_losses
 from xmdpt.diffusion.sampling import sample
@@ -150,7 +150,7 @@ def test_guidance_interval_guides_only_inside_it(model, inputs):
 def test_guidance_interval_is_validated():
     import pytest
 
-    from xmdpt.config import ConfigError, XMDPTConfig
+    from xmdpt.core.config import ConfigError, XMDPTConfig
 
     with pytest.raises(ConfigError, match="sample.guidance_interval"):
         SampleConfig(guidance_interval=(600, 200))
@@ -186,7 +186,7 @@ def test_logit_normal_timesteps_follow_their_distribution_and_default_to_uniform
 
     import pytest
 
-    from xmdpt.config import ConfigError, XMDPTConfig
+    from xmdpt.core.config import ConfigError, XMDPTConfig
     from xmdpt.diffusion.losses import sample_timesteps
 
     # the default (None) is the paper's uniform draw, the same numbers as torch.randint

@@ -11,10 +11,10 @@ import torch
 from xmdpt_test_helpers import make_inputs, randomize, tiny_config
 from safetensors.torch import load_file, save_file
 
-from xmdpt.config import ModelConfig
+from xmdpt.core.config import ModelConfig
 from xmdpt.model import XMDPT
 from xmdpt.model.folder import load_model_folder, save_model_folder
-from xmdpt.model.official import convert_official_state_dict, export_official_state_dict
+from xmdpt.release.official import convert_official_state_dict, export_official_state_dict
 from xmdpt.training.ema import EMA
 
 AUTHORS_TXT = Path(__file__).resolve().parents[1] / "assets" / "authors_state_dict_xmdpt_s2.txt"
@@ -105,7 +105,7 @@ def test_authors_layout_imports_with_identical_outputs(tmp_path):
         got = _out(ours, inputs, mask_ratio=mask_ratio, generator=torch.Generator().manual_seed(0))
         want = _out(reference, inputs, mask_ratio=mask_ratio, generator=torch.Generator().manual_seed(0))
         torch.testing.assert_close(got, want, rtol=0, atol=0)
-    # the whole import (checkpoint file -> pipeline folder -> registry -> generate): tests/pipelines/test_official_release.py
+    # the whole import (checkpoint file -> pipeline folder -> registry -> generate): tests/release/test_official_release.py
 
 
 def test_import_refuses_mismatched_checkpoints():

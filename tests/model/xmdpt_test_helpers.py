@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from xmdpt.config import ModelConfig
+from xmdpt.core.config import ModelConfig
 from xmdpt.model import XMDPT
 
 

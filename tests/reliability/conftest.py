@@ -1,8 +1,8 @@
 """Fixtures for the reliability tests: the data stages' fixture builders, reused (not copied).
 
-The DeepFashion tree builders and the bad-input fixture live in ``tests/pipelines/conftest.py``;
+The DeepFashion tree builders and the bad-input fixture live in ``tests/stage_fixtures.py``;
 that module starts a local S3 server when imported, so it is imported at most once per session:
-the copy pytest already loaded is reused when the pipelines tests run in the same session.
+the copy pytest loaded as a plugin (``tests/conftest.py``) is reused.
 """
 
 from __future__ import annotations
@@ -29,13 +29,13 @@ def _module(path: Path, name: str) -> ModuleType:
 
 
 def data_fixtures() -> ModuleType:
-    """``tests/pipelines/conftest.py``: write_deepfashion, add_bad_inputs, stage_config, run_chain, ..."""
-    return _module(TESTS / "pipelines" / "conftest.py", "xmdpt_tests_pipelines_conftest")
+    """``tests/stage_fixtures.py``: write_deepfashion, add_bad_inputs, stage_config, run_chain, ..."""
+    return _module(TESTS / "stage_fixtures.py", "stage_fixtures")
 
 
 def image_fixtures() -> ModuleType:
-    """``tests/pipelines/test_autoencoder.py``: write_image_dataset, image_config."""
-    return _module(TESTS / "pipelines" / "test_autoencoder.py", "xmdpt_tests_pipelines_autoencoder")
+    """``tests/training/test_autoencoder.py``: write_image_dataset, image_config."""
+    return _module(TESTS / "training" / "test_autoencoder.py", "xmdpt_tests_training_autoencoder")
 
 
 @pytest.fixture(scope="session")

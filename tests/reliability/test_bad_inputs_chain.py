@@ -1,7 +1,7 @@
 """Every bad input of the data fixture through pairs -> poses -> validate -> autoencoder -> features:
 at each stage the counts add up, and the feature cache holds exactly the valid images (x2 flips).
 
-The fixture is the pipelines tests' bad-input tree (``tests/pipelines/conftest.py``: truncated and
+The fixture is the pipelines tests' bad-input tree (``tests/stage_fixtures.py``: truncated and
 corrupt images, a missing file, ``..``/absolute/symlinked paths, duplicates, a malformed pair line,
 grey/RGBA/CMYK images, out-of-range and malformed annotations, images that need the estimator).
 """
@@ -27,8 +27,8 @@ def _adds_up(manifest) -> None:
 
 
 def test_every_bad_input_through_the_dag_to_the_feature_cache(ray_local, tmp_path, dfx, pose_task_path):
-    from xmdpt.encoders.features import build_feature_cache
-    from xmdpt.encoders.autoencoder_fit import fit_autoencoder
+    from xmdpt.features.stage import build_feature_cache
+    from xmdpt.training.autoencoder import fit_autoencoder
 
     info = dfx.write_deepfashion(tmp_path / "ds", layouts=("pidm",), unannotated=dfx.UNANNOTATED)
     info.update(dfx.add_bad_inputs(tmp_path / "ds", tmp_path / "outside"))

@@ -94,7 +94,7 @@ def write_validated_poses(root: Path, n: int = 64) -> dict:
                      (schema.CONFIDENCE, [1.0] * 18), (schema.POSE_SOURCE, "annotation")):
             rows[k].append(v)
     prefix = str(root / "store" / "validate" / "x")
-    from xmdpt.ops.manifests import TableEntry, ValidateManifest, ValidateTables
+    from xmdpt.core.manifests import TableEntry, ValidateManifest, ValidateTables
 
     entry = TableEntry(**write_table(prefix, "poses", pa.Table.from_pydict(rows, schema=schema.POSES_SCHEMA)))
     unused = TableEntry(uri=f"{prefix}/unused", rows=0)

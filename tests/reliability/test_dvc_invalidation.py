@@ -5,7 +5,7 @@ placeholders recorded with ``dvc commit -f`` (DVC hashes deps, params and outs a
 Then: a line changed in ``xmdpt/model/`` reruns train, evaluate and register and nothing before
 them; a changed default of the config tree that ``params.yaml`` does not write reruns, once the
 `config` stage has resolved it, exactly the stages reading its section; where stages run
-(``cluster``) and comments change nothing; other code in ``xmdpt/config.py`` reruns every stage.
+(``cluster``) and comments change nothing; other code in ``xmdpt/core/config.py`` reruns every stage.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def test_a_changed_model_line_reruns_train_evaluate_register_only(project):
 
 
 def test_a_changed_default_reruns_the_stages_reading_its_section(project):
-    config = project / "xmdpt" / "config_stages.py"  # the stages' sections of the config tree
+    config = project / "xmdpt" / "core" / "config_stages.py"  # the stages' sections of the config tree
     params = yaml.safe_load((project / "params.yaml").read_text())
     assert "grid_rows" not in params["evaluate"] and "split_test_fraction" not in params["data"]
     assert "data_specs_dir" not in params["paths"]
@@ -75,12 +75,12 @@ def test_cluster_and_comments_rerun_nothing_other_config_code_reruns_all(project
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["cluster"] = {"submit": True, "address": "http://head:8265", "timeout_s": 600.0}
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    _edit(project / "xmdpt" / "config.py", "def load_config(path: str | Path = \"params.yaml\") -> XMDPTConfig:\n",
+    _edit(project / "xmdpt" / "core" / "config.py", "def load_config(path: str | Path = \"params.yaml\") -> XMDPTConfig:\n",
           "def load_config(path: str | Path = \"params.yaml\") -> XMDPTConfig:  # every stage's entry\n")
     dvc(project, "repro", "-q", "config")
     assert _changed(project) == set()
 
-    _edit(project / "xmdpt" / "config.py", 'f"{p}: params file not found"', 'f"{p}: no params file"')
+    _edit(project / "xmdpt" / "core" / "config.py", 'f"{p}: params file not found"', 'f"{p}: no params file"')
     dvc(project, "repro", "-q", "config")
     assert _changed(project) == set(STAGES)
 

@@ -85,7 +85,7 @@ def _malicious_pt(path: Path, marker: Path) -> Path:
 
 
 def test_import_official_refuses_a_pickle_payload(tmp_path):
-    from xmdpt.model.official import import_official
+    from xmdpt.release.official import import_official
 
     marker = tmp_path / "payload-ran"
     ckpt = _malicious_pt(tmp_path / "ema_0.9999_300000.pt", marker)
@@ -98,7 +98,7 @@ def test_import_official_refuses_a_pickle_payload(tmp_path):
 
 
 def test_model_folder_with_a_pickle_instead_of_safetensors_fails_cleanly(tmp_path):
-    from xmdpt.config import ModelConfig
+    from xmdpt.core.config import ModelConfig
     from xmdpt.model.folder import WEIGHTS_FILE, load_model_folder, write_model_folder
     from xmdpt.model.xmdpt import XMDPT
 

@@ -87,12 +87,12 @@ class OpenGate(threading.Thread):
 
 @pytest.mark.timeout(420)
 def test_sigkill_of_an_encoder_actor_mid_run_loses_and_duplicates_nothing(ray_local, tmp_path, image_mod):
-    from xmdpt.encoders.features import build_feature_cache
+    from xmdpt.features.stage import build_feature_cache
 
     validate = image_mod.write_image_dataset(tmp_path, n_train=8, n_test=4)
     cfg = image_mod.image_config(tmp_path, autoencoder={"train_steps": 2},
                                  features={"shard_images": 2, "batch_size": 2})
-    from xmdpt.encoders.autoencoder_fit import fit_autoencoder
+    from xmdpt.training.autoencoder import fit_autoencoder
 
     ae = fit_autoencoder(cfg, validate)
     paths = sorted(pads.dataset(validate["tables"]["poses"]["uri"], format="parquet").to_table()

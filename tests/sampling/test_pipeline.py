@@ -11,9 +11,9 @@ from PIL import Image
 
 from tiny_pipeline_folder import build_tiny_pipeline_folder
 from xmdpt.data.images import ImageError
-from xmdpt.ops.model_resolver import ModelNotFoundError
+from xmdpt.core.model_resolver import ModelNotFoundError
 from xmdpt.sampling import PoseError, XMDPTPipeline
-from xmdpt.sampling.folder import check_pipeline_folder
+from xmdpt.core.pipeline_folder import check_pipeline_folder
 
 POSE = {"format": "coco18", "image_size": [256, 176],
         "keypoints": [[88, 40], [88, 62], [68, 64], [60, 96], [58, 126], [108, 64], [116, 96], [118, 126],
@@ -148,7 +148,7 @@ def test_source_latent_sample_is_seeded_and_differs_from_the_mean(pipe):
 
 
 def test_bad_sample_settings_are_refused(pipe):
-    from xmdpt.config import ConfigError
+    from xmdpt.core.config import ConfigError
 
     with pytest.raises(ConfigError, match="sample.source_latent"):
         pipe.sample_config(source_latent="median")

@@ -14,7 +14,7 @@ from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, UniPCMultistep
 from typer.testing import CliRunner
 
 from tiny_pipeline_folder import build_tiny_pipeline_folder
-from xmdpt.config import SCHEDULERS, ConfigError, DiffusionConfig, SampleConfig, XMDPTConfig
+from xmdpt.core.config import SCHEDULERS, ConfigError, DiffusionConfig, SampleConfig, XMDPTConfig
 from xmdpt.diffusion import GaussianDiffusion
 from xmdpt.diffusion.sampling import make_solver, sample, timesteps_for
 from xmdpt.sampling import XMDPTPipeline

@@ -45,8 +45,8 @@ def _free_port() -> int:
 def server(ray_local, tmp_path_factory, pose_task_path):
     from ray import serve
 
-    from xmdpt.ops.registry import register_pipeline_folder
-    from xmdpt.ops.serving import ServeOptions, run_server
+    from xmdpt.registry.register import register_pipeline_folder
+    from xmdpt.serving.server import ServeOptions, run_server
 
     root = tmp_path_factory.mktemp("serve")
     db = f"sqlite:///{root / 'mlflow.db'}"

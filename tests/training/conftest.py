@@ -15,9 +15,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from xmdpt.config import XMDPTConfig
+from xmdpt.core.config import XMDPTConfig
 from xmdpt.data import schema
-from xmdpt.ops.manifests import (AutoencoderManifest, FeatureImages, FeaturesManifest, FeatureTables, TableEntry,
+from xmdpt.core.manifests import (AutoencoderManifest, FeatureImages, FeaturesManifest, FeatureTables, TableEntry,
                              TensorSpec, ValidateManifest, ValidateTables)
 
 from tiny_config import tiny_dict
@@ -103,7 +103,7 @@ def _write_fixture_cache(root: Path, *, persons: int = 3, views: int = 3, latent
 
 def _write_fixture_autoencoder(root: Path, latent_scale: float = 0.5) -> dict:
     """A random-init fitted-type AutoencoderKL (32 px -> 4x8x8) saved as the autoencoder stage does."""
-    from xmdpt.config import AutoencoderConfig
+    from xmdpt.core.config import AutoencoderConfig
     from xmdpt.encoders.vae import LatentCodec, build_fitted_vae
 
     import torch

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from parquet_damage import zero_inside_a_page
 
-from xmdpt.config import ModelConfig
+from xmdpt.core.config import ModelConfig
 from xmdpt.data import schema
 from xmdpt.training.data import (
     Collate, FeatureSpec, TrainDataError, build_train_table, read_train_table, train_examples,
@@ -94,8 +94,8 @@ def test_join_matches_feature_rows_and_counts_missing(ray_local, tmp_path, write
 def test_join_refuses_a_feature_shard_with_damaged_page_bytes(fixture_cache):
     """The features stage writes a CRC32 per page; zeroed tensor bytes fail the join with the shard
     named, where a plain read would hand wrong latents to training."""
-    from xmdpt.encoders.features import _write_atomic
-    from xmdpt.ops.storage import filesystem
+    from xmdpt.features.stage import _write_atomic
+    from xmdpt.core.storage import filesystem
     from xmdpt.training.data import _JoinFeatures
 
     uri = fixture_cache["features"]["tables"]["features"]["uri"]

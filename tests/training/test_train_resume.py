@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from xmdpt.ops import tracking
-from xmdpt.ops.manifests import TrainManifest
+from xmdpt.core import tracking
+from xmdpt.core.manifests import TrainManifest
 from xmdpt.model.folder import load_model_folder
 from xmdpt.training.trainer import run_train_stage
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from xmdpt.ops import tracking
+from xmdpt.core import tracking
 from xmdpt.training.trainer import run_train_stage
 
 

@@ -30,7 +30,7 @@ import posixpath
 import re
 from dataclasses import dataclass
 
-from xmdpt.ops.storage import filesystem, is_url
+from xmdpt.core.storage import filesystem, is_url
 
 LAYOUTS = ("pidm", "gfla", "inshop")
 IMAGE_DIR = "img"

@@ -21,7 +21,7 @@ import logging
 import pandas as pd
 import pyarrow as pa
 
-from xmdpt.config import XMDPTConfig
+from xmdpt.core.config import XMDPTConfig
 from xmdpt.data.deepfashion import dataset_fingerprint, detect_layout, read_bytes, resolve_root
 from xmdpt.data.deepfashion_pairs import PairRecord, PairsReadout, read_pairs
 from xmdpt.data.quarantine import fresh_prefix, quarantine_table, summarize_reasons, write_table
@@ -36,10 +36,10 @@ from xmdpt.data.schema import (
     TARGET_PATH,
     WIDTH,
 )
-from xmdpt.ops.manifests import PairsCounts, PairsManifest, PairsTables, TableEntry
-from xmdpt.ops.storage import stage_prefix
+from xmdpt.core.manifests import PairsCounts, PairsManifest, PairsTables, TableEntry
+from xmdpt.core.storage import stage_prefix
 from xmdpt.data.images import ImageError, load_rgb
-from xmdpt.ops.ray_utils import init_ray
+from xmdpt.core.ray_utils import init_ray
 
 logger = logging.getLogger(__name__)
 

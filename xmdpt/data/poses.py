@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from xmdpt.config import XMDPTConfig
+from xmdpt.core.config import XMDPTConfig
 from xmdpt.data.deepfashion import read_bytes, resolve_root
 from xmdpt.data.deepfashion_annotations import (
     Annotation,
@@ -49,11 +49,11 @@ from xmdpt.data.schema import (
     SPLIT,
     WIDTH,
 )
-from xmdpt.ops.manifests import PairsManifest, PosesCounts, PosesManifest, PosesTables, TableEntry
-from xmdpt.ops.storage import stage_prefix
+from xmdpt.core.manifests import PairsManifest, PosesCounts, PosesManifest, PosesTables, TableEntry
+from xmdpt.core.storage import stage_prefix
 from xmdpt.data.images import ImageError, load_rgb
 from xmdpt.data.pose_estimation import PoseEstimator
-from xmdpt.ops.ray_utils import init_ray
+from xmdpt.core.ray_utils import init_ray
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from xmdpt.data.schema import QUARANTINE_SCHEMA, REASON, ROW_KEY, STAGE
-from xmdpt.ops.storage import filesystem, is_url, join
+from xmdpt.core.storage import filesystem, is_url, join
 
 logger = logging.getLogger(__name__)
 

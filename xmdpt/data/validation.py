@@ -33,11 +33,11 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
-from xmdpt.config import XMDPTConfig
+from xmdpt.core.config import XMDPTConfig
 from xmdpt.data.quarantine import fresh_prefix, quarantine_table, read_table, summarize_reasons, write_table
 from xmdpt.data.schema import IMAGE_PATH, QUARANTINE_SCHEMA, SPLIT
-from xmdpt.ops.manifests import PairsManifest, PosesManifest, TableEntry, ValidateManifest, ValidateTables
-from xmdpt.ops.storage import stage_prefix
+from xmdpt.core.manifests import PairsManifest, PosesManifest, TableEntry, ValidateManifest, ValidateTables
+from xmdpt.core.storage import stage_prefix
 
 logger = logging.getLogger(__name__)
 

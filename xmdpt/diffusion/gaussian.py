@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from xmdpt.config import DiffusionConfig
+from xmdpt.core.config import DiffusionConfig
 
 __all__ = ["GaussianDiffusion"]
 

@@ -23,9 +23,9 @@ import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
 from tqdm.auto import tqdm
 
-from xmdpt.config import SCHEDULERS, SampleConfig
+from xmdpt.core.config import SCHEDULERS, SampleConfig
 from xmdpt.diffusion.gaussian import GaussianDiffusion
-from xmdpt.precision import autocast_context
+from xmdpt.core.precision import autocast_context
 
 logger = logging.getLogger(__name__)
 

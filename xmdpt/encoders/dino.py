@@ -38,10 +38,10 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
-from xmdpt.config import EncodersConfig
+from xmdpt.core.config import EncodersConfig
 from xmdpt.encoders.dino_backbone import PATCH_SIZE, build_backbone, standin_sincos_positions
-from xmdpt.ops.storage import filesystem
-from xmdpt.precision import autocast_context
+from xmdpt.core.storage import filesystem
+from xmdpt.core.precision import autocast_context
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ class TokenEncoder:
         self.role, self.model_id, self.standin = role, model_id, standin
         self.input_size, self.seed, self.depth = input_size, seed, depth
         self.device = torch.device(device)
-        self.precision = "bf16" if self.device.type == "cuda" else "fp32"  # see xmdpt.precision
+        self.precision = "bf16" if self.device.type == "cuda" else "fp32"  # see xmdpt.core.precision
         self.num_tokens = 1 + (input_size // PATCH_SIZE) ** 2
         self.dim = int(model.embed_dim)
         self.token_mean: Optional[torch.Tensor] = None  # (S, D): see fit_standardization

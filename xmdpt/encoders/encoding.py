@@ -11,7 +11,7 @@ from typing import Any, Optional
 import numpy as np
 import pyarrow as pa
 
-from xmdpt.config import XMDPTConfig
+from xmdpt.core.config import XMDPTConfig
 from xmdpt.data import schema
 from xmdpt.data.images import ImageError, load_rgb, resize_square
 from xmdpt.data.keypoints import flip_keypoints, render_skeleton, scale_keypoints

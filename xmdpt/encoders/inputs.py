@@ -16,8 +16,8 @@ import numpy as np
 import pyarrow as pa
 
 from xmdpt.data import schema
-from xmdpt.ops.manifests import ValidateManifest
-from xmdpt.ops.storage import filesystem
+from xmdpt.core.manifests import ValidateManifest
+from xmdpt.core.storage import filesystem
 from xmdpt.data.images import ImageError, load_rgb, resize_square
 from xmdpt.data.quarantine import read_table as read_stage_table
 

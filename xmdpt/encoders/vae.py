@@ -12,7 +12,7 @@ Two sources (``autoencoder.vae``):
   make a step 4x cheaper at 64 px), with loss ``MSE + l1_weight * L1 + kl_weight * KL``
   (``l1_weight=0`` fits PSNR best; see ``benchmarks/bench_autoencoder.py``).
 
-The `autoencoder` stage (:mod:`xmdpt.encoders.autoencoder_fit`) fits it and saves the weights as
+The `autoencoder` stage (:mod:`xmdpt.training.autoencoder`) fits it and saves the weights as
 safetensors (``save_pretrained(safe_serialization=True)``) under a content-addressed prefix, next to
 a ``codec.json`` with the latent scale, so :meth:`LatentCodec.from_folder` rebuilds it without pickle.
 
@@ -37,11 +37,11 @@ import numpy as np
 import torch
 from fsspec.implementations.local import LocalFileSystem
 
-from xmdpt.batch_invariance import conv_batches
-from xmdpt.config import AutoencoderConfig
+from xmdpt.core.batch_invariance import conv_batches
+from xmdpt.core.config import AutoencoderConfig
 from xmdpt.encoders.dino_backbone import hf_cache_dir
-from xmdpt.ops.manifests import AutoencoderManifest
-from xmdpt.ops.storage import filesystem
+from xmdpt.core.manifests import AutoencoderManifest
+from xmdpt.core.storage import filesystem
 
 logger = logging.getLogger(__name__)
 
@@ -226,7 +226,7 @@ class LatentCodec:
             posterior = self.vae.encode(x).latent_dist
             return torch.cat([posterior.mean, posterior.std], dim=1)  # (n, 2C, h, w)
 
-        # in batches of 2-8 on CPU: the same latents as in any batch (xmdpt.batch_invariance)
+        # in batches of 2-8 on CPU: the same latents as in any batch (xmdpt.core.batch_invariance)
         return conv_batches(mean_std, images.to(self.device, torch.float32)).chunk(2, dim=1)  # (N, C, h, w) each
 
     @torch.no_grad()

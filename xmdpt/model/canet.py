@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from xmdpt.config import ModelConfig
+from xmdpt.core.config import ModelConfig
 from xmdpt.model.layers import TokenPool, VectorLinear
 
 __all__ = ["CANet"]

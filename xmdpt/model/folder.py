@@ -11,10 +11,10 @@ from typing import Any, Mapping, Optional
 import torch
 from safetensors.torch import load_file, save_file
 
-from xmdpt.config import ConfigError, ModelConfig
+from xmdpt.core.config import ConfigError, ModelConfig
 from xmdpt.model.xmdpt import XMDPT
-from xmdpt.state_dict import check_state_dict
-from xmdpt.typed_config import from_plain
+from xmdpt.core.state_dict import check_state_dict
+from xmdpt.core.typed_config import from_plain
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xmdpt.batch_invariance import VECTOR_MIN_ROWS, conv_batches, pad_rows
+from xmdpt.core.batch_invariance import VECTOR_MIN_ROWS, conv_batches, pad_rows
 
 __all__ = [
     "modulate",
@@ -99,7 +99,7 @@ def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torc
 
 class VectorLinear(nn.Linear):
     """``nn.Linear`` for per-sample vectors (N, in) -- the timestep MLP, the adaLN modulations, CANet's
-    output MLP -- computed on at least ``VECTOR_MIN_ROWS`` rows (:func:`xmdpt.batch_invariance.pad_rows`),
+    output MLP -- computed on at least ``VECTOR_MIN_ROWS`` rows (:func:`xmdpt.core.batch_invariance.pad_rows`),
     so that a sample's output does not depend on the size of its batch. Parameters and state-dict
     keys are ``nn.Linear``'s."""
 
@@ -112,7 +112,7 @@ class VectorLinear(nn.Linear):
 class TokenPool(nn.Conv1d):
     """A learned weighted sum over the token axis, (N, S, D) -> (N, 1, D): a k=1 ``Conv1d`` whose
     channels are the S tokens, run on batches of 2 to ``CONV_MAX_BATCH`` samples on CPU
-    (:func:`xmdpt.batch_invariance.conv_batches`). Parameters and state-dict keys are ``nn.Conv1d``'s."""
+    (:func:`xmdpt.core.batch_invariance.conv_batches`). Parameters and state-dict keys are ``nn.Conv1d``'s."""
 
     def __init__(self, num_tokens: int) -> None:
         super().__init__(num_tokens, 1, kernel_size=1)

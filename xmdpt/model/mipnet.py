@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from xmdpt.config import ModelConfig
+from xmdpt.core.config import ModelConfig
 from xmdpt.model.layers import TransformerBlock, num_relative_positions
 
 __all__ = ["MIPNet"]

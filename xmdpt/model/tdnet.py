@@ -14,7 +14,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from xmdpt.config import ModelConfig
+from xmdpt.core.config import ModelConfig
 from xmdpt.model.layers import (FinalLayer, TimestepEmbedder, TransformerBlock, num_relative_positions,
                                 relative_position_index, sincos_pos_embed_2d)
 

@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from xmdpt.config import ModelConfig
+from xmdpt.core.config import ModelConfig
 from xmdpt.model.canet import CANet
 from xmdpt.model.masking import gather_tokens, random_masking
 from xmdpt.model.mipnet import MIPNet

@@ -1,6 +1,8 @@
-"""Generation: :class:`XMDPTPipeline` (Python API) and :func:`generate` (``xmdpt generate``).
+"""Generation: :class:`XMDPTPipeline` (Python API), :func:`generate` (``xmdpt generate``), batch
+generation with Ray Data (:mod:`xmdpt.sampling.batch`, ``xmdpt generate-batch``) and the MLflow pyfunc
+model (:mod:`xmdpt.sampling.mlflow_model`).
 
-See :mod:`xmdpt.sampling.folder` for the pipeline folder and :mod:`xmdpt.sampling.inputs` for how
+See :mod:`xmdpt.core.pipeline_folder` for the pipeline folder and :mod:`xmdpt.sampling.inputs` for how
 arbitrary photos and pose files are brought into the model's frame.
 """
 

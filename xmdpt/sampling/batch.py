@@ -44,10 +44,10 @@ from typing import Any, Optional, Sequence
 
 import pyarrow as pa
 
-from xmdpt.ops.model_resolver import ModelNotFoundError, is_model_uri, pin_model_uri
-from xmdpt.ops.ray_utils import init_ray
-from xmdpt.ops.storage import filesystem, is_url, join
-from xmdpt.ops.tracking import resolve_tracking_uri
+from xmdpt.core.model_resolver import ModelNotFoundError, is_model_uri, pin_model_uri
+from xmdpt.core.ray_utils import init_ray
+from xmdpt.core.storage import filesystem, is_url, join
+from xmdpt.core.tracking import resolve_tracking_uri
 from xmdpt.sampling.generation_actor import GenerationActor, is_inline_pose
 
 logger = logging.getLogger(__name__)

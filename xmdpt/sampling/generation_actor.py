@@ -19,7 +19,7 @@ from typing import Any, Optional
 import numpy as np
 
 from xmdpt.data.images import ImageError, load_rgb, resize_square
-from xmdpt.ops.storage import filesystem, is_url, join
+from xmdpt.core.storage import filesystem, is_url, join
 from xmdpt.sampling.inputs import PoseError, is_pose_annotation, is_pose_json, parse_pose, prepare_source, restore_aspect
 from xmdpt.sampling.pipeline import XMDPTPipeline
 

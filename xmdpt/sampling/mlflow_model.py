@@ -11,7 +11,7 @@ Input (a DataFrame; over REST, ``mlflow models serve``'s ``dataframe_split``)::
 - ``scheduler`` (param): ``ddim``, ``dpmsolver++`` or ``unipc``; empty: the model's ``sample.scheduler``.
 
 Output column ``image``: the PNG, base64. Row ``i`` uses seed ``seed + i``. The artifact ``model_dir``
-is the pipeline folder (:mod:`xmdpt.sampling.folder`).
+is the pipeline folder (:mod:`xmdpt.core.pipeline_folder`).
 """
 
 from __future__ import annotations

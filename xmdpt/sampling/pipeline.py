@@ -31,9 +31,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from xmdpt.config import SampleConfig, XMDPTConfig, upgrade_legacy_config
-from xmdpt.precision import inference_dtype
-from xmdpt.sampling.folder import CODEC_DIR, check_pipeline_folder
+from xmdpt.core.config import SampleConfig, XMDPTConfig, upgrade_legacy_config
+from xmdpt.core.precision import inference_dtype
+from xmdpt.core.pipeline_folder import CODEC_DIR, check_pipeline_folder
 from xmdpt.sampling.inputs import (
     Pose,
     PoseError,
@@ -84,7 +84,7 @@ def _load_token_encoders(folder: Path, cfg: XMDPTConfig, meta: dict[str, Any], d
 
 
 class XMDPTPipeline:
-    """Generation from a pipeline folder (see :mod:`xmdpt.sampling.folder`).
+    """Generation from a pipeline folder (see :mod:`xmdpt.core.pipeline_folder`).
 
     Attributes:
         model: ``XMDPT`` (EMA weights, eval mode); codec: ``LatentCodec``; diffusion: ``GaussianDiffusion``;
@@ -114,9 +114,9 @@ class XMDPTPipeline:
         """Load from a local pipeline folder or an MLflow model URI (``models:/xmdpt@champion``, ``runs:/…``).
 
         Raises:
-            xmdpt.ops.model_resolver.ModelNotFoundError: unknown folder or URI.
+            xmdpt.core.model_resolver.ModelNotFoundError: unknown folder or URI.
         """
-        from xmdpt.ops.model_resolver import resolve_model_dir  # the resolver reads pipeline folders: imported here
+        from xmdpt.core.model_resolver import resolve_model_dir  # the resolver reads pipeline folders: imported here
 
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         folder = resolve_model_dir(uri_or_dir, tracking_uri=tracking_uri, cache_dir=cache_dir)
@@ -200,7 +200,7 @@ class XMDPTPipeline:
         """The model's ``sample`` config with the given settings replaced (None / ``KEEP``: the model's).
 
         Raises:
-            xmdpt.typed_config.ConfigError: an unknown scheduler, precision, ... (names the setting).
+            xmdpt.core.typed_config.ConfigError: an unknown scheduler, precision, ... (names the setting).
         """
         upd = {k: v for k, v in dict(num_steps=num_steps, cfg_scale=cfg_scale, cfg_power=cfg_power, seed=seed,
                                      source_latent=source_latent, precision=precision,

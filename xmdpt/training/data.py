@@ -37,11 +37,11 @@ import pyarrow.dataset as pads
 import torch
 from ray.data.collate_fn import NumpyBatchCollateFn
 
-from xmdpt.ops import storage
-from xmdpt.config import ModelConfig, XMDPTConfig, section_hash
+from xmdpt.core import storage
+from xmdpt.core.config import ModelConfig, XMDPTConfig, section_hash
 from xmdpt.data import schema
 from xmdpt.encoders.inputs import read_table
-from xmdpt.ops.manifests import FeaturesManifest, ValidateManifest
+from xmdpt.core.manifests import FeaturesManifest, ValidateManifest
 
 logger = logging.getLogger(__name__)
 

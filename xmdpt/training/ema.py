@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from xmdpt.state_dict import check_state_dict
+from xmdpt.core.state_dict import check_state_dict
 
 __all__ = ["EMA"]
 

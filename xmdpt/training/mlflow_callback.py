@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 from ray.train import UserCallback  # this module is imported only where Ray Train runs
 
-from xmdpt.ops import tracking
+from xmdpt.core import tracking
 
 logger = logging.getLogger(__name__)
 

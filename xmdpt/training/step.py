@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from xmdpt.diffusion.losses import training_losses
-from xmdpt.precision import cpu_has_native_bf16
+from xmdpt.core.precision import cpu_has_native_bf16
 from xmdpt.training.loop import lr_schedule, optimizer_step
 
 __all__ = ["sample_posterior", "lr_at", "cpu_has_native_bf16", "autocast_dtype", "train_step", "split_batch",

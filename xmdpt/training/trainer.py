@@ -41,12 +41,12 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
-from xmdpt.config import XMDPTConfig, section_hash
-from xmdpt.ops import storage, tracking
-from xmdpt.ops.contracts import StageManifest
-from xmdpt.ops.manifests import AutoencoderManifest, FeaturesManifest, TrainManifest, ValidateManifest, WorkerStart
-from xmdpt.ops.ray_utils import check_resources, init_ray
-from xmdpt.ops.stage_config import source_fingerprint_text
+from xmdpt.core.config import XMDPTConfig, section_hash
+from xmdpt.core import storage, tracking
+from xmdpt.core.contracts import StageManifest
+from xmdpt.core.manifests import AutoencoderManifest, FeaturesManifest, TrainManifest, ValidateManifest, WorkerStart
+from xmdpt.core.ray_utils import check_resources, init_ray
+from xmdpt.core.stage_config import source_fingerprint_text
 from xmdpt.training.checkpoint import read_trainer_state
 from xmdpt.training.data import FeatureSpec, build_train_table, read_train_table
 from xmdpt.training.worker import CHECKPOINT_PREFIX, WORKERS_DIR, read_json, train_loop_per_worker, worker_starts, write_json
@@ -66,8 +66,10 @@ _NON_RESULT_TRAIN_KEYS = ("log_every", "checkpoint_every", "keep_checkpoints", "
                           "sample_rows", "max_failures", "mlflow_experiment")
 
 
-# files of those packages that training the denoiser never runs: the release checkpoint import
-# (model/official.py) and the autoencoder stage's fit
+# files of those packages that training the denoiser never runs: the autoencoder stage's fit
+# (training/autoencoder.py) and the release checkpoint import, which lived in model/ as official.py
+# before it moved to xmdpt/release/ (named so that the fingerprint, and every finished run with it,
+# stayed as it was across the move)
 _NOT_TRAINING_CODE = frozenset({"official.py", "autoencoder.py"})
 
 

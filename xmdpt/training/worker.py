@@ -22,13 +22,13 @@ from typing import Any, Iterable, Iterator, Mapping, Optional
 import numpy as np
 import torch
 
-from xmdpt.config import XMDPTConfig
+from xmdpt.core.config import XMDPTConfig
 from xmdpt.data.keypoints import render_skeleton
 from xmdpt.diffusion import GaussianDiffusion
 from xmdpt.diffusion.sampling import sample
 from xmdpt.encoders.vae import LatentCodec
 from xmdpt.model import XMDPT
-from xmdpt.ops import storage, tracking
+from xmdpt.core import storage, tracking
 from xmdpt.training.checkpoint import load_checkpoint, save_checkpoint
 from xmdpt.training.data import Collate, FeatureSpec
 from xmdpt.training.ema import EMA
