@@ -56,3 +56,10 @@ def ray_local():
     init_ray(num_cpus=8)
     yield ray
     ray.shutdown()
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test that starts Ray takes seconds: ``ray`` implies ``slow`` (``make test-fast`` leaves both out)."""
+    for item in items:
+        if item.get_closest_marker("ray") and not item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.slow)

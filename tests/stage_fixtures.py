@@ -297,9 +297,10 @@ from local_servers import LocalServer, free_port as _free_port, mlflow_server_cm
 BIN = Path(sys.executable).parent
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
-    """A real tracking + registry server with proxied artifacts, in its own process.
+    """A real tracking + registry server with proxied artifacts, in its own process: one per session,
+    shared by the registry consumers' tests (each registers under its own model name).
 
     Started here, awaited (``/health``) by the test, so that its start-up overlaps the fixtures after it.
     """

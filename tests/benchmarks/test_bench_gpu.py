@@ -3,10 +3,14 @@ DINOv2 throughput) at tiny sizes on the CPU in seconds, so the GPU run of a late
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+pytestmark = pytest.mark.slow  # a benchmark script in a subprocess
 
 ROOT = Path(__file__).resolve().parents[2]
 

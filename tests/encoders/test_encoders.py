@@ -55,6 +55,7 @@ def test_standin_tokens_shape_spec_and_labels():
         TokenEncoder.from_config(TINY, "depth")
 
 
+@pytest.mark.slow  # subprocesses
 def test_standin_weights_are_reproducible_across_processes_and_roundtrip(tmp_path):
     enc = TokenEncoder.from_config(TINY, "pose")
     code = ("from xmdpt.core.config import EncodersConfig; from xmdpt.encoders.dino import TokenEncoder; "
@@ -86,6 +87,7 @@ def test_paper_encoders_ids_and_shapes_on_meta_device():
 
 
 @pytest.mark.timeout(90)
+@pytest.mark.slow  # subprocesses
 def test_pretrained_encoders_fail_fast_offline_naming_the_model():
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": "/nonexistent-hf-home"}
     code = ("import time; t = time.time()\n"

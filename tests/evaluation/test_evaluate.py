@@ -15,6 +15,8 @@ from tiny_pipeline_folder import build_tiny_pipeline_folder, tiny_config
 
 from xmdpt.data import schema
 
+pytestmark = pytest.mark.slow  # the evaluate and register stages end to end
+
 PEOPLE = (("MEN", "Denim", 3), ("WOMEN", "Dresses", 4))
 VIEWS = ("1_front", "2_side", "4_full")
 

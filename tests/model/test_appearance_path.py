@@ -24,6 +24,8 @@ from xmdpt.model import XMDPT
 from xmdpt.training.ema import EMA
 from xmdpt.training.step import train_step
 
+pytestmark = pytest.mark.slow  # a short training run
+
 SIDE = 8  # latent side: the toy "latent" is the image average-pooled 8x
 BG = 0.8  # background grey in [0, 1]
 POSES = (-2, 0, 2)  # horizontal shifts of the body, in latent pixels

@@ -3,6 +3,8 @@ by copying it over ``params.yaml`` really re-runs the stages with its values."""
 
 from __future__ import annotations
 
+import pytest
+
 import dataclasses
 import os
 import re
@@ -14,6 +16,8 @@ from pathlib import Path
 import yaml
 
 from xmdpt.core.config import MODEL_PRESETS, XMDPTConfig, load_config
+
+pytestmark = pytest.mark.slow  # the DVC CLI
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROFILE = REPO_ROOT / "params" / "deepfashion.yaml"

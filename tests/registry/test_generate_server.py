@@ -18,6 +18,8 @@ from typer.testing import CliRunner
 from xmdpt.cli import app
 from xmdpt.sampling.inputs import EXAMPLE_POSE
 
+pytestmark = pytest.mark.slow  # an MLflow server and generation subprocesses
+
 BIN = Path(sys.executable).parent
 POSE = EXAMPLE_POSE
 

@@ -105,6 +105,7 @@ def _run_generate(model: str, files, out: Path, env: dict, *extra: str) -> subpr
                           capture_output=True, text=True, env=env, timeout=600)
 
 
+@pytest.mark.slow  # subprocesses
 def test_import_register_generate_from_sqlite_registry(files, tmp_path, pose_task_path):
     db = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": db, "XMDPT_CACHE_DIR": str(tmp_path / "cache"),
@@ -140,6 +141,7 @@ def test_import_register_generate_from_sqlite_registry(files, tmp_path, pose_tas
     assert np.array_equal(np.asarray(Image.open(again)), arr)
 
 
+@pytest.mark.slow  # subprocesses
 def test_import_register_generate_over_an_mlflow_server(mlflow_server, files, tmp_path, pose_task_path):
     server = mlflow_server()
     env = {**os.environ, "XMDPT_CACHE_DIR": str(tmp_path / "cache"), "POSE_TASK": str(pose_task_path)}

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from dvc_project import STAGES, copy_project, dvc, record_dag
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]  # the DVC CLI
 
 
 def _changed(repo: Path) -> set[str]:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # the DVC CLI and a local S3
+
 VENV_BIN = Path(sys.executable).parent
 BUCKET = "xmdpt-dvc-test"
 

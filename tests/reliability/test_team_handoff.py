@@ -10,10 +10,17 @@ only, reusing A's upstream outputs.
 Zero-setup defaults (local store, local MLflow, a local-folder DVC remote): the same checks, the
 bulk outputs travelling as the DVC outputs ``data/store/<stage>``; the registry is local to A, and
 ``models:/`` on B names the local registry in use and how to point at a shared one.
+
+An experiment is what its params say (the same zero-setup run, on A before its folder moves): the
+README's ``dvc exp run -S train.max_steps=3`` after the finished 6-step run trains a new model for
+exactly 3 steps. Its train manifest says 3 steps, its loss curve ends at step 3, its MLflow run is a
+new run (the 6-step run is not written into again) whose ``max_steps`` param is 3, ``dvc exp show``
+lists ``train.max_steps`` 3 beside 3 steps, and the autoencoder and features stages are not rerun.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -23,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from local_servers import S3_BUCKET, TINY_LOCAL_DAG, LocalServer, free_port, make_project_copy, mlflow_server_cmd, moto_s3
@@ -62,8 +70,9 @@ def _generate(proj: Path, env: dict, model: str, out: Path) -> np.ndarray:
     return np.asarray(Image.open(out))
 
 
-def _run_a(root: Path, params: dict, env: dict, remote: list[list[str]]) -> dict:
-    """A: the DAG, git commit, dvc push, git push to ``root/origin.git``; what B must see."""
+def _run_a(root: Path, params: dict, env: dict, remote: list[list[str]], then=None) -> dict:
+    """A: the DAG, git commit, dvc push, git push to ``root/origin.git``; what B must see. ``then(a, env,
+    seen)`` runs on A after the push, before A's folder is moved away."""
     a = make_project_copy(root / "a", {**TINY_LOCAL_DAG, **params}, assets=True)
     _sh(root, env, "git", "init", "-q", "--bare", "-b", "main", "origin.git")
     _sh(a, env, "git", "init", "-q", "-b", "main")
@@ -85,6 +94,8 @@ def _run_a(root: Path, params: dict, env: dict, remote: list[list[str]]) -> dict
             "manifests": {s: (a / "artifacts" / s / "manifest.json").read_text()
                           for s in ("pairs", "features", "train", "evaluate")}}
     seen["pixels"] = _generate(a, env, evaluate["pipeline_uri"], root / "a.png")
+    if then is not None:
+        then(a, env, seen)
     shutil.move(str(a), str(root / "a-moved-away"))  # nothing of A's folder is readable any more
     return seen
 
@@ -138,13 +149,47 @@ def test_team_setup_hands_a_run_to_a_teammate(tmp_path):
             server.stop()
 
 
+def _last_step(proj: Path) -> int:
+    with open(proj / "artifacts" / "train" / "loss.csv") as f:
+        return max(int(row["step"]) for row in csv.DictReader(f))
+
+
+def _exp_run_with_fewer_steps_trains_a_new_model(proj: Path, env: dict, seen: dict) -> None:
+    """``dvc exp run -S train.max_steps=3`` after the 6-step run of ``proj`` (its own SQLite MLflow)."""
+    import mlflow
+
+    first = json.loads((proj / "artifacts" / "train" / "manifest.json").read_text())
+    assert first["steps"] == 6 and _last_step(proj) == 6
+    out = _dvc(proj, env, "exp", "run", "-n", "short", "-S", "train.max_steps=3").stdout
+    assert "Running stage 'train'" in out and "Running stage 'autoencoder'" not in out  # upstream reused
+    second = json.loads((proj / "artifacts" / "train" / "manifest.json").read_text())
+    assert second["steps"] == 3 and _last_step(proj) == 3, second
+    assert second["run_id"] != first["run_id"]  # a new run, not the 6-step one written into again
+
+    client = mlflow.MlflowClient(f"sqlite:///{proj / 'mlflow.db'}")
+    run3, run6 = client.get_run(second["run_id"]), client.get_run(first["run_id"])
+    assert run3.data.params["train.max_steps"] == "3" and run6.data.params["train.max_steps"] == "6"
+    assert max(m.step for m in client.get_metric_history(run3.info.run_id, "loss")) == 3
+    assert max(m.step for m in client.get_metric_history(run6.info.run_id, "loss")) == 6  # left as it was
+
+    shown = json.loads(_dvc(proj, env, "exp", "show", "--json").stdout)
+    exps = [e for commit in shown for e in (commit.get("experiments") or [])]
+    rev = next(r for e in exps for r in e["revs"] if r.get("name") == "short")
+    data = rev["data"]
+    assert data["params"]["params.yaml"]["data"]["train"]["max_steps"] == 3
+    assert data["metrics"]["artifacts/train/metrics.json"]["data"]["steps"] == 3
+    lock = yaml.safe_load((proj / "dvc.lock").read_text())
+    assert lock["stages"]["config"]["params"]["params.yaml"]["train"]["max_steps"] == 3
+
+
 def test_zero_setup_defaults_hand_a_run_to_a_teammate(tmp_path):
     """Local store, local MLflow, a local-folder DVC remote: the store travels with dvc push / pull
     (data/store/<stage> are DVC outputs), manifests name no folder of A's machine; the registry stays
-    local and ``models:/`` says so."""
+    local and ``models:/`` says so. On A, before it moves, an experiment with fewer steps."""
     root = tmp_path
     env = _env()
-    seen = _run_a(root, {}, env, [["remote", "add", "-d", "storage", str(root / "dvc-remote")]])
+    seen = _run_a(root, {}, env, [["remote", "add", "-d", "storage", str(root / "dvc-remote")]],
+                  then=_exp_run_with_fewer_steps_trains_a_new_model)
     assert json.loads(seen["manifests"]["features"])["uri"].startswith("./data/store/features/")
     b = _clone_b(root, env, seen)
 

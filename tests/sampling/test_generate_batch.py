@@ -21,6 +21,8 @@ from PIL import Image
 from xmdpt.sampling.batch import BatchError, generate_batch, read_pairs_table
 from xmdpt.sampling.inputs import EXAMPLE_POSE
 
+pytestmark = pytest.mark.slow  # Ray Data jobs and killed runs
+
 BIN = Path(sys.executable).parent
 POSE = EXAMPLE_POSE
 

@@ -22,6 +22,8 @@ from tiny_pipeline_folder import build_tiny_pipeline_folder
 
 from xmdpt.sampling.inputs import EXAMPLE_POSE
 
+pytestmark = pytest.mark.slow  # Ray Serve processes
+
 POSE = EXAMPLE_POSE
 NAME = "xmdpt-serve"
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import socket
 import subprocess
 import sys
@@ -10,6 +12,8 @@ from pathlib import Path
 
 import yaml
 from tiny_config import tiny_dict
+
+pytestmark = pytest.mark.slow  # the train stage in a subprocess
 
 REPO = Path(__file__).resolve().parents[2]
 
