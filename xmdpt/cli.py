@@ -181,6 +181,14 @@ def serve(
     typer.echo(f"serving {model} at http://{host}:{port} (Ctrl-C stops)")
     run_server(opts, host=host, port=port, blocking=True)  # returns on Ctrl-C or SIGTERM, Serve and Ray shut down
     typer.echo("stopped")
+    # Ray's exit hook would wait once more on processes that a Ctrl-C to the process group already stopped
+    import os
+    import sys
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 @app.command("generate-batch")

@@ -34,7 +34,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 from starlette.datastructures import UploadFile
@@ -389,27 +389,54 @@ def run_server(opts: ServeOptions, *, host: str = "127.0.0.1", port: int = 8000,
         serve.start(http_options={"host": host, "port": port})
         serve.run(build_app(opts), name=app_name, route_prefix=route_prefix, blocking=False)
         return f"http://{host}:{port}{route_prefix.rstrip('/')}"
-    # SIGTERM stops like Ctrl-C, also while starting. Installed after ray.init, which sets its own handler
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    # SIGTERM stops like Ctrl-C, also while starting. Installed after ray.init, which sets its own
+    # handler, and again once Serve is up: Ctrl-C must reach this loop whatever Ray and Serve installed
+    stops = (signal.SIGTERM, signal.SIGINT)
+    previous = {s: signal.signal(s, _interrupt) for s in stops}
     url = f"http://{host}:{port}{route_prefix.rstrip('/')}"
     try:
         serve.start(http_options={"host": host, "port": port})
         serve.run(build_app(opts), name=app_name, route_prefix=route_prefix, blocking=False)
+        for s in stops:
+            signal.signal(s, _interrupt)
         logger.info("serving %s at %s", opts.model, url)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
         logger.info("stopping: shutting down Serve and Ray")
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the shutdown short
-        try:
-            serve.shutdown()
-        finally:
-            import ray
+        for s in stops:  # a second signal must not cut the shutdown short
+            signal.signal(s, signal.SIG_IGN)
+        import ray
 
-            ray.shutdown()
-            signal.signal(signal.SIGTERM, previous)
+        # Ctrl-C in a terminal reaches the whole process group, Ray's own processes too: Serve's
+        # graceful shutdown then waits on a controller that is gone, so neither step may block for ever
+        _bounded(serve.shutdown, SHUTDOWN_TIMEOUT_S, "Serve")
+        _bounded(ray.shutdown, SHUTDOWN_TIMEOUT_S, "Ray")
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     return url
+
+
+SHUTDOWN_TIMEOUT_S = 20.0
+
+
+def _bounded(step: Callable[[], Any], timeout_s: float, what: str) -> None:
+    """Run ``step`` for at most ``timeout_s`` seconds (in a daemon thread, so a hung step is left behind)."""
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            step()
+        except Exception as e:  # noqa: BLE001 - shutting down: report, go on
+            logger.warning("%s shutdown failed: %s", what, e)
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name=f"{what}-shutdown", daemon=True).start()
+    if not done.wait(timeout_s):
+        logger.warning("%s did not shut down within %.0f s (its processes were stopped with the process group); "
+                       "leaving it", what, timeout_s)
 
 
 def _interrupt(signum: int, frame: Any) -> None:
