@@ -16,7 +16,13 @@ real ``mlflow server`` on 127.0.0.1.
    group from the latest checkpoint on S3; steps in ``loss.csv`` and in MLflow are continuous with no
    duplicates; the final weights equal a run started from that same checkpoint without any failure
    (``train.init_from``) to the tolerance stated in the test.
-3. Clear errors: a local ``storage_root`` on this cluster, and a Train request larger than the
+3. The run handed to a teammate (the team setup of docs/team.md: the s3:// store, an S3 DVC remote,
+   the shared MLflow server; ``tests/handoff.py``): A commits and pushes, A's folder is moved away,
+   B clones and pulls: ``dvc status`` clean, ``dvc repro`` runs nothing, A's metrics and manifests,
+   A's pixels from A's pipeline folder and from ``models:/xmdpt@champion``; ``dvc exp run -S
+   train.max_steps=3`` on B runs config, train, evaluate and register only (as cluster jobs),
+   reusing A's features from the shared store.
+4. Clear errors: a local ``storage_root`` on this cluster, and a Train request larger than the
    cluster, fail in seconds naming the setting.
 """
 
@@ -30,8 +36,11 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
+
+import handoff
 from local_servers import S3_BUCKET, LocalServer, free_port, make_project_copy, mlflow_server_cmd, moto_s3
 from multinode import LocalRayCluster
 
@@ -160,6 +169,27 @@ def test_the_dag_runs_on_three_nodes_through_the_jobs_api(cluster, dag, s3, mlfl
     took = {s: round((jobs[s]["end_time"] - jobs[s]["start_time"]) / 1000, 1) for s in DAG_STAGES}
     print(f"\nDAG on 3 nodes: {wall:.0f} s (job seconds {took}); features rows by node {by_node}; "
           f"DDP ranks by node {placed}")
+
+
+@pytest.mark.timeout(1200)
+def test_a_teammate_clones_and_pulls_the_cluster_run(cluster, dag, s3, mlflow_url, tmp_path):
+    proj, *_ = dag
+    s3_env, _ = s3
+    root = tmp_path
+    shell = handoff.env(**s3_env, MLFLOW_TRACKING_URI=mlflow_url)  # a teammate's shell: no Ray address
+    jobs_env = cluster.submitter_env(**s3_env, DVC_NO_ANALYTICS="1", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t",
+                                     GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
+    handoff.dvc(proj, shell, "remote", "add", "-d", "storage", f"s3://{S3_BUCKET}/mn/dvc")
+    handoff.dvc(proj, shell, "remote", "modify", "storage", "endpointurl", s3_env["AWS_ENDPOINT_URL"])
+    seen = handoff.publish(proj, root, shell)
+    assert json.loads(seen["manifests"]["features"])["uri"].startswith(STORE)
+    pixels = handoff.generate(root, shell, seen["pipeline"], root / "a.png")
+
+    with handoff.moved_away(proj):  # nothing of A's folder is readable while B works
+        b = handoff.clone_and_pull(root, shell, seen)
+        assert np.array_equal(handoff.generate(b, shell, seen["pipeline"], root / "b.png"), pixels)
+        assert np.array_equal(handoff.generate(b, shell, "models:/xmdpt@champion", root / "b-reg.png"), pixels)
+        handoff.exp_run_reuses_upstream(b, {**jobs_env, "PATH": shell["PATH"]}, seen)
 
 
 def _run_train(proj: Path, cluster, s3_env: dict, params: dict, name: str) -> subprocess.Popen:

@@ -1,0 +1,130 @@
+"""A run handed to a teammate through git + DVC: the steps and checks both hand-off tests share.
+
+A (a project whose DAG has run) commits, ``dvc push``es and ``git push``es to a bare repository;
+A's folder is then moved away; B clones into another folder and ``dvc pull``s. What B must see:
+``dvc status`` clean, ``dvc repro`` running nothing, A's metrics (``dvc metrics show`` and ``dvc exp
+show`` of A's commit), A's manifests byte for byte, and A's pixels from A's pipeline folder.
+Used by ``tests/reliability/test_team_handoff.py`` (zero-setup defaults) and
+``tests/orchestration/test_multinode.py`` (the team setup: s3:// store, S3 DVC remote, a shared
+MLflow server, the cluster's run).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from PIL import Image
+
+from xmdpt.sampling.inputs import EXAMPLE_POSE
+
+VENV_BIN = Path(sys.executable).parent
+STAGES_WITH_MANIFEST = ("pairs", "features", "train", "evaluate")
+
+
+def env(**extra: str) -> dict:
+    """The environment a teammate's shell has: the project's tools first, offline, no Ray address."""
+    out = {k: v for k, v in os.environ.items()
+           if not k.startswith(("RAY_ADDRESS", "AWS_", "MLFLOW_TRACKING_URI")) and k != "PYTHONPATH"}
+    out.update(PATH=f"{VENV_BIN}{os.pathsep}{out['PATH']}", DVC_NO_ANALYTICS="1", HF_HUB_OFFLINE="1",
+               MLFLOW_DISABLE_TELEMETRY="true", RAY_USAGE_STATS_ENABLED="0", GIT_AUTHOR_NAME="t",
+               GIT_COMMITTER_NAME="t", GIT_AUTHOR_EMAIL="t@localhost", GIT_COMMITTER_EMAIL="t@localhost", **extra)
+    return out
+
+
+def sh(cwd: Path, env: dict, *cmd: str, ok: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
+    r = subprocess.run(list(cmd), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if ok:
+        assert r.returncode == 0, f"{' '.join(cmd)}:\n{(r.stdout + r.stderr)[-6000:]}"
+    return r
+
+
+def dvc(cwd: Path, env: dict, *args: str, ok: bool = True) -> subprocess.CompletedProcess:
+    return sh(cwd, env, str(VENV_BIN / "dvc"), *args, ok=ok)
+
+
+def ran(out: str) -> set[str]:
+    """The stages a ``dvc repro`` / ``dvc exp run`` log says it ran."""
+    return {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage '")}
+
+
+def values(shown: dict) -> dict:
+    """The metric files' values of the workspace (``dvc metrics show --json``), by file."""
+    return {path: entry.get("data") for rev in shown.values() for path, entry in rev.get("data", {}).items()}
+
+
+def generate(cwd: Path, env: dict, model: str, out: Path) -> np.ndarray:
+    """``xmdpt generate`` of one fixed source image and pose with ``model``; the pixels."""
+    source, pose = out.parent / "handoff-source.png", out.parent / "handoff-pose.json"
+    if not source.exists():
+        rng = np.random.default_rng(0)
+        Image.fromarray(rng.integers(0, 255, (96, 64, 3), dtype=np.uint8)).save(source)
+        pose.write_text(json.dumps(EXAMPLE_POSE))
+    sh(cwd, env, str(VENV_BIN / "xmdpt"), "generate", "--model", model, "--source", str(source), "--pose", str(pose),
+       "--out", str(out), "--steps", "2", "--device", "cpu")
+    return np.asarray(Image.open(out))
+
+
+def publish(a: Path, root: Path, env: dict) -> dict:
+    """A: git commit, dvc push, git push to ``root/origin.git``; returns what B must see."""
+    sh(a, env, "git", "add", "-A")
+    sh(a, env, "git", "commit", "-qm", "a run")
+    push = dvc(a, env, "push")
+    sh(root, env, "git", "init", "-q", "--bare", "-b", "main", "origin.git")
+    sh(a, env, "git", "branch", "-M", "main")
+    sh(a, env, "git", "remote", "add", "origin", str(root / "origin.git"))
+    sh(a, env, "git", "push", "-q", "origin", "main")
+    evaluate = json.loads((a / "artifacts" / "evaluate" / "manifest.json").read_text())
+    for f in sorted((a / "artifacts").rglob("*")):  # no folder of A's machine in any stage output
+        if f.is_file() and f.suffix in (".json", ".yaml", ".md", ".csv"):
+            assert str(a) not in f.read_text(), (f, f.read_text()[:3000])
+    return {"metrics": json.loads(dvc(a, env, "metrics", "show", "--json").stdout),
+            "pipeline": evaluate["pipeline_uri"], "pushed": push.stdout + push.stderr,
+            "manifests": {s: (a / "artifacts" / s / "manifest.json").read_text() for s in STAGES_WITH_MANIFEST}}
+
+
+@contextlib.contextmanager
+def moved_away(a: Path) -> Iterator[Path]:
+    """A's folder is not readable while the block runs (renamed), and is back afterwards."""
+    away = a.with_name(a.name + "-moved-away")
+    shutil.move(str(a), str(away))
+    try:
+        yield away
+    finally:
+        shutil.move(str(away), str(a))
+
+
+def clone_and_pull(root: Path, env: dict, seen: dict) -> Path:
+    """B: clone, ``dvc pull``; checks that B has A's run and nothing to recompute; returns B's folder."""
+    sh(root, env, "git", "clone", "-q", str(root / "origin.git"), "b")
+    b = root / "b"
+    dvc(b, env, "pull")
+    assert "Data and pipelines are up to date" in dvc(b, env, "status").stdout
+    assert ran(dvc(b, env, "repro").stdout) == set()  # nothing to run
+    metrics = json.loads(dvc(b, env, "metrics", "show", "--json").stdout)
+    assert values(metrics) == values(seen["metrics"]) and values(metrics)
+    shown = json.loads(dvc(b, env, "exp", "show", "--json").stdout)
+    head = next(c for c in shown if c["rev"] != "workspace")  # the commit A pushed
+    assert {p: e.get("data") for p, e in head["data"]["metrics"].items()} == values(seen["metrics"])
+    for stage, text in seen["manifests"].items():
+        assert (b / "artifacts" / stage / "manifest.json").read_text() == text
+    return b
+
+
+def exp_run_reuses_upstream(b: Path, env: dict, seen: dict) -> dict:
+    """B: ``dvc exp run -S train.max_steps=3`` runs config, train, evaluate and register only, reusing
+    A's features; returns B's train manifest."""
+    out = dvc(b, env, "exp", "run", "-n", "short", "-S", "train.max_steps=3").stdout
+    assert ran(out) == {"config", "train", "evaluate", "register"}, out[-3000:]
+    train = json.loads((b / "artifacts" / "train" / "manifest.json").read_text())
+    assert train["steps"] == 3
+    assert (json.loads((b / "artifacts" / "features" / "manifest.json").read_text())
+            == json.loads(seen["manifests"]["features"]))  # A's features, reused
+    return train
