@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
+from dvc_project import project_env
 from xmdpt.sampling.inputs import EXAMPLE_POSE
 
 VENV_BIN = Path(sys.executable).parent
@@ -30,12 +30,10 @@ STAGES_WITH_MANIFEST = ("pairs", "features", "train", "evaluate")
 
 
 def env(**extra: str) -> dict:
-    """The environment a teammate's shell has: the project's tools first, offline, no Ray address."""
-    out = {k: v for k, v in os.environ.items()
-           if not k.startswith(("RAY_ADDRESS", "AWS_", "MLFLOW_TRACKING_URI")) and k != "PYTHONPATH"}
-    out.update(PATH=f"{VENV_BIN}{os.pathsep}{out['PATH']}", DVC_NO_ANALYTICS="1", HF_HUB_OFFLINE="1",
-               MLFLOW_DISABLE_TELEMETRY="true", RAY_USAGE_STATS_ENABLED="0", GIT_AUTHOR_NAME="t",
-               GIT_COMMITTER_NAME="t", GIT_AUTHOR_EMAIL="t@localhost", GIT_COMMITTER_EMAIL="t@localhost", **extra)
+    """The environment a teammate's shell has: the project's (``dvc_project.project_env``: its tools
+    first, offline, no Ray address), without the S3 credentials and tracking URI of this session."""
+    out = {k: v for k, v in project_env().items() if not k.startswith(("AWS_", "MLFLOW_TRACKING_URI"))}
+    out.update(extra)
     return out
 
 

@@ -12,6 +12,8 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 LINT = Path(sys.executable).parent / "lint-imports"
 
@@ -40,21 +42,21 @@ def test_the_repository_keeps_its_layers():
     assert "0 broken" in res.stdout
 
 
-def test_an_upward_import_breaks_the_layers(tmp_path):
+@pytest.mark.parametrize("module, added, broken", [
+    # upward: the base reaching for a consumer
+    ("core/storage.py", "\n\ndef _serve():\n    from xmdpt.serving import server  # noqa\n",
+     "xmdpt.core is not allowed to import xmdpt.serving"),
+    # sideways: two packages of one layer
+    ("training/step.py", "\n\nfrom xmdpt.sampling import inputs  # noqa\n",
+     "xmdpt.training is not allowed to import xmdpt.sampling"),
+], ids=["upward", "within-a-layer"])
+def test_a_new_import_across_the_layers_breaks_them(tmp_path, module, added, broken):
     root = _copy(tmp_path)
-    storage = root / "xmdpt" / "core" / "storage.py"
-    storage.write_text(storage.read_text() + "\n\ndef _serve():\n    from xmdpt.serving import server  # noqa\n")
+    path = root / "xmdpt" / module
+    path.write_text(path.read_text() + added)
     res = _lint(root)
     assert res.returncode != 0
-    assert "xmdpt.core is not allowed to import xmdpt.serving" in res.stdout
-
-
-def test_two_packages_of_one_layer_stay_independent(tmp_path):
-    root = _copy(tmp_path)
-    step = root / "xmdpt" / "training" / "step.py"
-    step.write_text(step.read_text() + "\n\nfrom xmdpt.sampling import inputs  # noqa\n")
-    res = _lint(root)
-    assert res.returncode != 0 and "xmdpt.training is not allowed to import xmdpt.sampling" in res.stdout
+    assert broken in res.stdout
 
 
 def test_every_package_is_in_a_layer_and_in_the_doc():

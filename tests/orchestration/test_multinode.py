@@ -95,6 +95,12 @@ def cluster(s3, mlflow_url):
         c.shutdown()
 
 
+def _submitter_env(cluster, s3_env: dict) -> dict:
+    """A ``cluster.submit`` shell on this project: the Jobs API, S3 credentials, a git identity."""
+    return cluster.submitter_env(**s3_env, DVC_NO_ANALYTICS="1", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t",
+                                 GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
+
+
 @pytest.fixture(scope="module")
 def dag(cluster, s3, mlflow_url, tmp_path_factory):
     """The whole DAG submitted stage by stage with ``dvc repro``; yields ``(project, dvc output, wall s)``."""
@@ -102,8 +108,7 @@ def dag(cluster, s3, mlflow_url, tmp_path_factory):
     proj = make_project_copy(tmp_path_factory.mktemp("mn") / "proj",
                          {**TINY, "paths": {"dataset_root": DATASET, "storage_root": STORE,
                                             "mlflow_tracking_uri": mlflow_url}}, assets=True)
-    env = cluster.submitter_env(**s3_env, DVC_NO_ANALYTICS="1", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t",
-                                GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
+    env = _submitter_env(cluster, s3_env)
     for cmd in (["git", "init", "-q"], [str(VENV_BIN / "dvc"), "init", "-q"]):
         subprocess.run(cmd, cwd=proj, env=env, check=True, capture_output=True, timeout=60)
     t0 = time.monotonic()
@@ -177,8 +182,7 @@ def test_a_teammate_clones_and_pulls_the_cluster_run(cluster, dag, s3, mlflow_ur
     s3_env, _ = s3
     root = tmp_path
     shell = handoff.env(**s3_env, MLFLOW_TRACKING_URI=mlflow_url)  # a teammate's shell: no Ray address
-    jobs_env = cluster.submitter_env(**s3_env, DVC_NO_ANALYTICS="1", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t",
-                                     GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
+    jobs_env = _submitter_env(cluster, s3_env)
     handoff.dvc(proj, shell, "remote", "add", "-d", "storage", f"s3://{S3_BUCKET}/mn/dvc")
     handoff.dvc(proj, shell, "remote", "modify", "storage", "endpointurl", s3_env["AWS_ENDPOINT_URL"])
     seen = handoff.publish(proj, root, shell)
