@@ -154,16 +154,23 @@ class ModelConfig:
         check(0 < self.decode_layer < self.depth, "model.decode_layer", "must be in (0, depth)")
 
 
+PREDICTIONS = ("eps", "v")
+
+
 @dataclass(frozen=True)
 class DiffusionConfig:
-    """Gaussian diffusion: linear beta schedule, eps prediction, learned-range variance (IDDPM)."""
+    """Gaussian diffusion: linear beta schedule, eps (or v) prediction, learned-range variance (IDDPM)."""
 
     num_timesteps: int = 1000
     beta_start: float = 1e-4
     beta_end: float = 0.02
+    # what the model's first C output channels predict: eps (the paper) | v = sqrt(abar) eps - sqrt(1 - abar) x_0
+    prediction: str = "eps"
 
     def __post_init__(self) -> None:
         check(0 < self.beta_start < self.beta_end < 1, "diffusion.beta_start", "need 0 < beta_start < beta_end < 1")
+        check(self.prediction in PREDICTIONS, "diffusion.prediction",
+              f"unknown prediction {self.prediction!r}; expected one of {list(PREDICTIONS)}")
 
 
 @dataclass(frozen=True)
@@ -219,6 +226,14 @@ class XMDPTConfig:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     register: RegisterConfig = field(default_factory=RegisterConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+
+    def __post_init__(self) -> None:
+        if self.train.mse_space == "x0":
+            # an eps prediction's x_0 error is its eps error times sqrt(1/SNR): x 57 at t = 900
+            check(self.diffusion.prediction == "v", "train.mse_space",
+                  f"'x0' needs diffusion.prediction 'v', got {self.diffusion.prediction!r}")
+            check(self.train.min_snr_gamma is None, "train.min_snr_gamma",
+                  "must be null with train.mse_space 'x0' (the x_0 MSE is unweighted)")
 
     # ---- (de)serialisation ----
     @classmethod

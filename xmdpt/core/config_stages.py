@@ -151,6 +151,9 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip_norm: Optional[float] = None  # null: no clipping
     min_snr_gamma: Optional[float] = None  # null: unweighted eps-MSE; gamma: Min-SNR-gamma weighting
+    # prediction: the MSE of what the model predicts (eps, or v; the paper) | x0: the MSE of the x_0 it
+    # implies, every timestep alike (diffusion.prediction v only)
+    mse_space: str = "prediction"
     timestep_logit_normal: Optional[tuple[float, float]] = None  # null: t uniform; (m, s): t = T * sigmoid(m + s * n), n ~ N(0, 1)
     ema_decay: float = 0.9999
     cond_drop_prob: float = 0.1  # CFG dropout: share of samples trained with the null (zero) condition
@@ -187,6 +190,8 @@ class TrainConfig:
         check(self.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
         check(self.grad_clip_norm is None or self.grad_clip_norm > 0, "train.grad_clip_norm", "must be > 0 or null")
         check(self.min_snr_gamma is None or self.min_snr_gamma > 0, "train.min_snr_gamma", "must be > 0 or null")
+        check(self.mse_space in ("prediction", "x0"), "train.mse_space",
+              f"unknown mse_space {self.mse_space!r}; expected one of ['prediction', 'x0']")
         if self.timestep_logit_normal is not None:
             check(len(self.timestep_logit_normal) == 2 and self.timestep_logit_normal[1] > 0,
                    "train.timestep_logit_normal", f"expected [mean, std > 0] or null, got {self.timestep_logit_normal}")

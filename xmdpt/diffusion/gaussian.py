@@ -1,4 +1,8 @@
-"""Gaussian diffusion (IDDPM): linear beta schedule, eps prediction, learned-range variance.
+"""Gaussian diffusion (IDDPM): linear beta schedule, eps (or v) prediction, learned-range variance.
+
+The model's first C output channels predict eps (the paper) or ``v = sqrt(abar) eps - sqrt(1 - abar) x_0``
+(``prediction="v"``); every consumer turns them into eps with :meth:`GaussianDiffusion.eps_from_prediction`,
+so the samplers and the variational bound are the same for both.
 
 All schedule arrays are float64 (as the authors' numpy code) and are cast to the sample's dtype
 when extracted. Betas are ``linspace(beta_start, beta_end, T)`` in float64; diffusers' DDPMScheduler
@@ -11,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from xmdpt.core.config import DiffusionConfig
+from xmdpt.core.config import PREDICTIONS, DiffusionConfig
 
 __all__ = ["GaussianDiffusion"]
 
@@ -25,8 +29,11 @@ def _extract(arr: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Te
 @dataclass
 class GaussianDiffusion:
     betas: torch.Tensor  # (T,) float64
+    prediction: str = "eps"  # eps | v: what the model's first C output channels are
 
     def __post_init__(self) -> None:
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(f"unknown prediction {self.prediction!r}; expected one of {list(PREDICTIONS)}")
         b = self.betas.double()
         if b.ndim != 1 or not bool(((b > 0) & (b <= 1)).all()):
             raise ValueError("betas must be a 1-D tensor in (0, 1]")
@@ -49,7 +56,8 @@ class GaussianDiffusion:
 
     @classmethod
     def from_config(cls, cfg: DiffusionConfig) -> "GaussianDiffusion":
-        return cls(torch.linspace(cfg.beta_start, cfg.beta_end, cfg.num_timesteps, dtype=torch.float64))
+        return cls(torch.linspace(cfg.beta_start, cfg.beta_end, cfg.num_timesteps, dtype=torch.float64),
+                   prediction=cfg.prediction)
 
     def q_sample(self, x_0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) noise; x_0, noise (N, ...), t (N,)."""
@@ -59,6 +67,27 @@ class GaussianDiffusion:
         """Mean and clipped log-variance of q(x_{t-1} | x_t, x_0)."""
         mean = _extract(self.posterior_mean_coef1, t, x_t) * x_0 + _extract(self.posterior_mean_coef2, t, x_t) * x_t
         return mean, _extract(self.posterior_log_variance_clipped, t, x_t).expand_as(x_t)
+
+    def prediction_target(self, x_0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """What the model learns to predict for ``x_t = q_sample(x_0, t, noise)``: ``noise`` (eps) or
+        ``v = sqrt(abar_t) noise - sqrt(1 - abar_t) x_0``."""
+        if self.prediction == "eps":
+            return noise
+        return _extract(self.sqrt_alphas_cumprod, t, x_0) * noise - _extract(self.sqrt_one_minus_alphas_cumprod, t, x_0) * x_0
+
+    def eps_from_prediction(self, pred: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The eps estimate of a model prediction (N, C, ...) at ``x_t``, ``t`` (N,): itself, or for v
+        ``eps = sqrt(abar_t) v + sqrt(1 - abar_t) x_t``. Linear in ``pred``, so guidance may combine
+        predictions before or after it."""
+        if self.prediction == "eps":
+            return pred
+        return _extract(self.sqrt_alphas_cumprod, t, x_t) * pred + _extract(self.sqrt_one_minus_alphas_cumprod, t, x_t) * x_t
+
+    def x0_weight(self, t: torch.Tensor) -> torch.Tensor:
+        """(N,) factor turning the MSE of a prediction at ``t`` into the MSE of the x_0 it implies:
+        ``1 / SNR`` for eps, ``1 - abar = 1 / (1 + SNR)`` for v."""
+        ab = self.alphas_cumprod.to(t.device)[t]
+        return ((1.0 - ab) / ab if self.prediction == "eps" else 1.0 - ab).float()
 
     def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         return _extract(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - _extract(self.sqrt_recipm1_alphas_cumprod, t, x_t) * eps

@@ -1,11 +1,15 @@
 """Training objective: eps-MSE + the learned-range variational bound, on an unmasked and a masked pass.
 
-Per pass and sample: ``w(t) * mean((eps - eps_hat)^2) + vb``, where ``vb`` (bits/dim) is
+Per pass and sample: ``w(t) * mean((eps - eps_hat)^2) + vb`` (with ``diffusion.prediction == "v"`` the
+MSE is that of v), where ``vb`` (bits/dim) is
 KL(q(x_{t-1}|x_t,x_0) || p(x_{t-1}|x_t)) for t > 0 and the discretised-Gaussian decoder NLL at t = 0,
 computed with eps_hat detached so that only the variance channels learn from it (IDDPM's hybrid loss).
 ``w(t) = 1`` is the paper's objective; ``min_snr_gamma`` gives Min-SNR-gamma weighting
 (Hang et al., 2023) for eps prediction, ``w(t) = min(SNR(t), gamma) / SNR(t)``, which stops the
-many nearly-clean timesteps from dominating the gradient of a short run.
+many nearly-clean timesteps from dominating the gradient of a short run. ``mse_space="x0"`` (v
+prediction) weighs each sample's MSE by ``1 - abar_t``, which makes it the MSE of the x_0 the
+prediction implies, the same at every noise level: an eps-MSE weighs that x_0 error by SNR(t), so at
+t = 600 (SNR 0.026) the conditions, which decide there what x_0 looks like, hardly reach the loss.
 """
 
 from __future__ import annotations
@@ -95,18 +99,21 @@ def _pass_losses(model, diffusion: GaussianDiffusion, x_0: torch.Tensor, t: torc
     x_t = diffusion.q_sample(x_0, t, noise)
     out = model(x_t, t, cond["pose_tokens"], cond["ref_tokens"], cond["ref_latent"],
                 mask_ratio=mask_ratio, drop_cond=drop_cond, generator=generator)  # (N, 2C, H, W)
-    eps, v = out.float().chunk(2, dim=1)
-    mse = _mean_flat((noise.float() - eps) ** 2)  # (N,)
+    pred, var = out.float().chunk(2, dim=1)  # eps or v; the variance interpolation
+    target = diffusion.prediction_target(x_0.float(), noise.float(), t)
+    mse = _mean_flat((target - pred) ** 2)  # (N,)
     if mse_weight is not None:
         mse = mse * mse_weight
-    vb = vb_terms(diffusion, torch.cat([eps.detach(), v], dim=1), x_0.float(), x_t.float(), t)  # (N,)
+    eps = diffusion.eps_from_prediction(pred, x_t.float(), t)
+    vb = vb_terms(diffusion, torch.cat([eps.detach(), var], dim=1), x_0.float(), x_t.float(), t)  # (N,)
     return mse.mean(), vb.mean()
 
 
 def training_losses(model, diffusion: GaussianDiffusion, x_0: torch.Tensor, cond: dict, *, cond_drop_prob: float,
                     mask_ratio: float, generator: Optional[torch.Generator] = None,
                     min_snr_gamma: Optional[float] = None,
-                    timestep_logit_normal: Optional[tuple[float, float]] = None) -> dict[str, torch.Tensor]:
+                    timestep_logit_normal: Optional[tuple[float, float]] = None,
+                    mse_space: str = "prediction") -> dict[str, torch.Tensor]:
     """Losses of one training step: the same t for both passes, independent noise and drop masks.
 
     Args:
@@ -119,6 +126,8 @@ def training_losses(model, diffusion: GaussianDiffusion, x_0: torch.Tensor, cond
         generator: drives t, noise, drop masks and token masks.
         min_snr_gamma: None (the paper: unweighted eps-MSE) or gamma of the Min-SNR weighting.
         timestep_logit_normal: None (the paper: t uniform) or (m, s) of :func:`sample_timesteps`.
+        mse_space: ``prediction`` (the paper) or ``x0``: the MSE of the implied x_0, unweighted
+            (``diffusion.prediction == "v"``, ``min_snr_gamma`` None).
     Returns:
         scalars ``loss`` (= loss_unmasked + loss_masked = mse + vb), ``loss_unmasked``, ``loss_masked``,
         ``mse`` and ``vb`` (each summed over the passes).
@@ -129,7 +138,15 @@ def training_losses(model, diffusion: GaussianDiffusion, x_0: torch.Tensor, cond
     N = x_0.shape[0]
     t = sample_timesteps(N, diffusion.num_timesteps, device=x_0.device, generator=generator,
                          logit_normal=timestep_logit_normal)  # (N,)
-    w = None if min_snr_gamma is None else min_snr_weight(diffusion, t, min_snr_gamma)  # (N,)
+    if mse_space == "x0":
+        if diffusion.prediction != "v" or min_snr_gamma is not None:
+            raise ValueError("mse_space 'x0' needs a v-prediction diffusion and no Min-SNR weighting, got "
+                             f"prediction {diffusion.prediction!r}, min_snr_gamma {min_snr_gamma}")
+        w = diffusion.x0_weight(t)  # (N,)
+    elif mse_space == "prediction":
+        w = None if min_snr_gamma is None else min_snr_weight(diffusion, t, min_snr_gamma)  # (N,)
+    else:
+        raise ValueError(f"unknown mse_space {mse_space!r}; expected one of ['prediction', 'x0']")
     mse_u, vb_u = _pass_losses(model, diffusion, x_0, t, cond, cond_drop_prob, 0.0, generator, w)
     if mask_ratio > 0:
         mse_m, vb_m = _pass_losses(model, diffusion, x_0, t, cond, cond_drop_prob, mask_ratio, generator, w)

@@ -149,10 +149,10 @@ def sample(model, diffusion: GaussianDiffusion, cond: dict, sample_cfg: SampleCo
             else:
                 out = model.forward_with_cfg(*args, sample_cfg.cfg_scale, sample_cfg.cfg_power,
                                              num_timesteps=diffusion.num_timesteps, **static)
-        out = out.float()
+        eps = diffusion.eps_from_prediction(out[:, :C].float(), x, t_batch)  # (N, C, H, W)
         if solver is not None:
-            x = solver.step(out[:, :C], t, x).prev_sample
+            x = solver.step(eps, t, x).prev_sample
             continue
         t_prev = steps[i + 1] if i + 1 < len(steps) else -1
-        x = ddim_step(diffusion, x, out[:, :C], t, t_prev, sample_cfg.eta, generator)
+        x = ddim_step(diffusion, x, eps, t, t_prev, sample_cfg.eta, generator)
     return x

@@ -69,7 +69,8 @@ def train_step(model: nn.Module, ema: Any, opt: torch.optim.Optimizer, batch: Ma
                accum_steps: int = 1, grad_clip_norm: Optional[float] = None, lr: Optional[float] = None,
                amp_dtype: Optional[torch.dtype] = None, generator: Optional[torch.Generator] = None,
                min_snr_gamma: Optional[float] = None,
-               timestep_logit_normal: Optional[tuple[float, float]] = None) -> dict[str, float]:
+               timestep_logit_normal: Optional[tuple[float, float]] = None,
+               mse_space: str = "prediction") -> dict[str, float]:
     """One optimizer step over ``batch`` (split into ``accum_steps`` micro-batches).
 
     Args:
@@ -88,6 +89,7 @@ def train_step(model: nn.Module, ema: Any, opt: torch.optim.Optimizer, batch: Ma
         generator: drives posterior samples, t, noise, condition drops and token masks.
         min_snr_gamma: Min-SNR-gamma weighting of the eps-MSE (None: unweighted, as the paper).
         timestep_logit_normal: (m, s) of logit-normal timestep draws (None: uniform, as the paper).
+        mse_space: ``prediction`` (the paper) or ``x0`` (see :func:`xmdpt.diffusion.losses.training_losses`).
 
     Returns:
         Floats: the loss terms averaged over micro-batches (``loss``, ``loss_unmasked``,
@@ -96,7 +98,7 @@ def train_step(model: nn.Module, ema: Any, opt: torch.optim.Optimizer, batch: Ma
     return optimizer_step(model, opt, split_batch(batch, accum_steps),
                           denoiser_loss(model, diffusion, latent_scale=latent_scale, cond_drop_prob=cond_drop_prob,
                                         mask_ratio=mask_ratio, generator=generator, min_snr_gamma=min_snr_gamma,
-                                        timestep_logit_normal=timestep_logit_normal),
+                                        timestep_logit_normal=timestep_logit_normal, mse_space=mse_space),
                           lr=lr, ema=ema, grad_clip_norm=grad_clip_norm, amp_dtype=amp_dtype,
                           device_type=batch["x0_mean"].device.type)
 
@@ -111,7 +113,7 @@ def split_batch(batch: Mapping[str, torch.Tensor], accum_steps: int) -> list[dic
 
 def denoiser_loss(model: nn.Module, diffusion: Any, *, latent_scale: float, cond_drop_prob: float, mask_ratio: float,
                   generator: Optional[torch.Generator] = None, min_snr_gamma: Optional[float] = None,
-                  timestep_logit_normal: Optional[tuple[float, float]] = None):
+                  timestep_logit_normal: Optional[tuple[float, float]] = None, mse_space: str = "prediction"):
     """The loss of one micro-batch of training-table rows (arguments as :func:`train_step`): x_0 and
     the source latent sampled from their posteriors, then both passes of ``training_losses``."""
 
@@ -121,7 +123,7 @@ def denoiser_loss(model: nn.Module, diffusion: Any, *, latent_scale: float, cond
         cond = {"pose_tokens": mb["pose_tokens"], "ref_tokens": mb["ref_tokens"], "ref_latent": ref_latent}
         losses = training_losses(model, diffusion, x_0, cond, cond_drop_prob=cond_drop_prob, mask_ratio=mask_ratio,
                                  generator=generator, min_snr_gamma=min_snr_gamma,
-                                 timestep_logit_normal=timestep_logit_normal)
+                                 timestep_logit_normal=timestep_logit_normal, mse_space=mse_space)
         return {k: losses[k] for k in LOSS_KEYS}
 
     return loss_fn

@@ -336,7 +336,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                          step=step, history=history, history_ms=history_ms)
     loss_fn = denoiser_loss(model, reporter.diffusion, latent_scale=spec.latent_scale,
                             cond_drop_prob=tc.cond_drop_prob, mask_ratio=cfg.model.mask_ratio, generator=gen,
-                            min_snr_gamma=tc.min_snr_gamma, timestep_logit_normal=tc.timestep_logit_normal)
+                            min_snr_gamma=tc.min_snr_gamma, timestep_logit_normal=tc.timestep_logit_normal,
+                            mse_space=tc.mse_space)
     shard = ray.train.get_dataset_shard("train")  # [ray]
     while step < tc.max_steps:
         batches = shard.iter_torch_batches(  # [ray] one pass over this worker's shard
