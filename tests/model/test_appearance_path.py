@@ -50,8 +50,9 @@ def _latent(images: torch.Tensor) -> torch.Tensor:
     return F.avg_pool2d(images, 8)
 
 
-@pytest.fixture(scope="module")
-def trained():
+@pytest.fixture(scope="module", params=["paper", "embedded"])
+def trained(request):
+    """Trained with the paper's objective (eps, its MSE) or the embedded default's (v, the x_0 MSE)."""
     torch.manual_seed(0)
     enc_cfg = EncodersConfig(pretrained=False, token_input_size=56, standin_depth=1)
     encoder = TokenEncoder.from_config(enc_cfg, "image")
@@ -74,12 +75,14 @@ def trained():
     model = XMDPT(cfg)
     ema = EMA(model, decay=0.0)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    diffusion = GaussianDiffusion.from_config(DiffusionConfig())
+    embedded = request.param == "embedded"
+    diffusion = GaussianDiffusion.from_config(DiffusionConfig(prediction="v" if embedded else "eps"))
     data = [batch(32) for _ in range(8)]
     model.train()
     for step in range(800):
         train_step(model, ema, opt, data[step % len(data)], diffusion=diffusion, latent_scale=1.0,
-                   cond_drop_prob=0.1, mask_ratio=0.0, generator=g, timestep_logit_normal=(0.5, 1.0))
+                   cond_drop_prob=0.1, mask_ratio=0.0, generator=g, timestep_logit_normal=(0.5, 1.0),
+                   mse_space="x0" if embedded else "prediction")
     model.eval()
     return model, encoder, pose_tokens, diffusion
 
