@@ -34,39 +34,32 @@ from xmdpt.encoders.inputs import read_image_bytes, read_table
 from xmdpt.evaluation.pairs import load_test_pairs
 from xmdpt.metrics.synthetic import mean_colour, part_masks
 from xmdpt.model import XMDPT
+from xmdpt.model.folder import load_model_folder
+from xmdpt.sampling.pipeline import _config_from_folder
+from xmdpt.training.data import FeatureSpec
 
 NOISE_LEVELS = (300, 450, 600, 750, 900)
 RIDGE_LAMBDAS = (0.1, 1.0, 10.0, 100.0, 1000.0, 1e4)
 
 
-def load_model(folder: Path) -> tuple[XMDPTConfig, XMDPT]:
-    from safetensors.torch import load_file
-
-    cfg = XMDPTConfig.from_dict({k: v for k, v in json.loads((folder / "config.json").read_text()).items()
-                                 if k in XMDPTConfig.__dataclass_fields__})
-    model = XMDPT(cfg.model)
-    model.load_state_dict(load_file(str(folder / "model.safetensors")))
-    return cfg, model.eval()
-
-
-def feature_rows(features: FeaturesManifest) -> tuple[dict, dict]:
-    """(image_path, flip) -> row of the cache, and tensor name -> shape."""
+def feature_rows(features: FeaturesManifest) -> dict:
+    """(image_path, flip) -> row of the feature cache."""
     table = read_table(features.uri.rstrip("/") + "/data")
-    rows = {(r[schema.IMAGE_PATH], bool(r[schema.FLIP])): r for r in table.to_pylist()}
-    return rows, {k: tuple(v.shape) for k, v in features.tensors.items()}
+    return {(r[schema.IMAGE_PATH], bool(r[schema.FLIP])): r for r in table.to_pylist()}
 
 
-def stack(rows: dict, shapes: dict, paths: list[str], name: str) -> torch.Tensor:
-    return torch.stack([torch.from_numpy(np.frombuffer(rows[(p, False)][name], dtype=np.float16)
-                                         .reshape(shapes[name]).astype(np.float32)) for p in paths])
+def stack(rows: dict, spec: FeatureSpec, paths: list[str], name: str) -> torch.Tensor:
+    """(N, ...) float32: tensor ``name`` of the unflipped rows of ``paths``, decoded as the manifest says."""
+    return torch.stack([torch.from_numpy(np.frombuffer(rows[(p, False)][name], dtype=spec.dtypes[name])
+                                         .reshape(spec.shapes[name]).astype(np.float32)) for p in paths])
 
 
 @torch.no_grad()
-def conditioning_use(model: XMDPT, diffusion: GaussianDiffusion, rows, shapes, pairs, scale: float) -> None:
+def conditioning_use(model: XMDPT, diffusion: GaussianDiffusion, rows, spec, pairs, scale: float) -> None:
     tgt, src = [p["target_path"] for p in pairs], [p["source_path"] for p in pairs]
-    x_0 = stack(rows, shapes, tgt, schema.LATENT_MEAN) * scale
-    pose, ref = stack(rows, shapes, tgt, schema.POSE_TOKENS), stack(rows, shapes, src, schema.IMAGE_TOKENS)
-    ref_latent = stack(rows, shapes, src, schema.LATENT_MEAN) * scale
+    x_0 = stack(rows, spec, tgt, schema.LATENT_MEAN) * scale
+    pose, ref = stack(rows, spec, tgt, schema.POSE_TOKENS), stack(rows, spec, src, schema.IMAGE_TOKENS)
+    ref_latent = stack(rows, spec, src, schema.LATENT_MEAN) * scale
     n = len(pairs)
     other = torch.roll(torch.arange(n), n // 2)  # pairs are sorted by person: half-way round is someone else
     variants = {"own conditions": (pose, ref, ref_latent, None),
@@ -103,9 +96,9 @@ def part_colours(cfg: XMDPTConfig, validate: ValidateManifest) -> dict[str, list
 
 
 @torch.no_grad()
-def probe_inputs(model: XMDPT, rows, shapes, paths: list[str], scale: float) -> dict[str, np.ndarray]:
-    ref, pose = stack(rows, shapes, paths, schema.IMAGE_TOKENS), stack(rows, shapes, paths, schema.POSE_TOKENS)
-    latent = stack(rows, shapes, paths, schema.LATENT_MEAN) * scale
+def probe_inputs(model: XMDPT, rows, spec, paths: list[str], scale: float) -> dict[str, np.ndarray]:
+    ref, pose = stack(rows, spec, paths, schema.IMAGE_TOKENS), stack(rows, spec, paths, schema.POSE_TOKENS)
+    latent = stack(rows, spec, paths, schema.LATENT_MEAN) * scale
     cn = model.canet
     feats = {"image tokens, flattened": ref.flatten(1), "image tokens, mean over positions": ref.mean(1),
              "source latent": latent.flatten(1),
@@ -131,11 +124,11 @@ def colour_errors(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
             float(np.linalg.norm(pred[:, 3:] - truth[:, 3:], axis=1).mean()))
 
 
-def colour_probes(model: XMDPT, cfg: XMDPTConfig, validate: ValidateManifest, rows, shapes, scale: float) -> None:
+def colour_probes(model: XMDPT, cfg: XMDPTConfig, validate: ValidateManifest, rows, spec, scale: float) -> None:
     colours = part_colours(cfg, validate)
     train_paths, train_y = [p for p, _ in colours["train"]], np.stack([c for _, c in colours["train"]])
     test_paths, test_y = [p for p, _ in colours["test"]], np.stack([c for _, c in colours["test"]])
-    f_train, f_test = probe_inputs(model, rows, shapes, train_paths, scale), probe_inputs(model, rows, shapes, test_paths, scale)
+    f_train, f_test = probe_inputs(model, rows, spec, train_paths, scale), probe_inputs(model, rows, spec, test_paths, scale)
     print(f"\nridge probes for the source's torso / legs colour ({len(train_y)} train images, {len(test_y)} test; "
           "best lambda on the test split)")
     print("| input | torso colour error | legs colour error |\n|---|---|---|")
@@ -157,12 +150,13 @@ def main() -> None:
     features = FeaturesManifest.coerce(json.loads((art / "features/manifest.json").read_text()))
     validate = ValidateManifest.coerce(json.loads((art / "validate/manifest.json").read_text()))
     folder = Path(args.model or TrainManifest.coerce(json.loads((art / "train/manifest.json").read_text())).model_uri)
-    cfg, model = load_model(folder)
+    model, config = load_model_folder(folder)
+    cfg = _config_from_folder(config)
     diffusion = GaussianDiffusion.from_config(cfg.diffusion)
-    rows, shapes = feature_rows(features)
+    rows, spec = feature_rows(features), FeatureSpec.from_manifest(features)
     torch.set_num_threads(2)
-    conditioning_use(model, diffusion, rows, shapes, load_test_pairs(validate, args.pairs), features.latent_scale)
-    colour_probes(model, cfg, validate, rows, shapes, features.latent_scale)
+    conditioning_use(model, diffusion, rows, spec, load_test_pairs(validate, args.pairs), features.latent_scale)
+    colour_probes(model, cfg, validate, rows, spec, features.latent_scale)
 
 
 if __name__ == "__main__":

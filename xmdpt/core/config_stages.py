@@ -135,6 +135,10 @@ class FeaturesConfig:
         check(self.num_actors >= 1, "features.num_actors", "must be >= 1")
 
 
+# what the training MSE measures (TrainConfig.mse_space)
+MSE_SPACES = ("prediction", "x0")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Training (Ray Train TorchTrainer around a plain-PyTorch step)."""
@@ -190,8 +194,8 @@ class TrainConfig:
         check(self.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
         check(self.grad_clip_norm is None or self.grad_clip_norm > 0, "train.grad_clip_norm", "must be > 0 or null")
         check(self.min_snr_gamma is None or self.min_snr_gamma > 0, "train.min_snr_gamma", "must be > 0 or null")
-        check(self.mse_space in ("prediction", "x0"), "train.mse_space",
-              f"unknown mse_space {self.mse_space!r}; expected one of ['prediction', 'x0']")
+        check(self.mse_space in MSE_SPACES, "train.mse_space",
+              f"unknown mse_space {self.mse_space!r}; expected one of {list(MSE_SPACES)}")
         if self.timestep_logit_normal is not None:
             check(len(self.timestep_logit_normal) == 2 and self.timestep_logit_normal[1] > 0,
                    "train.timestep_logit_normal", f"expected [mean, std > 0] or null, got {self.timestep_logit_normal}")

@@ -19,6 +19,7 @@ from typing import Optional
 
 import torch
 
+from xmdpt.core.config_stages import MSE_SPACES
 from xmdpt.diffusion.gaussian import GaussianDiffusion
 
 __all__ = ["training_losses", "min_snr_weight", "vb_terms", "normal_kl", "discretized_gaussian_log_likelihood"]
@@ -146,7 +147,7 @@ def training_losses(model, diffusion: GaussianDiffusion, x_0: torch.Tensor, cond
     elif mse_space == "prediction":
         w = None if min_snr_gamma is None else min_snr_weight(diffusion, t, min_snr_gamma)  # (N,)
     else:
-        raise ValueError(f"unknown mse_space {mse_space!r}; expected one of ['prediction', 'x0']")
+        raise ValueError(f"unknown mse_space {mse_space!r}; expected one of {list(MSE_SPACES)}")
     mse_u, vb_u = _pass_losses(model, diffusion, x_0, t, cond, cond_drop_prob, 0.0, generator, w)
     if mask_ratio > 0:
         mse_m, vb_m = _pass_losses(model, diffusion, x_0, t, cond, cond_drop_prob, mask_ratio, generator, w)
