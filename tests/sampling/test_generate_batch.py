@@ -102,7 +102,7 @@ def test_resume_after_a_killed_run(folder, tmp_path):
     pairs = _inputs(tmp_path / "in", n_good=8)
     out = tmp_path / "out"
     cmd = [str(BIN / "xmdpt"), "generate-batch", "--model", str(folder), "--pairs", str(pairs), "--out", str(out),
-           "--batch-size", "1", "--steps", "3", "--num-cpus-per-actor", "0.5"]
+           "--batch-size", "1", "--steps", "20", "--num-cpus-per-actor", "0.5"]
     env = {**os.environ, "RAY_ADDRESS": ""}
     env.pop("RAY_ADDRESS")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True)
