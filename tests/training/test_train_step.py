@@ -131,3 +131,34 @@ def test_optimizer_flattening_round_trip():
     back = unflatten_optimizer_state(tensors, meta)
     assert back["param_groups"] == opt.state_dict()["param_groups"]
     torch.testing.assert_close(back["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
+
+
+def test_canet_weight_decay_shrinks_only_canet(make_config, tmp_path):
+    """train.canet_weight_decay decays CANet's weights and nothing else; with it unset, one group."""
+    from xmdpt.training.step import make_optimizer
+
+    cfg = make_config(tmp_path)
+    model = XMDPT(cfg.model)
+    assert len(make_optimizer(model, cfg.train).param_groups) == 1
+    tc = cfg.replace(train={"canet_weight_decay": 0.5, "weight_decay": 0.0}).train
+    opt = make_optimizer(model, tc, lr=0.1)
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.0, 0.5]
+    assert {id(p) for p in opt.param_groups[1]["params"]} == {id(p) for p in model.canet.parameters()}
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)  # no gradient: only the decay moves a weight
+    opt.step()
+    moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    canet = {f"canet.{n}" for n, p in model.canet.named_parameters() if p.abs().sum() > 0}
+    assert moved == canet
+    name, w = next((n, p) for n, p in model.canet.named_parameters() if n.endswith("weight") and p.abs().sum() > 0)
+    assert torch.allclose(w, before[f"canet.{name}"] * (1 - 0.1 * 0.5))
+
+
+def test_negative_weight_decay_is_refused(make_config, tmp_path):
+    from xmdpt.core.config import ConfigError
+
+    cfg = make_config(tmp_path)
+    with pytest.raises(ConfigError, match="train.canet_weight_decay"):
+        cfg.replace(train={"canet_weight_decay": -1.0})

@@ -153,6 +153,9 @@ class TrainConfig:
     lr: float = 1e-4  # AdamW, constant after warm-up
     warmup_steps: int = 0  # linear LR warm-up from 0
     weight_decay: float = 0.0
+    # AdamW weight decay of CANet's parameters (null: weight_decay). With few identities CANet learns a
+    # code per training person; decay makes it read what generalises (docs/experiments.md)
+    canet_weight_decay: Optional[float] = None
     grad_clip_norm: Optional[float] = None  # null: no clipping
     min_snr_gamma: Optional[float] = None  # null: unweighted eps-MSE; gamma: Min-SNR-gamma weighting
     # prediction: the MSE of what the model predicts (eps, or v; the paper) | x0: the MSE of the x_0 it
@@ -192,6 +195,9 @@ class TrainConfig:
         check(self.checkpoint_every >= 1, "train.checkpoint_every", "must be >= 1")
         check(self.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
         check(self.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
+        check(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+        check(self.canet_weight_decay is None or self.canet_weight_decay >= 0, "train.canet_weight_decay",
+              "must be >= 0 or null")
         check(self.grad_clip_norm is None or self.grad_clip_norm > 0, "train.grad_clip_norm", "must be > 0 or null")
         check(self.min_snr_gamma is None or self.min_snr_gamma > 0, "train.min_snr_gamma", "must be > 0 or null")
         check(self.mse_space in MSE_SPACES, "train.mse_space",

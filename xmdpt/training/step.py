@@ -22,10 +22,29 @@ from xmdpt.diffusion.losses import training_losses
 from xmdpt.core.precision import cpu_has_native_bf16
 from xmdpt.training.loop import lr_schedule, optimizer_step
 
-__all__ = ["sample_posterior", "lr_at", "cpu_has_native_bf16", "autocast_dtype", "train_step", "split_batch",
+__all__ = ["make_optimizer", "sample_posterior", "lr_at", "cpu_has_native_bf16", "autocast_dtype", "train_step", "split_batch",
            "denoiser_loss", "LOSS_KEYS"]
 
 LOSS_KEYS = ("loss", "loss_unmasked", "loss_masked", "mse", "vb")
+
+
+def make_optimizer(model: nn.Module, tc: Any, lr: Optional[float] = None) -> torch.optim.AdamW:
+    """AdamW over ``model``'s parameters: ``train.weight_decay`` everywhere, except CANet's parameters
+    (``model.canet``), which take ``train.canet_weight_decay`` when it is set.
+
+    Args:
+        model: an :class:`xmdpt.model.XMDPT` (or any module; without ``canet`` there is one group).
+        tc: the :class:`TrainConfig`.
+        lr: the peak learning rate (default ``tc.lr``).
+    """
+    lr = tc.lr if lr is None else lr
+    canet = getattr(model, "canet", None)
+    if tc.canet_weight_decay is None or canet is None:
+        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=tc.weight_decay)
+    canet_ids = {id(p) for p in canet.parameters()}
+    rest = [p for p in model.parameters() if id(p) not in canet_ids]
+    return torch.optim.AdamW([{"params": rest, "weight_decay": tc.weight_decay},
+                              {"params": list(canet.parameters()), "weight_decay": tc.canet_weight_decay}], lr=lr)
 
 
 def sample_posterior(mean: torch.Tensor, std: torch.Tensor, latent_scale: float,

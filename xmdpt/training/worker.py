@@ -33,7 +33,7 @@ from xmdpt.training.checkpoint import load_checkpoint, save_checkpoint
 from xmdpt.training.data import Collate, FeatureSpec
 from xmdpt.training.ema import EMA
 from xmdpt.training.loop import TrainLoop, lr_schedule, unwrap
-from xmdpt.training.step import LOSS_KEYS, autocast_dtype, denoiser_loss, split_batch
+from xmdpt.training.step import LOSS_KEYS, autocast_dtype, denoiser_loss, make_optimizer, split_batch
 
 logger = logging.getLogger(__name__)
 
@@ -187,7 +187,7 @@ def _build(cfg: XMDPTConfig, device: torch.device) -> tuple[XMDPT, EMA, torch.op
     if cfg.model.mask_ratio == 0:  # no masked pass: MIPNet gets no gradient, and DDP must not wait for one
         model.mipnet.requires_grad_(False)
     ema = EMA(model, tc.ema_decay)
-    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    opt = make_optimizer(model, tc)
     return model, ema, opt
 
 
