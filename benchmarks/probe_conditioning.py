@@ -9,6 +9,11 @@
    ``xmdpt.metrics.synthetic``) from what CANet reads (the stand-in image tokens, the source latent)
    and from what it makes of them (its stream outputs and ``y``). Fitted on the train split's images,
    scored on the test split's; "mean predictor" is the floor a probe must beat.
+3. Can CANet's image stream (per-token MLP -> per-position weighted sum -> GELU -> LayerNorm) carry
+   the colour at all? A fresh stream with a linear read-out is trained for the colour alone on the
+   train split's images (AdamW, several weight decays, a quarter / half / all of the images) and
+   scored on the test split's. A stream that fits the train images and not the test ones has
+   learned the training people, not the colour.
 
     python benchmarks/probe_conditioning.py [--model FOLDER] [--pairs 96]
 
@@ -34,6 +39,7 @@ from xmdpt.encoders.inputs import read_image_bytes, read_table
 from xmdpt.evaluation.pairs import load_test_pairs
 from xmdpt.metrics.synthetic import mean_colour, part_masks
 from xmdpt.model import XMDPT
+from xmdpt.model.canet import CANet
 from xmdpt.model.folder import load_model_folder
 from xmdpt.sampling.pipeline import _config_from_folder
 from xmdpt.training.data import FeatureSpec
@@ -140,6 +146,39 @@ def colour_probes(model: XMDPT, cfg: XMDPTConfig, validate: ValidateManifest, ro
     print(f"| mean predictor | {mean[0]:.3f} | {mean[1]:.3f} |")
 
 
+def fit_image_stream(cfg: XMDPTConfig, x: torch.Tensor, y: torch.Tensor, weight_decay: float,
+                     steps: int = 1500, lr: float = 2e-3) -> torch.nn.Module:
+    """A fresh CANet image stream + linear read-out trained for ``y`` (N, 6) from tokens ``x`` (N, S, D)."""
+    torch.manual_seed(0)
+    canet = CANet(cfg.model)
+    canet.reset_parameters()
+    net = torch.nn.Sequential(canet.ref_proj, canet.ref_pool, torch.nn.Flatten(1), torch.nn.Linear(cfg.model.hidden_size, 6))
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
+    y_mean = y.mean(0)
+    for _ in range(steps):
+        i = torch.randint(0, len(x), (64,))
+        loss = ((net(x[i]) + y_mean - y[i]) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    net.y_mean = y_mean
+    return net
+
+
+def image_stream_probes(cfg: XMDPTConfig, validate: ValidateManifest, rows, spec) -> None:
+    colours = part_colours(cfg, validate)
+    x = {s: stack(rows, spec, [p for p, _ in colours[s]], schema.IMAGE_TOKENS) for s in ("train", "test")}
+    y = {s: torch.tensor(np.stack([c for _, c in colours[s]]), dtype=torch.float32) for s in ("train", "test")}
+    print("\nCANet's image stream trained for the source's torso / legs colour (test split; train split)")
+    print("| train images | weight decay | torso, test | legs, test | torso, train | legs, train |\n|---|---|---|---|---|---|")
+    n = len(x["train"])
+    for k, wd in ((n // 4, 0.01), (n // 2, 0.01), (n, 0.01), (n, 0.3), (n, 1.0), (n, 3.0)):
+        net = fit_image_stream(cfg, x["train"][:k], y["train"][:k], wd)
+        with torch.no_grad():
+            err = {s: colour_errors((net(x[s]) + net.y_mean).numpy(), y[s].numpy()) for s in ("test", "train")}
+        print(f"| {k} | {wd} | {err['test'][0]:.3f} | {err['test'][1]:.3f} | {err['train'][0]:.3f} | {err['train'][1]:.3f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--artifacts", default="artifacts")
@@ -157,6 +196,7 @@ def main() -> None:
     torch.set_num_threads(2)
     conditioning_use(model, diffusion, rows, spec, load_test_pairs(validate, args.pairs), features.latent_scale)
     colour_probes(model, cfg, validate, rows, spec, features.latent_scale)
+    image_stream_probes(cfg, validate, rows, spec)
 
 
 if __name__ == "__main__":
