@@ -6,14 +6,16 @@ images), then fits each variant with the `autoencoder` stage's own code (``build
 as the stage does. The torso / legs colour error is the evaluation's (``part_colour_error``: mean
 RGB of each part from the image's keypoints, the reconstruction resized as a generation is) between
 a held-out image and its reconstruction: what a model that predicted the perfect latent would score
-(0.003 / 0.004 for the 64-px image itself). PSNR and SSIM can be high while the hue is lost. A variant is ``name:key=value,key=value`` over ``autoencoder.*`` fields, on top
-of ``FITTED_BASE`` (the fitted autoencoder's earlier embedded settings; the config's defaults are the
-paper's pretrained SD VAE).
+(0.003 / 0.004 for the 64-px image itself). PSNR and SSIM can be high while the hue is lost.
+
+A variant is ``name:key=value,key=value`` over ``autoencoder.*`` fields, on top of ``FITTED_BASE``
+(the fitted autoencoder's earlier embedded settings; the config's defaults are the paper's pretrained
+SD VAE).
 
     python benchmarks/bench_autoencoder.py [--identities 40] [--variants "name:key=value,..." ...]
 
 Without ``--variants``: the earlier 4x default, 4x / 2x autoencoders fitted with MSE on 32 px crops,
-and the embedded default (the 2x one at 2000 steps).
+the earlier 2x default ((16, 32) at 2000 steps) and the embedded default ((24, 48) at 1500 steps).
 """
 
 from __future__ import annotations

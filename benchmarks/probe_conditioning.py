@@ -157,8 +157,7 @@ def colour_errors(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
             float(np.linalg.norm(pred[:, 3:] - truth[:, 3:], axis=1).mean()))
 
 
-def colour_probes(model: XMDPT, cfg: XMDPTConfig, validate: ValidateManifest, rows, spec, scale: float) -> None:
-    colours = part_colours(cfg, validate)
+def colour_probes(model: XMDPT, colours: dict[str, list[tuple[str, np.ndarray]]], rows, spec, scale: float) -> None:
     train_paths, train_y = [p for p, _ in colours["train"]], np.stack([c for _, c in colours["train"]])
     test_paths, test_y = [p for p, _ in colours["test"]], np.stack([c for _, c in colours["test"]])
     f_train, f_test = probe_inputs(model, rows, spec, train_paths, scale), probe_inputs(model, rows, spec, test_paths, scale)
@@ -192,8 +191,7 @@ def fit_image_stream(cfg: XMDPTConfig, x: torch.Tensor, y: torch.Tensor, weight_
     return net
 
 
-def image_stream_probes(cfg: XMDPTConfig, validate: ValidateManifest, rows, spec) -> None:
-    colours = part_colours(cfg, validate)
+def image_stream_probes(cfg: XMDPTConfig, colours: dict[str, list[tuple[str, np.ndarray]]], rows, spec) -> None:
     x = {s: stack(rows, spec, [p for p, _ in colours[s]], schema.IMAGE_TOKENS) for s in ("train", "test")}
     y = {s: torch.tensor(np.stack([c for _, c in colours[s]]), dtype=torch.float32) for s in ("train", "test")}
     print("\nCANet's image stream trained for the source's torso / legs colour (test split; train split)")
@@ -224,8 +222,9 @@ def main() -> None:
     pairs = load_test_pairs(validate, args.pairs)
     autoencoder_round_trip(cfg, LatentCodec.from_manifest(art / "autoencoder/manifest.json"), rows, spec, pairs)
     conditioning_use(model, diffusion, rows, spec, pairs, features.latent_scale)
-    colour_probes(model, cfg, validate, rows, spec, features.latent_scale)
-    image_stream_probes(cfg, validate, rows, spec)
+    colours = part_colours(cfg, validate)  # reads every image once, for both probes
+    colour_probes(model, colours, rows, spec, features.latent_scale)
+    image_stream_probes(cfg, colours, rows, spec)
 
 
 if __name__ == "__main__":

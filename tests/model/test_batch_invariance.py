@@ -4,10 +4,10 @@ and 16, on one torch thread and on two.
 
 The shapes are the embedded model's (hidden 128, 4x4 patches on 32x32x4 latents, and the [16, 32]
 autoencoder at 64 px it used before the wider [24, 48] one): there, without the padding, MKL's 1-row
-and 2-3-row products and oneDNN's
-batch-of-1 convolutions differ from the batched ones in the last bits (with ``VECTOR_MIN_ROWS`` and
-``CONV_MIN_BATCH`` set to 1 both first tests fail on the project's CPU), and on one thread oneDNN
-convolves 16 samples differently from 2-12 (with ``CONV_MAX_BATCH`` at 64 they fail on one thread).
+and 2-3-row products and oneDNN's batch-of-1 convolutions differ from the batched ones in the last
+bits (with ``VECTOR_MIN_ROWS`` and ``CONV_MIN_BATCH`` set to 1 both first tests fail on the project's
+CPU), and on one thread oneDNN convolves 16 samples differently from 2-12 (with ``CONV_MAX_BATCH`` at
+64 they fail on one thread).
 """
 
 from __future__ import annotations

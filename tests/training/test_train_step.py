@@ -162,3 +162,5 @@ def test_negative_weight_decay_is_refused(make_config, tmp_path):
     cfg = make_config(tmp_path)
     with pytest.raises(ConfigError, match="train.canet_weight_decay"):
         cfg.replace(train={"canet_weight_decay": -1.0})
+    with pytest.raises(ConfigError, match="train.weight_decay"):
+        cfg.replace(train={"weight_decay": -1.0})

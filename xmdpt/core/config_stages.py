@@ -153,8 +153,9 @@ class TrainConfig:
     lr: float = 1e-4  # AdamW, constant after warm-up
     warmup_steps: int = 0  # linear LR warm-up from 0
     weight_decay: float = 0.0
-    # AdamW weight decay of CANet's parameters (null: weight_decay). With few identities CANet learns a
-    # code per training person; decay makes it read what generalises (docs/experiments.md)
+    # AdamW weight decay of CANet's parameters alone (null: weight_decay). Trained alone on few identities,
+    # CANet learns a code per training person and decay makes it generalise; in the full model it has not
+    # helped so far (docs/experiments.md)
     canet_weight_decay: Optional[float] = None
     grad_clip_norm: Optional[float] = None  # null: no clipping
     min_snr_gamma: Optional[float] = None  # null: unweighted eps-MSE; gamma: Min-SNR-gamma weighting

@@ -22,8 +22,8 @@ from xmdpt.diffusion.losses import training_losses
 from xmdpt.core.precision import cpu_has_native_bf16
 from xmdpt.training.loop import lr_schedule, optimizer_step
 
-__all__ = ["make_optimizer", "sample_posterior", "lr_at", "cpu_has_native_bf16", "autocast_dtype", "train_step", "split_batch",
-           "denoiser_loss", "LOSS_KEYS"]
+__all__ = ["make_optimizer", "sample_posterior", "lr_at", "cpu_has_native_bf16", "autocast_dtype", "train_step",
+           "split_batch", "denoiser_loss", "LOSS_KEYS"]
 
 LOSS_KEYS = ("loss", "loss_unmasked", "loss_masked", "mse", "vb")
 
