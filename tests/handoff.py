@@ -12,6 +12,7 @@ MLflow server, the cluster's run).
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import shutil
 import subprocess
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+import yaml
 from PIL import Image
 
 from dvc_project import project_env
@@ -116,13 +118,44 @@ def clone_and_pull(root: Path, env: dict, seen: dict) -> Path:
     return b
 
 
-def exp_run_reuses_upstream(b: Path, env: dict, seen: dict) -> dict:
-    """B: ``dvc exp run -S train.max_steps=3`` runs config, train, evaluate and register only, reusing
-    A's features; returns B's train manifest."""
+def _last_step(proj: Path) -> int:
+    with open(proj / "artifacts" / "train" / "loss.csv") as f:
+        return max(int(row["step"]) for row in csv.DictReader(f))
+
+
+def exp_run_reuses_upstream(b: Path, env: dict, seen: dict, tracking_uri: str) -> dict:
+    """B: ``dvc exp run -S train.max_steps=3`` after A's 6-step run is what its params say: it runs config,
+    train, evaluate and register only, reusing A's features, and trains a new model for exactly 3 steps
+    (manifest, loss curve, ``dvc exp show``, ``dvc.lock``) in a new MLflow run of ``tracking_uri`` whose
+    ``max_steps`` is 3. Where A's run is in that store too (a shared server), it is left as it was.
+    Returns B's train manifest."""
+    import mlflow
+
+    first = json.loads(seen["manifests"]["train"])
+    assert first["steps"] == 6 and _last_step(b) == 6  # A's run, pulled
     out = dvc(b, env, "exp", "run", "-n", "short", "-S", "train.max_steps=3").stdout
     assert ran(out) == {"config", "train", "evaluate", "register"}, out[-3000:]
     train = json.loads((b / "artifacts" / "train" / "manifest.json").read_text())
-    assert train["steps"] == 3
+    assert train["steps"] == 3 and _last_step(b) == 3, train
+    assert train["run_id"] != first["run_id"]  # a new run, not the 6-step one written into again
     assert (json.loads((b / "artifacts" / "features" / "manifest.json").read_text())
             == json.loads(seen["manifests"]["features"]))  # A's features, reused
+
+    client = mlflow.MlflowClient(tracking_uri)
+    run3 = client.get_run(train["run_id"])
+    assert run3.data.params["train.max_steps"] == "3"
+    assert max(m.step for m in client.get_metric_history(run3.info.run_id, "loss")) == 3
+    if seen.get("shared_tracking"):  # A's 6-step run is in the same store: left as it was
+        run6 = client.get_run(first["run_id"])
+        assert run6.data.params["train.max_steps"] == "6"
+        assert max(m.step for m in client.get_metric_history(run6.info.run_id, "loss")) == 6
+
+    shown = json.loads(dvc(b, env, "exp", "show", "--json").stdout)
+    exps = [e for commit in shown for e in (commit.get("experiments") or [])]
+    rev = next(r for e in exps for r in e["revs"] if r.get("name") == "short")
+    data = rev["data"]
+    assert data["params"]["params.yaml"]["data"]["train"]["max_steps"] == 3
+    assert data["metrics"]["artifacts/train/metrics.json"]["data"]["steps"] == 3
+    lock = yaml.safe_load((b / "dvc.lock").read_text())
+    assert lock["stages"]["config"]["params"]["params.yaml"]["train"]["max_steps"] == 3
     return train
