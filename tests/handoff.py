@@ -123,11 +123,12 @@ def _last_step(proj: Path) -> int:
         return max(int(row["step"]) for row in csv.DictReader(f))
 
 
-def exp_run_reuses_upstream(b: Path, env: dict, seen: dict, tracking_uri: str) -> dict:
+def exp_run_reuses_upstream(b: Path, env: dict, seen: dict, tracking_uri: str, *,
+                            a_run_in_store: bool = False) -> dict:
     """B: ``dvc exp run -S train.max_steps=3`` after A's 6-step run is what its params say: it runs config,
     train, evaluate and register only, reusing A's features, and trains a new model for exactly 3 steps
     (manifest, loss curve, ``dvc exp show``, ``dvc.lock``) in a new MLflow run of ``tracking_uri`` whose
-    ``max_steps`` is 3. Where A's run is in that store too (a shared server), it is left as it was.
+    ``max_steps`` is 3. With ``a_run_in_store`` (a shared server), A's 6-step run is left as it was.
     Returns B's train manifest."""
     import mlflow
 
@@ -145,7 +146,7 @@ def exp_run_reuses_upstream(b: Path, env: dict, seen: dict, tracking_uri: str) -
     run3 = client.get_run(train["run_id"])
     assert run3.data.params["train.max_steps"] == "3"
     assert max(m.step for m in client.get_metric_history(run3.info.run_id, "loss")) == 3
-    if seen.get("shared_tracking"):  # A's 6-step run is in the same store: left as it was
+    if a_run_in_store:
         run6 = client.get_run(first["run_id"])
         assert run6.data.params["train.max_steps"] == "6"
         assert max(m.step for m in client.get_metric_history(run6.info.run_id, "loss")) == 6

@@ -185,7 +185,7 @@ def test_a_teammate_clones_and_pulls_the_cluster_run(cluster, dag, s3, mlflow_ur
     jobs_env = _submitter_env(cluster, s3_env)
     handoff.dvc(proj, shell, "remote", "add", "-d", "storage", f"s3://{S3_BUCKET}/mn/dvc")
     handoff.dvc(proj, shell, "remote", "modify", "storage", "endpointurl", s3_env["AWS_ENDPOINT_URL"])
-    seen = {**handoff.publish(proj, root, shell), "shared_tracking": True}
+    seen = handoff.publish(proj, root, shell)
     assert json.loads(seen["manifests"]["features"])["uri"].startswith(STORE)
     pixels = handoff.generate(root, shell, seen["pipeline"], root / "a.png")
 
@@ -193,7 +193,8 @@ def test_a_teammate_clones_and_pulls_the_cluster_run(cluster, dag, s3, mlflow_ur
         b = handoff.clone_and_pull(root, shell, seen)
         assert np.array_equal(handoff.generate(b, shell, seen["pipeline"], root / "b.png"), pixels)
         assert np.array_equal(handoff.generate(b, shell, "models:/xmdpt@champion", root / "b-reg.png"), pixels)
-        handoff.exp_run_reuses_upstream(b, {**jobs_env, "PATH": shell["PATH"]}, seen, mlflow_url)
+        handoff.exp_run_reuses_upstream(b, {**jobs_env, "PATH": shell["PATH"]}, seen, mlflow_url,
+                                        a_run_in_store=True)
 
 
 def _run_train(proj: Path, cluster, s3_env: dict, params: dict, name: str) -> subprocess.Popen:
